@@ -1,0 +1,97 @@
+"""The seed's synthetic data: isotropic Gaussian blobs around uniform random centroids."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import zarr
+
+from .errors import OutputError, ParameterError
+from .store import _is_local, _local_path
+
+GENERATION_BLOCK = 2**20
+"""Rows drawn at a time (memory bound of ``write_blobs``)."""
+
+
+def blob_centroids(n_clusters: int, n_dims: int, seed: int) -> np.ndarray:
+    """Centroids uniform in ``[-35, 35]^d`` (the seed notebook's range)."""
+    return np.random.default_rng(seed).uniform(-35.0, 35.0, (n_clusters, n_dims))
+
+
+def _cluster_rows(
+    centroid: np.ndarray, per_cluster: int, spread: float, seed: int, cluster: int
+):
+    """Yield a cluster's points in blocks; the values do not depend on the block size."""
+    rng = np.random.default_rng([seed, cluster + 1])
+    scale = float(np.sqrt(spread))
+    for start in range(0, per_cluster, GENERATION_BLOCK):
+        rows = min(GENERATION_BLOCK, per_cluster - start)
+        block = rng.standard_normal((rows, len(centroid))) * scale + centroid
+        yield start, block.astype(np.float32)
+
+
+def make_blobs(
+    n_clusters: int = 6, per_cluster: int = 250, spread: float = 5.0, n_dims: int = 2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """In-memory version of :func:`write_blobs`: ``(points, truth, centroids)``."""
+    centroids = blob_centroids(n_clusters, n_dims, seed)
+    points = np.empty((n_clusters * per_cluster, n_dims), dtype=np.float32)
+    for c in range(n_clusters):
+        for start, block in _cluster_rows(centroids[c], per_cluster, spread, seed, c):
+            offset = c * per_cluster + start
+            points[offset : offset + len(block)] = block
+    truth = np.repeat(np.arange(n_clusters, dtype=np.int32), per_cluster)
+    return points, truth, centroids
+
+
+def write_blobs(
+    url: str,
+    n_clusters: int = 6,
+    per_cluster: int = 250,
+    spread: float = 5.0,
+    n_dims: int = 2,
+    seed: int = 0,
+    chunk: int | None = None,
+    overwrite: bool = False,
+) -> zarr.Group:
+    """Write the seed's data set to a Zarr group: ``points`` (n, d) float32, ``truth`` (n,) int32.
+
+    Cluster ``c`` occupies rows ``c*per_cluster`` to ``(c+1)*per_cluster``, drawn
+    from N(centroid_c, spread·I). Memory use is bounded by ``GENERATION_BLOCK`` rows.
+    """
+    if n_clusters < 1 or per_cluster < 1 or n_dims < 1:
+        raise ParameterError("--clusters, --per-cluster and --dims must be at least 1")
+    if not (spread > 0 and np.isfinite(spread)):
+        raise ParameterError("--spread must be a positive number")
+    n = n_clusters * per_cluster
+    chunk = min(n, chunk or min(n, 2**18))
+    if chunk < 1:
+        raise ParameterError("--chunk must be at least 1")
+    if _is_local(url) and not overwrite:
+        if os.path.exists(_local_path(url)):
+            raise OutputError(f"output {url} already exists; pass --overwrite to replace it")
+    try:
+        group = zarr.open_group(url, mode="w")
+    except OSError as exc:
+        raise OutputError(f"cannot write {url}: {exc.strerror or exc}") from None
+    centroids = blob_centroids(n_clusters, n_dims, seed)
+    points = group.create_array("points", shape=(n, n_dims), chunks=(chunk, n_dims), dtype="float32")
+    truth = group.create_array("truth", shape=(n,), chunks=(chunk,), dtype="int32")
+    for c in range(n_clusters):
+        for start, block in _cluster_rows(centroids[c], per_cluster, spread, seed, c):
+            offset = c * per_cluster + start
+            points[offset : offset + len(block)] = block
+        truth[c * per_cluster : (c + 1) * per_cluster] = c
+    group.update_attributes(
+        {
+            "generator": "meanshift generate",
+            "clusters": n_clusters,
+            "per_cluster": per_cluster,
+            "spread": spread,
+            "dims": n_dims,
+            "seed": seed,
+            "centroids": centroids.tolist(),
+        }
+    )
+    return group

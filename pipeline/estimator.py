@@ -1,0 +1,234 @@
+"""scikit-learn compatible ``MeanShift`` over the Dask engine."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .backend import namespace_of, to_host
+from .cluster import dask_client
+from .engine import mean_shift
+from .kernels import nearest
+from .params import DEFAULT_BLOCK_BYTES, make_params
+
+
+class MeanShift(ClusterMixin, BaseEstimator):
+    """Mean shift clustering with Gaussian, flat or Epanechnikov kernels, on Dask.
+
+    Accepts scikit-learn's parameters (same defaults: flat kernel, standard mean
+    shift) plus the kernel, blurring, and where to compute.
+
+    Parameters
+    ----------
+    bandwidth : float, optional
+        Kernel bandwidth; estimated from a sample of at most
+        ``bandwidth_n_samples`` points when omitted.
+    seeds : array of shape (m, d), optional
+        Starting points of standard mean shift.
+    bin_seeding : bool, default False
+        Seed from grid bins of side ``bandwidth``.
+    min_bin_freq : int, default 1
+        Fewest points a bin needs to become a seed.
+    cluster_all : bool, default True
+        When False, points farther than ``bandwidth`` from their centre get -1.
+    n_jobs : int, optional
+        Threads of the in-process scheduler (no effect on a Dask cluster).
+    max_iter : int, default 300
+    kernel : {"flat", "gaussian", "epanechnikov"}, default "flat"
+    blurring : bool, default False
+        Blurring mean shift: all points move together (the seed notebook's algorithm).
+    tol : float, default 1e-3
+        Convergence threshold as a fraction of the bandwidth.
+    backend : {"auto", "numpy", "cupy"}, default "auto"
+    scheduler : str, optional
+        Address of a Dask scheduler to run on. Without it, dask input runs on the
+        active Dask scheduler and in-memory input in this process.
+    n_workers : int, optional
+        Start an embedded local Dask cluster with this many worker processes for the fit.
+    bandwidth_quantile : float, default 0.3
+    bandwidth_n_samples : int, default 5000
+    random_state : int, default 0
+    block_bytes : int, default 64 MiB
+        Most memory of pairwise intermediates one task holds.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (k, d)
+        Centres, ordered by descending cluster size.
+    labels_ : ndarray (or dask array for dask input) of shape (n,)
+    cluster_sizes_ : ndarray of shape (k,)
+    n_iter_ : int
+    n_features_in_ : int
+    bandwidth_ : float
+        The bandwidth used (given or estimated).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pipeline import MeanShift
+    >>> X = np.array([[1, 1], [2, 1], [1, 0], [4, 7], [3, 5], [3, 6]], dtype=float)
+    >>> MeanShift(bandwidth=2).fit(X).labels_
+    array([0, 0, 0, 1, 1, 1], dtype=int32)
+    """
+
+    def __init__(
+        self,
+        *,
+        bandwidth: float | None = None,
+        seeds: Any = None,
+        bin_seeding: bool = False,
+        min_bin_freq: int = 1,
+        cluster_all: bool = True,
+        n_jobs: int | None = None,
+        max_iter: int = 300,
+        kernel: str = "flat",
+        blurring: bool = False,
+        tol: float = 1e-3,
+        backend: str = "auto",
+        scheduler: str | None = None,
+        n_workers: int | None = None,
+        bandwidth_quantile: float = 0.3,
+        bandwidth_n_samples: int = 5000,
+        random_state: int = 0,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+    ) -> None:
+        self.bandwidth = bandwidth
+        self.seeds = seeds
+        self.bin_seeding = bin_seeding
+        self.min_bin_freq = min_bin_freq
+        self.cluster_all = cluster_all
+        self.n_jobs = n_jobs
+        self.max_iter = max_iter
+        self.kernel = kernel
+        self.blurring = blurring
+        self.tol = tol
+        self.backend = backend
+        self.scheduler = scheduler
+        self.n_workers = n_workers
+        self.bandwidth_quantile = bandwidth_quantile
+        self.bandwidth_n_samples = bandwidth_n_samples
+        self.random_state = random_state
+        self.block_bytes = block_bytes
+
+    def _params(self):
+        return make_params(
+            bandwidth=self.bandwidth,
+            kernel=self.kernel,
+            blurring=self.blurring,
+            bin_seeding=self.bin_seeding,
+            min_bin_freq=self.min_bin_freq,
+            cluster_all=self.cluster_all,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            bandwidth_quantile=self.bandwidth_quantile,
+            bandwidth_n_samples=self.bandwidth_n_samples,
+            random_state=self.random_state,
+            block_bytes=self.block_bytes,
+            backend=self.backend,
+        )
+
+    @contextlib.contextmanager
+    def _compute_context(self, in_memory: bool) -> Iterator[None]:
+        if self.scheduler is not None or self.n_workers is not None:
+            with dask_client(self.scheduler, self.n_workers):
+                yield
+        elif in_memory:
+            workers = self.n_jobs if self.n_jobs and self.n_jobs > 0 else None
+            with dask.config.set(scheduler="threads", num_workers=workers):
+                yield
+        else:
+            yield
+
+    def _as_dask(self, X: Any, reset: bool) -> tuple[da.Array, str | None, bool]:
+        """Validate input; return (dask array, array module name of the input, in-memory?)."""
+        if isinstance(X, da.Array):
+            if X.ndim != 2:
+                raise ValueError(f"Expected a 2-D array, got a {X.ndim}-D dask array")
+            if reset:
+                self.n_features_in_ = X.shape[1]
+            elif X.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {X.shape[1]} features, but MeanShift is expecting "
+                    f"{self.n_features_in_} features as input"
+                )
+            return X, None, False
+        if namespace_of(X).__name__ == "cupy":
+            host = to_host(X)
+            array = validate_data(self, host, dtype=[np.float64, np.float32], reset=reset)
+            return da.from_array(array, chunks=(_rows_per_chunk(array), array.shape[1])), "cupy", True
+        array = validate_data(self, X, dtype=[np.float64, np.float32], reset=reset)
+        return da.from_array(array, chunks=(_rows_per_chunk(array), array.shape[1])), None, True
+
+    def fit(self, X: Any, y: Any = None) -> MeanShift:
+        """Cluster ``X`` (NumPy, CuPy or dask array of shape (n, d)).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        params = self._params()
+        points, module, in_memory = self._as_dask(X, reset=True)
+        seeds = None
+        if self.seeds is not None:
+            seeds = np.asarray(to_host(self.seeds), dtype=np.float64)
+        with self._compute_context(in_memory):
+            result = mean_shift(points, params, seeds=seeds)
+            labels = result.labels.compute() if in_memory else result.labels.persist()
+        self.bandwidth_ = result.bandwidth
+        self.cluster_centers_ = result.centers
+        self.cluster_sizes_ = result.sizes
+        self.n_iter_ = result.n_iter
+        self.labels_ = labels
+        if module == "cupy":
+            import cupy
+
+            self.labels_ = cupy.asarray(labels)
+            self.cluster_centers_ = cupy.asarray(result.centers)
+        return self
+
+    def predict(self, X: Any) -> Any:
+        """Label of the nearest cluster centre for each row of ``X`` (as scikit-learn does).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self)
+        centers = np.asarray(to_host(self.cluster_centers_), dtype=np.float64)
+        points, module, in_memory = self._as_dask(X, reset=False)
+        labels = points.map_blocks(_predict_block, centers, self.block_bytes, drop_axis=1, dtype=np.int32)
+        if not in_memory:
+            return labels
+        with dask.config.set(scheduler="sync"):
+            out = labels.compute()
+        if module == "cupy":
+            import cupy
+
+            return cupy.asarray(out)
+        return out
+
+
+def _predict_block(block: np.ndarray, centers: np.ndarray, block_bytes: int) -> np.ndarray:
+    index, _ = nearest(np.asarray(block, dtype=np.float64), centers, np, block_bytes)
+    return index.astype(np.int32)
+
+
+def _rows_per_chunk(array: np.ndarray) -> int:
+    """In-memory input is split in a few row chunks for the threaded scheduler."""
+    return max(1, min(len(array), max(1024, -(-len(array) // 4))))

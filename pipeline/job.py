@@ -1,0 +1,154 @@
+"""One clustering job: Zarr input → Dask cluster → Zarr output. The CLI and workflows call this."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import store
+from .cluster import dask_client
+from .engine import MeanShiftResult, ProgressCallback, mean_shift
+from .params import MeanShiftParams
+
+
+@dataclass
+class JobReport:
+    """Summary of a finished job (also stored in the output's attributes)."""
+
+    input: str
+    output: str
+    n_points: int
+    n_dims: int
+    n_clusters: int
+    sizes: list[int]
+    centers: list[list[float]]
+    bandwidth: float
+    bandwidth_estimated: bool
+    n_iter: int
+    converged: bool
+    stop_reason: str
+    timings: dict[str, float] = field(default_factory=dict)
+    dashboard: str | None = None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a result."""
+    versions = {}
+    for name in ("meanshift-pipeline", "numpy", "dask", "distributed", "zarr", "scikit-learn"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def result_attributes(
+    result: MeanShiftResult, params: MeanShiftParams, source: store.InputInfo, n_points: int
+) -> dict[str, Any]:
+    """JSON-ready attributes describing a run."""
+    return {
+        "input": {"url": source.url, "array": source.name, "shape": list(source.array.shape)},
+        "parameters": params.model_dump(),
+        "bandwidth": result.bandwidth,
+        "bandwidth_estimated": result.bandwidth_estimated,
+        "n_points": n_points,
+        "n_seeds": result.n_seeds,
+        "n_clusters": len(result.sizes),
+        "n_iter": result.n_iter,
+        "converged": result.converged,
+        "stop_reason": result.stop_reason,
+        "max_shift_per_iteration": result.max_shift,
+        "versions": package_versions(),
+        "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_job(
+    input_url: str,
+    output_url: str,
+    params: MeanShiftParams,
+    *,
+    array: str = "points",
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    overwrite: bool = False,
+    write_modes: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+    dashboard: bool = False,
+    on_cluster_ready: Any = None,
+) -> JobReport:
+    """Cluster a Zarr point set and write the result to a Zarr group.
+
+    The input is validated and the output created (``status: "running"``)
+    before any cluster starts, so user mistakes fail fast. On any error the
+    output is marked ``failed``; it is marked ``complete`` only after every
+    array and attribute is written.
+
+    Parameters
+    ----------
+    input_url, output_url : str
+        Paths or fsspec URLs of the input group (or array) and the output group.
+    params : MeanShiftParams
+    array : str
+        Array of the input group holding the points.
+    scheduler : str, optional
+        Address of a running Dask scheduler; default: an embedded local cluster.
+    n_workers : int, optional
+        Workers of the embedded cluster.
+    overwrite : bool
+        Replace an existing output.
+    write_modes : bool
+        Also store where each point converged (``modes``).
+    progress : callable, optional
+        Called after each blurring iteration.
+    on_cluster_ready : callable, optional
+        Called with the ``distributed.Client`` once connected.
+    """
+    opened = time.perf_counter()
+    source = store.open_points(input_url, array, storage_options)
+    n, d = source.array.shape
+    group = store.create_output(output_url, n, d, source.row_chunk, overwrite)
+    try:
+        before_cluster = time.perf_counter()
+        with dask_client(scheduler, n_workers, dashboard=dashboard) as client:
+            cluster_start = time.perf_counter() - before_cluster
+            link = client.dashboard_link if dashboard else None
+            if on_cluster_ready is not None:
+                on_cluster_ready(client)
+            result = mean_shift(store.points_as_dask(source), params, progress=progress)
+            clock = time.perf_counter()
+            store.write_per_point(group, "labels", result.labels, source.row_chunk)
+            if write_modes and result.modes is not None:
+                store.write_per_point(group, "modes", result.modes, source.row_chunk)
+            timings = dict(result.timings)
+            timings["write_s"] = time.perf_counter() - clock
+            timings["cluster_start_s"] = cluster_start
+            timings["pipeline_s"] = time.perf_counter() - opened - cluster_start
+            attributes = result_attributes(result, params, source, n)
+            attributes["timings"] = timings
+            store.write_summary(group, result.centers, result.sizes, attributes)
+    except BaseException as exc:
+        store.mark_failed(group, f"{type(exc).__name__}: {exc}")
+        raise
+    return JobReport(
+        input=input_url,
+        output=output_url,
+        n_points=n,
+        n_dims=d,
+        n_clusters=len(result.sizes),
+        sizes=[int(s) for s in result.sizes],
+        centers=np.asarray(result.centers).tolist(),
+        bandwidth=result.bandwidth,
+        bandwidth_estimated=result.bandwidth_estimated,
+        n_iter=result.n_iter,
+        converged=result.converged,
+        stop_reason=result.stop_reason,
+        timings=timings,
+        dashboard=link,
+    )

@@ -1,0 +1,126 @@
+"""Modes → clusters: candidate reduction, density-ordered suppression, labels.
+
+The merge is scikit-learn's, made partition-independent:
+
+1. Each converged mode carries its *density*, the weighted kernel sum at its
+   position (for the flat kernel: the number of points within the bandwidth,
+   scikit-learn's "intensity"). Modes with density 0 saw no point and are dropped.
+2. Modes are put in cells of side ``cell`` (the convergence tolerance): one
+   candidate per cell, the one first in the canonical order (density descending,
+   then coordinates descending). This runs per chunk and again on the combined
+   chunk results; it is associative, so the candidates do not depend on chunking.
+3. Candidates in canonical order each suppress the later ones within ``radius``
+   (the bandwidth); the survivors are the cluster centres.
+4. Clusters are numbered by descending size (ties: canonical order).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+from .kernels import nearest
+
+
+def _canonical_order(positions: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """Indices sorting by density descending, then coordinates descending."""
+    keys = tuple(-positions[:, j] for j in reversed(range(positions.shape[1]))) + (-density,)
+    return np.lexsort(keys)
+
+
+def mode_candidates(
+    modes: np.ndarray, density: np.ndarray, cell: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reduce modes to one candidate per occupied cell.
+
+    Parameters
+    ----------
+    modes : array, shape (m, d)
+    density : array, shape (m,)
+    cell : float
+        Cell side (same units as ``modes``).
+
+    Returns
+    -------
+    keys : array, shape (c, d)
+        Cell indices (as floats).
+    positions : array, shape (c, d)
+    density : array, shape (c,)
+    """
+    keep = density > 0
+    modes, density = modes[keep], density[keep]
+    order = _canonical_order(modes, density)
+    modes, density = modes[order], density[order]
+    keys = np.floor(modes / cell)
+    if len(keys) == 0:
+        return keys, modes, density
+    _, first = np.unique(keys, axis=0, return_index=True)
+    first.sort()
+    return keys[first], modes[first], density[first]
+
+
+def combine_candidates(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cell: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Combine per-chunk candidates into one candidate per cell, in canonical order.
+
+    Returns
+    -------
+    positions : array, shape (c, d)
+    density : array, shape (c,)
+    """
+    positions = np.concatenate([p for _, p, _ in parts])
+    density = np.concatenate([w for _, _, w in parts])
+    _, positions, density = mode_candidates(positions, density, cell)
+    order = _canonical_order(positions, density)
+    return positions[order], density[order]
+
+
+def suppress(positions: np.ndarray, radius: float) -> np.ndarray:
+    """Greedy suppression of candidates already in canonical order.
+
+    Each surviving candidate removes every later candidate within ``radius``
+    (inclusive). Returns the indices of the survivors, in order.
+    """
+    if len(positions) == 0:
+        return np.zeros(0, dtype=np.int64)
+    alive = np.ones(len(positions), dtype=bool)
+    neighbours = NearestNeighbors(radius=radius).fit(positions)
+    for i in range(len(positions)):
+        if alive[i]:
+            within = neighbours.radius_neighbors(positions[i : i + 1], return_distance=False)[0]
+            alive[within[within > i]] = False
+    return np.flatnonzero(alive)
+
+
+def assign_labels(
+    queries: Any,
+    points: Any,
+    centers: Any,
+    cluster_all: bool,
+    xp: ModuleType,
+    block_bytes: int,
+) -> Any:
+    """Label each row by the centre nearest to its query (its mode, or the point itself).
+
+    With ``cluster_all=False`` a point farther than 1 (one bandwidth) from its
+    centre gets -1. All inputs in bandwidth units.
+    """
+    index, _ = nearest(queries, centers, xp, block_bytes)
+    labels = index.astype(xp.int32)
+    if not cluster_all:
+        offset = points - centers[index]
+        far = (offset * offset).sum(axis=1) > 1.0
+        labels[far] = -1
+    return labels
+
+
+def size_order(sizes: np.ndarray) -> np.ndarray:
+    """New number of each cluster: by size descending, ties by current number."""
+    order = np.lexsort((np.arange(len(sizes)), -sizes))
+    renumber = np.empty(len(sizes), dtype=np.int32)
+    renumber[order] = np.arange(len(sizes), dtype=np.int32)
+    return renumber

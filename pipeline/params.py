@@ -1,0 +1,98 @@
+"""Validated clustering parameters, shared by the CLI, the estimator and workflow specs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ParameterError
+
+KernelName = Literal["gaussian", "flat", "epanechnikov"]
+KERNELS: tuple[str, ...] = ("gaussian", "flat", "epanechnikov")
+DEFAULT_BLOCK_BYTES = 64 * 2**20
+
+
+class MeanShiftParams(BaseModel):
+    """Parameters of one mean shift run.
+
+    Attributes
+    ----------
+    bandwidth : float or None
+        Kernel bandwidth in data units; ``None`` estimates it (see
+        :func:`pipeline.bandwidth.estimate_bandwidth`).
+    kernel : {"gaussian", "flat", "epanechnikov"}
+        Weight given to a point at distance ``r``: ``exp(-r²/2h²)``, ``r <= h``
+        (scikit-learn's kernel), or ``max(0, 1 - r²/h²)``.
+    blurring : bool
+        Blurring mean shift (every point moves, the set moves with it) instead of
+        standard mean shift (seeds move against the fixed point set).
+    bin_seeding, min_bin_freq :
+        Seed standard mean shift from grid cells of side ``bandwidth`` holding at
+        least ``min_bin_freq`` points, as scikit-learn does.
+    cluster_all : bool
+        Label every point; when False, points farther than ``bandwidth`` from
+        their cluster centre get label -1.
+    max_iter : int
+        Most iterations of the shift (per seed for standard mean shift).
+    tol : float
+        Convergence threshold as a fraction of the bandwidth: a seed (or, when
+        blurring, every point) that moves at most ``tol * bandwidth`` has stopped.
+    bandwidth_quantile, bandwidth_n_samples, random_state :
+        Controls of the bandwidth estimate.
+    block_bytes : int
+        Most bytes of pairwise intermediates one task holds at a time.
+    backend : {"auto", "numpy", "cupy"}
+        Array module for the shift kernels.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bandwidth: float | None = None
+    kernel: KernelName = "flat"
+    blurring: bool = False
+    bin_seeding: bool = False
+    min_bin_freq: int = Field(default=1, ge=1)
+    cluster_all: bool = True
+    max_iter: int = Field(default=300, ge=1)
+    tol: float = Field(default=1e-3, ge=0.0, lt=1.0)
+    bandwidth_quantile: float = Field(default=0.3, gt=0.0, le=1.0)
+    bandwidth_n_samples: int = Field(default=5000, ge=2)
+    random_state: int = Field(default=0, ge=0)
+    block_bytes: int = Field(default=DEFAULT_BLOCK_BYTES, ge=2**16)
+    backend: Literal["auto", "numpy", "cupy"] = "auto"
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _positive_finite(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError("must be a positive finite number (or omitted to estimate it)")
+        return value
+
+
+def make_params(**values: Any) -> MeanShiftParams:
+    """Build :class:`MeanShiftParams`, turning validation failures into one-line errors.
+
+    Raises
+    ------
+    ParameterError
+        Naming the first invalid parameter and why.
+    """
+    try:
+        return MeanShiftParams(**values)
+    except ValidationError as exc:
+        raise ParameterError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Render the first error of a pydantic ValidationError as one line naming the field."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "value"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown parameter"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    extra = f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid parameter '{field}': {message}{extra}"

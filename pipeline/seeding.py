@@ -1,0 +1,55 @@
+"""Seeds for standard mean shift: grid-bin seeds counted chunk by chunk."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+
+
+def bin_counts(block: np.ndarray, bin_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Occupied grid bins of one chunk and their point counts.
+
+    Bins are scikit-learn's: ``round(x / bin_size)`` per coordinate.
+    """
+    keys = np.round(np.asarray(block, dtype=np.float64) / bin_size)
+    if keys.shape[0] == 0:
+        return keys, np.zeros(0, dtype=np.int64)
+    unique, counts = np.unique(keys, axis=0, return_counts=True)
+    return unique, counts.astype(np.int64)
+
+
+def combine_bin_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Add up per-chunk bin counts (the result does not depend on the chunking)."""
+    keys = np.concatenate([k for k, _ in parts])
+    counts = np.concatenate([c for _, c in parts])
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    return unique, np.bincount(inverse.ravel(), weights=counts, minlength=len(unique)).astype(
+        np.int64
+    )
+
+
+def bin_seeds(points: da.Array, bin_size: float, min_bin_freq: int) -> np.ndarray | None:
+    """Seeds at the centres of grid bins holding at least ``min_bin_freq`` points.
+
+    Parameters
+    ----------
+    points : dask.array.Array, shape (n, d)
+        Points in data units.
+    bin_size : float
+        Side of the grid cells (scikit-learn uses the bandwidth).
+    min_bin_freq : int
+
+    Returns
+    -------
+    numpy.ndarray or None
+        Seeds in data units (possibly none), or None when there would be as many
+        seeds as points (binning did not help: use the points themselves, as
+        scikit-learn does).
+    """
+    parts = dask.compute(*[dask.delayed(bin_counts)(b, bin_size) for b in points.to_delayed().ravel()])
+    keys, counts = combine_bin_counts(list(parts))
+    kept = keys[counts >= min_bin_freq]
+    if len(kept) == points.shape[0]:
+        return None
+    return kept * bin_size

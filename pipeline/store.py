@@ -1,0 +1,198 @@
+"""Zarr in and out: open the input read-only, create aligned outputs, mark them complete last.
+
+Output layout (a Zarr v3 group)::
+
+    labels   (n,)   int32    chunked like the input rows
+    centers  (k, d) float64
+    sizes    (k,)   int64
+    modes    (n, d) float64  optional, chunked like the input rows
+    attrs: status ("running" → "complete" or "failed"), parameters, bandwidth,
+           iterations, per-iteration max shift, timings, versions
+
+Every array is written with dask chunks equal to its Zarr chunks, so no two
+tasks ever write the same chunk, and ``status: "complete"`` is written last.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+import zarr.errors
+
+from .errors import InputDataError, OutputError
+
+STATUS_RUNNING = "running"
+STATUS_COMPLETE = "complete"
+STATUS_FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """What was opened: the array, where it came from, and its row chunking."""
+
+    array: zarr.Array
+    url: str
+    name: str
+    row_chunk: int
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _local_path(url: str) -> str:
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
+def open_points(
+    url: str, array: str = "points", storage_options: dict[str, Any] | None = None
+) -> InputInfo:
+    """Open an ``(n, d)`` numeric Zarr array read-only.
+
+    Parameters
+    ----------
+    url : str
+        Path or fsspec URL of a Zarr group (or of an array).
+    array : str
+        Name of the array inside the group.
+    storage_options : dict, optional
+        Passed to fsspec for remote URLs.
+
+    Raises
+    ------
+    InputDataError
+        The store is missing, not Zarr, lacks the array, or the array is not 2-D numeric.
+    """
+    if _is_local(url) and not os.path.exists(_local_path(url)):
+        raise InputDataError(f"input not found: {url}")
+    try:
+        node = zarr.open(url, mode="r", storage_options=storage_options)
+    except (zarr.errors.NodeNotFoundError, FileNotFoundError):
+        raise InputDataError(f"not a Zarr store (no zarr.json or .zarray/.zgroup): {url}") from None
+    except Exception as exc:  # fsspec and codec errors come in many types
+        raise InputDataError(f"cannot open input {url}: {exc}") from None
+    if isinstance(node, zarr.Group):
+        names = sorted(node.array_keys())
+        if array not in names:
+            found = ", ".join(names) if names else "none"
+            raise InputDataError(f"{url} has no array '{array}' (arrays found: {found})")
+        node = node[array]
+        if not isinstance(node, zarr.Array):
+            raise InputDataError(f"'{array}' in {url} is not an array")
+    arr = node
+    if arr.ndim != 2:
+        raise InputDataError(
+            f"'{array}' must be 2-D (n points x d dimensions); it has shape {arr.shape}"
+        )
+    kind = np.dtype(arr.dtype).kind if isinstance(arr.dtype, np.dtype) else "O"
+    if kind not in "fiu":
+        raise InputDataError(f"'{array}' must hold real numbers; its dtype is {arr.dtype}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputDataError(f"'{array}' is empty (shape {arr.shape})")
+    row_chunk = (arr.shards or arr.chunks)[0]
+    return InputInfo(array=arr, url=url, name=array, row_chunk=int(row_chunk))
+
+
+def points_as_dask(info: InputInfo) -> da.Array:
+    """The input as a dask array with one chunk (or shard) of rows per block, all columns."""
+    rows = info.row_chunk
+    return da.from_array(info.array, chunks=(rows, info.array.shape[1]), lock=False, asarray=True)
+
+
+def _existing_status(url: str) -> str | None:
+    try:
+        group = zarr.open_group(url, mode="r")
+    except Exception:
+        return None
+    return str(group.attrs.get("status", "unknown"))
+
+
+def create_output(
+    url: str,
+    n_points: int,
+    n_dims: int,
+    row_chunk: int,
+    overwrite: bool = False,
+) -> zarr.Group:
+    """Create the output group with ``status: "running"`` and its per-point arrays.
+
+    Raises
+    ------
+    OutputError
+        The location exists and ``overwrite`` is False, or it cannot be written.
+    """
+    if _is_local(url):
+        path = _local_path(url)
+        if os.path.exists(path) and not overwrite:
+            status = _existing_status(url)
+            what = f"a Zarr group with status '{status}'" if status else "something"
+            raise OutputError(f"output {url} already exists ({what}); pass --overwrite to replace it")
+    try:
+        group = zarr.open_group(url, mode="w" if overwrite else "w-")
+        group.update_attributes({"status": STATUS_RUNNING})
+        group.create_array(
+            "labels", shape=(n_points,), chunks=(row_chunk,), dtype="int32", fill_value=-1
+        )
+    except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
+        raise OutputError(f"output {url} already exists; pass --overwrite to replace it") from None
+    except PermissionError as exc:
+        raise OutputError(f"cannot write output {url}: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write output {url}: {exc.strerror or exc}") from None
+    return group
+
+
+def write_per_point(group: zarr.Group, name: str, values: da.Array, row_chunk: int) -> None:
+    """Write a per-point dask array into the group (created if absent), one task per Zarr chunk."""
+    if name in group:
+        target = group[name]
+    else:
+        target = group.create_array(
+            name, shape=values.shape, chunks=(row_chunk, *values.shape[1:]), dtype=values.dtype
+        )
+    expected = da.core.normalize_chunks(target.chunks, target.shape)
+    if values.chunks != expected:
+        values = values.rechunk(expected)
+    da.store(values, target, lock=False)
+
+
+def write_summary(
+    group: zarr.Group, centers: np.ndarray, sizes: np.ndarray, attributes: dict[str, Any]
+) -> None:
+    """Write centres, sizes and the run's attributes, then mark the output complete."""
+    k, d = centers.shape
+    group.create_array("centers", shape=(k, d), chunks=(max(k, 1), d), dtype="float64")[...] = centers
+    group.create_array("sizes", shape=(k,), chunks=(max(k, 1),), dtype="int64")[...] = sizes
+    group.update_attributes({**attributes, "status": STATUS_RUNNING})
+    group.update_attributes({"status": STATUS_COMPLETE})
+
+
+def mark_failed(group: zarr.Group, message: str) -> None:
+    """Record a failure on the output (best effort)."""
+    try:
+        group.update_attributes({"status": STATUS_FAILED, "error": message})
+    except Exception:
+        pass
+
+
+def open_result(url: str) -> zarr.Group:
+    """Open a complete output group read-only.
+
+    Raises
+    ------
+    InputDataError
+        The output is missing or not marked complete.
+    """
+    try:
+        group = zarr.open_group(url, mode="r")
+    except Exception:
+        raise InputDataError(f"no meanshift output at {url}") from None
+    status = group.attrs.get("status")
+    if status != STATUS_COMPLETE:
+        raise InputDataError(f"output {url} is not complete (status: {status})")
+    return group
