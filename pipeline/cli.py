@@ -204,8 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("meanshift: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "meanshift"
+        click.echo(f"{where}: error: {exc.format_message()} (see '{where} --help')", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"meanshift: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except PipelineError as exc:
         click.echo(f"meanshift: error: {exc}", err=True)

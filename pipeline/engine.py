@@ -423,7 +423,7 @@ def mean_shift(
         .compute()
     )
     sizes = np.rint(np.asarray(sizes)).astype(np.int64)
-    renumber = merge.size_order(sizes)
+    renumber = merge.size_order(sizes, centers)
     order = np.argsort(renumber)
     labels = raw.map_blocks(_renumber_block, renumber, dtype=np.int32)
     centers = centers[order] * bandwidth + origin

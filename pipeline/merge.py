@@ -11,7 +11,7 @@ The merge is scikit-learn's, made partition-independent:
    chunk results; it is associative, so the candidates do not depend on chunking.
 3. Candidates in canonical order each suppress the later ones within ``radius``
    (the bandwidth); the survivors are the cluster centres.
-4. Clusters are numbered by descending size (ties: canonical order).
+4. Clusters are numbered by descending size (ties: by centre coordinates).
 """
 
 from __future__ import annotations
@@ -118,9 +118,15 @@ def assign_labels(
     return labels
 
 
-def size_order(sizes: np.ndarray) -> np.ndarray:
-    """New number of each cluster: by size descending, ties by current number."""
-    order = np.lexsort((np.arange(len(sizes)), -sizes))
+def size_order(sizes: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """New number of each cluster: by size descending, ties by centre coordinates ascending.
+
+    Ties are broken by coordinates rather than by density, because distinct
+    centres differ in coordinates by about a bandwidth, while densities of
+    equal-size clusters can differ by rounding alone.
+    """
+    keys = tuple(centers[:, j] for j in reversed(range(centers.shape[1]))) + (-sizes,)
+    order = np.lexsort(keys)
     renumber = np.empty(len(sizes), dtype=np.int32)
     renumber[order] = np.arange(len(sizes), dtype=np.int32)
     return renumber

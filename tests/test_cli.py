@@ -1,0 +1,107 @@
+"""The `meanshift` console script, run as a user would run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.store import STATUS_COMPLETE
+
+
+def meanshift(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["generate"], ["demo"]])
+def test_help_everywhere(command):
+    result = meanshift(*command, "--help")
+    assert result.returncode == 0
+    assert "Usage:" in result.stdout
+
+
+def test_generate_then_run_on_two_worker_processes(tmp_path):
+    data = str(tmp_path / "data.zarr")
+    out = str(tmp_path / "out.zarr")
+    generated = meanshift("generate", "--clusters", "4", "--per-cluster", "200", "--seed", "3",
+                          "--chunk", "128", "--output", data)
+    assert generated.returncode == 0, generated.stderr
+    points = zarr.open_group(data, mode="r")["points"]
+    assert points.shape == (800, 2) and points.dtype == np.float32 and points.chunks == (128, 2)
+    result = meanshift("run", "--input", data, "--output", out, "--bandwidth", "2.5",
+                       "--kernel", "gaussian", "--blurring", "--n-workers", "2", "--modes")
+    assert result.returncode == 0, result.stderr
+    assert "-> 4 clusters" in result.stdout
+    assert f"output: {out}" in result.stdout
+    group = zarr.open_group(out, mode="r")
+    assert group.attrs["status"] == STATUS_COMPLETE
+    assert group["labels"].chunks == (128,)
+    truth = zarr.open_group(data, mode="r")["truth"][...]
+    labels = group["labels"][...]
+    # each true blob maps to exactly one cluster
+    assert all(len(np.unique(labels[truth == c])) == 1 for c in range(4))
+
+
+def test_demo_writes_summary_and_plot(tmp_path):
+    result = meanshift("demo", "--plot", "demo.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1,500 points x 2 dims -> 6 clusters" in result.stdout
+    png = tmp_path / "demo.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "small.zarr"
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("points", shape=(20, 2), chunks=(10, 2), dtype="float32")[...] = np.arange(40).reshape(20, 2)
+    group.create_array("line", shape=(20,), chunks=(10,), dtype="float32")[...] = np.arange(20)
+    group.create_array("words", shape=(20, 2), chunks=(10, 2), dtype=str)[...] = np.full((20, 2), "a")
+    (path.parent / "plain-folder").mkdir()
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["run", "-i", "{tmp}/missing.zarr", "-o", "{tmp}/o.zarr"], 3, "input not found"),
+        (["run", "-i", "{parent}/plain-folder", "-o", "{tmp}/o.zarr"], 3, "not a Zarr store"),
+        (["run", "-i", "{store}", "--array", "nope", "-o", "{tmp}/o.zarr"], 3, "has no array 'nope'"),
+        (["run", "-i", "{store}", "--array", "line", "-o", "{tmp}/o.zarr"], 3, "must be 2-D"),
+        (["run", "-i", "{store}", "--array", "words", "-o", "{tmp}/o.zarr"], 3, "real numbers"),
+        (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "-1"], 2, "positive number"),
+        (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "wide"], 2, "neither a number"),
+        (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--kernel", "cosine"], 2, "cosine"),
+        (["run", "-i", "{store}", "-o", "{store}"], 4, "already exists"),
+        (["generate", "-o", "{store}"], 4, "already exists"),
+        (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--backend", "cupy", "-b", "1"], 2, "no CUDA device"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_exit_code(small_store, tmp_path, args, code, message):
+    import os
+
+    filled = [
+        a.format(tmp=tmp_path, store=small_store, parent=os.path.dirname(small_store)) for a in args
+    ]
+    result = meanshift(*filled)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_scheduler_is_a_cluster_error(small_store, tmp_path):
+    result = meanshift("run", "-i", small_store, "-o", str(tmp_path / "o.zarr"), "-b", "1",
+                       "--scheduler", "tcp://127.0.0.1:9")
+    assert result.returncode == 5
+    assert "cannot reach Dask scheduler" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,165 @@
+"""The engine against references: the seed's algorithm, scikit-learn, the truth."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.cluster import MeanShift as SklearnMeanShift
+from sklearn.metrics import adjusted_rand_score
+
+from pipeline.datasets import make_blobs
+from pipeline.engine import mean_shift
+from pipeline.params import make_params
+
+from .references import seed_blurring_reference
+
+SEED_CONFIG = dict(kernel="gaussian", blurring=True, bandwidth=2.5)
+
+
+def run(points, chunks=None, seeds=None, weights=None, **params):
+    array = da.from_array(points, chunks=(chunks or len(points), points.shape[1]))
+    return mean_shift(array, make_params(**params), seeds=seeds, weights=weights)
+
+
+def test_seed_equivalence_five_blurring_iterations(seed_data):
+    points, _, _ = seed_data
+    with dask.config.set(scheduler="sync"):
+        result = run(points, chunks=400, max_iter=5, tol=0.0, **SEED_CONFIG)
+        modes = result.modes.compute()
+    assert result.n_iter == 5
+    reference = seed_blurring_reference(points, 2.5, 5)
+    np.testing.assert_allclose(modes, reference, atol=1e-4, rtol=0)
+
+
+def test_seed_configuration_recovers_the_blobs(seed_data):
+    points, truth, centroids = seed_data
+    with dask.config.set(scheduler="sync"):
+        result = run(points, chunks=500, **SEED_CONFIG)
+        labels = result.labels.compute()
+    assert adjusted_rand_score(truth, labels) >= 0.99
+    assert result.converged and result.n_iter < 300
+    # every true centroid has a found centre near it (blob std is sqrt(5))
+    gaps = np.sqrt(((centroids[:, None, :] - result.centers[None]) ** 2).sum(-1)).min(axis=1)
+    assert gaps.max() < 1.0
+
+
+def test_blurring_stops_by_itself_before_max_iter(seed_data):
+    points, _, _ = seed_data
+    with dask.config.set(scheduler="sync"):
+        result = run(points, max_iter=300, **SEED_CONFIG)
+    assert result.converged
+    assert result.n_iter < 20
+    assert len(result.max_shift) == result.n_iter
+    assert result.max_shift[-1] <= 1e-3 * 2.5 or "stopped changing" in result.stop_reason
+
+
+@pytest.mark.parametrize(
+    ("n_clusters", "per_cluster", "dims", "seed", "bandwidth"),
+    [(6, 250, 2, 0, 2.5), (4, 400, 2, 1, 3.0), (5, 300, 3, 2, 3.5), (3, 500, 2, 3, 4.0)],
+)
+def test_flat_bin_seeding_matches_sklearn(n_clusters, per_cluster, dims, seed, bandwidth):
+    points, _, _ = make_blobs(n_clusters, per_cluster, 5.0, dims, seed)
+    reference = SklearnMeanShift(bandwidth=bandwidth, bin_seeding=True).fit(points)
+    with dask.config.set(scheduler="sync"):
+        result = run(points, chunks=333, kernel="flat", bandwidth=bandwidth, bin_seeding=True)
+        labels = result.labels.compute()
+    expected = reference.cluster_centers_
+    assert len(result.centers) == len(expected)
+    # match centres one to one, nearest first
+    gaps = np.sqrt(((expected[:, None, :] - result.centers[None]) ** 2).sum(-1))
+    assert np.all(gaps.min(axis=1) <= 1e-3 * bandwidth)
+    assert sorted(gaps.argmin(axis=1)) == list(range(len(expected)))
+    assert adjusted_rand_score(reference.labels_, labels) >= 0.999
+
+
+def test_flat_all_points_as_seeds_matches_sklearn_centres(seed_data):
+    """With every point a seed, the centres are scikit-learn's; labels follow each point's mode."""
+    points, _, _ = seed_data
+    subset = points[::3]
+    reference = SklearnMeanShift(bandwidth=3.0).fit(subset)
+    with dask.config.set(scheduler="sync"):
+        result = run(subset, chunks=128, kernel="flat", bandwidth=3.0)
+        labels = result.labels.compute()
+        modes = result.modes.compute()
+    expected = reference.cluster_centers_
+    assert len(result.centers) == len(expected)
+    gaps = np.sqrt(((expected[:, None, :] - result.centers[None]) ** 2).sum(-1))
+    assert np.all(gaps.min(axis=1) <= 1e-3 * 3.0)
+    # a point's label is the centre nearest to where it converged
+    own = np.sqrt(((modes[:, None, :] - result.centers[None]) ** 2).sum(-1)).argmin(axis=1)
+    np.testing.assert_array_equal(labels, own)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "flat", "epanechnikov"])
+@pytest.mark.parametrize("blurring", [False, True])
+def test_partition_invariance_chunk_sizes(seed_data, kernel, blurring):
+    points, _, _ = seed_data
+    outcomes = []
+    for chunks in (100, 1000, len(points)):
+        with dask.config.set(scheduler="threads"):
+            result = run(points, chunks=chunks, kernel=kernel, blurring=blurring, bandwidth=2.5)
+            outcomes.append((result.labels.compute(), result.centers, result.sizes, result.n_iter))
+    labels0, centers0, sizes0, iters0 = outcomes[0]
+    for labels, centers, sizes, iters in outcomes[1:]:
+        np.testing.assert_array_equal(labels, labels0)
+        np.testing.assert_array_equal(sizes, sizes0)
+        np.testing.assert_allclose(centers, centers0, rtol=0, atol=1e-9)
+        assert iters == iters0
+
+
+def test_weights_equal_duplicated_points(seed_data):
+    points, _, _ = seed_data
+    sample = points[::5]
+    doubled_weights = np.ones(len(sample))
+    doubled_weights[::2] = 2.0
+    duplicated = np.concatenate([sample, sample[::2]])
+    with dask.config.set(scheduler="sync"):
+        weighted = run(
+            sample, weights=da.from_array(doubled_weights, chunks=len(sample)), kernel="gaussian", bandwidth=2.5
+        )
+        plain = run(duplicated, kernel="gaussian", bandwidth=2.5)
+        labels_w = weighted.labels.compute()
+        labels_p = plain.labels.compute()[: len(sample)]
+    np.testing.assert_allclose(weighted.centers, plain.centers, atol=1e-9)
+    np.testing.assert_array_equal(weighted.sizes, plain.sizes)
+    np.testing.assert_array_equal(labels_w, labels_p)
+
+
+def test_small_block_budget_gives_same_result(seed_data):
+    points, _, _ = seed_data
+    with dask.config.set(scheduler="sync"):
+        small = run(points, kernel="gaussian", blurring=True, bandwidth=2.5, block_bytes=2**16)
+        large = run(points, kernel="gaussian", blurring=True, bandwidth=2.5)
+        np.testing.assert_allclose(small.modes.compute(), large.modes.compute(), atol=1e-9)
+    np.testing.assert_array_equal(small.sizes, large.sizes)
+
+
+def test_given_seeds_and_outliers(seed_data):
+    points, truth, centroids = seed_data
+    with dask.config.set(scheduler="sync"):
+        result = run(points, seeds=centroids, kernel="gaussian", bandwidth=2.5, cluster_all=False)
+        labels = result.labels.compute()
+    assert len(result.centers) == 6
+    assert result.n_seeds == 6
+    assert (labels == -1).any()
+    kept = labels >= 0
+    assert adjusted_rand_score(truth[kept], labels[kept]) >= 0.99
+    # outliers are exactly the points farther than the bandwidth from their centre
+    nearest = np.sqrt(((points[:, None, :] - result.centers[None]) ** 2).sum(-1)).min(axis=1)
+    np.testing.assert_array_equal(labels == -1, nearest > 2.5)
+
+
+def test_clusters_numbered_by_descending_size():
+    rng = np.random.default_rng(5)
+    points = np.concatenate(
+        [rng.normal(0, 0.3, (50, 2)), rng.normal(10, 0.3, (200, 2)), rng.normal(-10, 0.3, (120, 2))]
+    )
+    with dask.config.set(scheduler="sync"):
+        result = run(points, kernel="gaussian", bandwidth=1.0)
+        labels = result.labels.compute()
+    np.testing.assert_array_equal(result.sizes, [200, 120, 50])
+    np.testing.assert_array_equal(np.bincount(labels), [200, 120, 50])
+    assert labels.dtype == np.int32
+    np.testing.assert_allclose(result.centers[0], [10, 10], atol=0.2)

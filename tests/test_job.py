@@ -1,0 +1,113 @@
+"""Jobs from Zarr to Zarr on real Dask clusters with worker processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import zarr
+from sklearn.metrics import adjusted_rand_score
+
+from pipeline.datasets import write_blobs
+from pipeline.errors import InputDataError, OutputError
+from pipeline.job import run_job
+from pipeline.params import make_params
+from pipeline.store import STATUS_COMPLETE, STATUS_FAILED, open_result
+
+SEED = make_params(kernel="gaussian", blurring=True, bandwidth=2.5)
+
+
+def tree_digest(path: str) -> str:
+    """Hash of every file under a folder (names and contents)."""
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def test_job_on_two_worker_processes_writes_complete_output(seed_store, cluster_2proc, tmp_path):
+    before = tree_digest(seed_store)
+    out = str(tmp_path / "out.zarr")
+    report = run_job(
+        seed_store, out, SEED, scheduler=cluster_2proc.scheduler_address, write_modes=True
+    )
+    assert tree_digest(seed_store) == before  # input untouched
+    group = open_result(out)
+    truth = zarr.open_group(seed_store, mode="r")["truth"][...]
+    labels = group["labels"]
+    assert labels.shape == (1500,) and labels.dtype == np.int32 and labels.chunks == (300,)
+    assert adjusted_rand_score(truth, labels[...]) >= 0.99
+    assert group["centers"].shape == (report.n_clusters, 2)
+    np.testing.assert_array_equal(group["sizes"][...], np.bincount(labels[...]))
+    assert group["modes"].shape == (1500, 2)
+    attrs = group.attrs.asdict()
+    assert attrs["status"] == STATUS_COMPLETE
+    assert attrs["bandwidth"] == 2.5 and attrs["bandwidth_estimated"] is False
+    assert attrs["parameters"]["kernel"] == "gaussian" and attrs["parameters"]["blurring"] is True
+    assert attrs["n_iter"] == len(attrs["max_shift_per_iteration"]) == report.n_iter
+    assert {"pipeline_s", "cluster_start_s", "iterate_s", "merge_s"} <= set(attrs["timings"])
+    assert attrs["versions"]["zarr"] == zarr.__version__
+
+
+def _outputs(path: str):
+    group = open_result(path)
+    return group["labels"][...], group["centers"][...], group["sizes"][...]
+
+
+def test_same_result_for_chunkings_and_worker_counts(cluster_2proc, tmp_path):
+    runs = []
+    for chunk in (100, 1000, 1500):
+        data = str(tmp_path / f"data-{chunk}.zarr")
+        write_blobs(data, 6, 250, 5.0, 2, seed=4, chunk=chunk)
+        out = str(tmp_path / f"out-{chunk}.zarr")
+        run_job(data, out, SEED, scheduler=cluster_2proc.scheduler_address)
+        runs.append(_outputs(out))
+    out1 = str(tmp_path / "out-one-worker.zarr")
+    run_job(str(tmp_path / "data-100.zarr"), out1, SEED, n_workers=1)
+    runs.append(_outputs(out1))
+    labels0, centers0, sizes0 = runs[0]
+    for labels, centers, sizes in runs[1:]:
+        np.testing.assert_array_equal(labels, labels0)
+        np.testing.assert_array_equal(sizes, sizes0)
+        np.testing.assert_allclose(centers, centers0, rtol=0, atol=1e-9)
+
+
+def test_integer_points_are_converted(cluster_2proc, tmp_path):
+    data = str(tmp_path / "ints.zarr")
+    group = zarr.open_group(data, mode="w")
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.integers(0, 5, (100, 2)), rng.integers(100, 105, (100, 2))])
+    group.create_array("points", shape=values.shape, chunks=(64, 2), dtype="int16")[...] = values
+    out = str(tmp_path / "out.zarr")
+    report = run_job(data, out, make_params(bandwidth=10.0), scheduler=cluster_2proc.scheduler_address)
+    assert report.n_clusters == 2
+    assert report.sizes == [100, 100]
+
+
+def test_existing_output_is_refused_then_overwritten(seed_store, cluster_2proc, tmp_path):
+    out = str(tmp_path / "out.zarr")
+    run_job(seed_store, out, SEED, scheduler=cluster_2proc.scheduler_address)
+    before = tree_digest(out)
+    with pytest.raises(OutputError, match="already exists"):
+        run_job(seed_store, out, SEED, scheduler=cluster_2proc.scheduler_address)
+    assert tree_digest(out) == before
+    run_job(seed_store, out, make_params(bandwidth=4.0), scheduler=cluster_2proc.scheduler_address, overwrite=True)
+    assert open_result(out).attrs["bandwidth"] == 4.0
+
+
+def test_failed_run_is_marked_failed_not_complete(seed_store, cluster_2proc, tmp_path):
+    out = str(tmp_path / "out.zarr")
+    impossible = make_params(bandwidth=0.5, bin_seeding=True, min_bin_freq=10_000)
+    with pytest.raises(InputDataError, match="min_bin_freq"):
+        run_job(seed_store, out, impossible, scheduler=cluster_2proc.scheduler_address)
+    group = zarr.open_group(out, mode="r")
+    assert group.attrs["status"] == STATUS_FAILED
+    with pytest.raises(InputDataError, match="not complete"):
+        open_result(out)
