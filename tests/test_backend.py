@@ -1,0 +1,55 @@
+"""The array module is chosen once; CuPy is optional and never imported for NumPy runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipeline.backend import gpu_available, resolve_backend
+from pipeline.errors import ParameterError
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+
+
+def test_pipeline_works_with_cupy_absent():
+    result = run_python(
+        """
+        import sys
+        sys.modules["cupy"] = None  # any import of cupy now fails
+        import numpy as np
+        from pipeline import MeanShift
+        from pipeline.backend import gpu_available, resolve_backend
+        assert not gpu_available()
+        assert resolve_backend("auto") == "numpy"
+        X = np.r_[np.zeros((20, 2)), np.ones((20, 2)) * 10]
+        est = MeanShift(bandwidth=2.0, kernel="gaussian", backend="auto").fit(X)
+        print(len(est.cluster_centers_))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
+
+
+def test_numpy_run_does_not_import_cupy():
+    result = run_python(
+        """
+        import sys
+        import numpy as np
+        from pipeline import MeanShift
+        MeanShift(bandwidth=2.0, backend="numpy").fit(np.random.default_rng(0).normal(size=(50, 2)))
+        print("cupy" in sys.modules)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(gpu_available(), reason="a GPU is present")
+def test_asking_for_cupy_without_a_device_is_a_clear_error():
+    with pytest.raises(ParameterError, match="no CUDA device"):
+        resolve_backend("cupy")
