@@ -70,6 +70,7 @@ def _run_options(func: Any) -> Any:
         click.option("--tol", default=1e-3, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True), help="Stop when shifts are at most tol x bandwidth."),
         click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True),
         click.option("--scheduler", default=None, metavar="ADDRESS", help="Use a running Dask scheduler (tcp://host:8786) instead of an embedded cluster."),
+        click.option("--connect-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds to wait for --scheduler."),
         click.option("--n-workers", default=None, type=click.IntRange(min=1), help="Workers of the embedded cluster [default: one per core, at most 8]."),
         click.option("--dashboard", is_flag=True, help="Serve the embedded cluster's dashboard and print its address."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary; errors only."),
@@ -79,7 +80,7 @@ def _run_options(func: Any) -> Any:
     return func
 
 
-def _execute(input_url: str, output: str, array: str, overwrite: bool, modes: bool, quiet: bool, scheduler: str | None, n_workers: int | None, dashboard: bool, **values: Any):
+def _execute(input_url: str, output: str, array: str, overwrite: bool, modes: bool, quiet: bool, scheduler: str | None, n_workers: int | None, dashboard: bool, connect_timeout: float = 30.0, **values: Any):
     from .job import run_job
 
     params = make_params(**values)
@@ -103,7 +104,7 @@ def _execute(input_url: str, output: str, array: str, overwrite: bool, modes: bo
         report = run_job(
             input_url, output, params, array=array, scheduler=scheduler, n_workers=n_workers,
             overwrite=overwrite, write_modes=modes, progress=progress, dashboard=dashboard,
-            on_cluster_ready=announce,
+            on_cluster_ready=announce, connect_timeout=connect_timeout,
         )
     finally:
         if bar is not None:
@@ -194,6 +195,21 @@ def demo(output_dir: str | None, plot_path: str, n_workers: int, seed: int, quie
                       title=f"meanshift demo: {report.n_clusters} clusters (gaussian, bandwidth 2.5)")
         if not quiet:
             click.echo(f"plot: {path}")
+
+
+@cli.command()
+@click.argument("output")
+def status(output: str) -> None:
+    """Print the status of an output group (complete, running, failed); exit 0 only if complete."""
+    import zarr
+
+    try:
+        state = str(zarr.open_group(output, mode="r").attrs.get("status", "unknown"))
+    except Exception:
+        state = "missing"
+    click.echo(state)
+    if state != "complete":
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -164,6 +164,14 @@ def _label_block(
     return to_host(labels)
 
 
+def _iteration_stats(block: np.ndarray, d: int, tol: float) -> np.ndarray:
+    """Largest shift, number still moving, and histogram of shift lengths of one chunk."""
+    moved = block[:, d + 1]
+    counts, _ = np.histogram(moved, bins=ENTROPY_BINS)
+    head = [moved.max() if len(moved) else 0.0, float((moved > tol).sum())]
+    return np.concatenate([head, counts])[None, :]
+
+
 def _candidates_block(
     block: np.ndarray, d: int, cell: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -263,10 +271,14 @@ def _blurring(
             name=f"meanshift-blur-{iteration}-" + dask.base.tokenize(state, params),
         )
         new = new.persist()
-        moved = new[:, d + 1]
-        max_moved, n_moving, (counts, _) = dask.compute(
-            moved.max(), (moved > params.tol).sum(), da.histogram(moved, bins=ENTROPY_BINS)
-        )
+        stats = new.map_blocks(
+            _iteration_stats,
+            d,
+            params.tol,
+            chunks=((1,) * new.numblocks[0], (len(ENTROPY_BINS) + 1,)),
+            dtype=np.float64,
+        ).compute()
+        max_moved, n_moving, counts = stats[:, 0].max(), stats[:, 1].sum(), stats[:, 2:].sum(axis=0)
         augmented, state = new, new[:, :d]
         shifts.append(float(max_moved) * bandwidth)
         if progress is not None:

@@ -82,6 +82,7 @@ def run_job(
     progress: ProgressCallback | None = None,
     dashboard: bool = False,
     on_cluster_ready: Any = None,
+    connect_timeout: float = 30.0,
 ) -> JobReport:
     """Cluster a Zarr point set and write the result to a Zarr group.
 
@@ -109,6 +110,8 @@ def run_job(
         Called after each blurring iteration.
     on_cluster_ready : callable, optional
         Called with the ``distributed.Client`` once connected.
+    connect_timeout : float
+        Seconds to wait for ``scheduler``.
     """
     opened = time.perf_counter()
     source = store.open_points(input_url, array, storage_options)
@@ -116,7 +119,7 @@ def run_job(
     group = store.create_output(output_url, n, d, source.row_chunk, overwrite)
     try:
         before_cluster = time.perf_counter()
-        with dask_client(scheduler, n_workers, dashboard=dashboard) as client:
+        with dask_client(scheduler, n_workers, dashboard=dashboard, timeout=connect_timeout) as client:
             cluster_start = time.perf_counter() - before_cluster
             link = client.dashboard_link if dashboard else None
             if on_cluster_ready is not None:

@@ -101,7 +101,26 @@ def test_user_mistakes_give_one_line_and_exit_code(small_store, tmp_path, args, 
 
 def test_unreachable_scheduler_is_a_cluster_error(small_store, tmp_path):
     result = meanshift("run", "-i", small_store, "-o", str(tmp_path / "o.zarr"), "-b", "1",
-                       "--scheduler", "tcp://127.0.0.1:9")
+                       "--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "2")
     assert result.returncode == 5
     assert "cannot reach Dask scheduler" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_status_and_scheduled_workflow_script(tmp_path):
+    import os
+    import shutil
+
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    if shutil.which("meanshift", path=env["PATH"]) is None:
+        pytest.skip("the meanshift console script is not installed")
+    script = os.path.join(os.path.dirname(__file__), "..", "workflows", "seed-demo.sh")
+    first = subprocess.run(["bash", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().startswith("complete: ")
+    output = first.stdout.strip().split(": ", 1)[1]
+    assert meanshift("status", output).stdout.strip() == "complete"
+    second = subprocess.run(["bash", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert second.stdout.strip() == f"already complete: {output}"  # idempotent
+    missing = meanshift("status", str(tmp_path / "nothing.zarr"))
+    assert missing.returncode == 1 and missing.stdout.strip() == "missing"
