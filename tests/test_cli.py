@@ -117,8 +117,9 @@ def test_status_and_scheduled_workflow_script(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "..", "workflows", "seed-demo.sh")
     first = subprocess.run(["bash", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip().startswith("complete: ")
-    output = first.stdout.strip().split(": ", 1)[1]
+    last = first.stdout.strip().splitlines()[-1]
+    assert last.startswith("complete: ")
+    output = last.split(": ", 1)[1]
     assert meanshift("status", output).stdout.strip() == "complete"
     second = subprocess.run(["bash", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert second.stdout.strip() == f"already complete: {output}"  # idempotent
