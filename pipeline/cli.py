@@ -31,7 +31,9 @@ class BandwidthType(click.ParamType):
         return number
 
 
-def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+def _show_warning(
+    message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
     click.echo(f"meanshift: warning: {message}", err=True)
 
 
@@ -50,37 +52,114 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--chunk", default=None, type=click.IntRange(min=1), help="Rows per Zarr chunk.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def generate(output: str, clusters: int, per_cluster: int, spread: float, dims: int, seed: int, chunk: int | None, overwrite: bool) -> None:
-    """Write the seed notebook's data set: Gaussian blobs around centroids uniform in [-35, 35]^d."""
+def generate(
+    output: str,
+    clusters: int,
+    per_cluster: int,
+    spread: float,
+    dims: int,
+    seed: int,
+    chunk: int | None,
+    overwrite: bool,
+) -> None:
+    """Write the seed notebook's data set: Gaussian blobs, centroids uniform in [-35, 35]^d."""
     from .datasets import write_blobs
 
     write_blobs(output, clusters, per_cluster, spread, dims, seed, chunk, overwrite)
-    click.echo(f"wrote {clusters * per_cluster:,} points x {dims} dims to {output} (arrays: points, truth)")
+    click.echo(
+        f"wrote {clusters * per_cluster:,} points x {dims} dims to {output} (arrays: points, truth)"
+    )
 
 
 def _run_options(func: Any) -> Any:
     options = [
-        click.option("--bandwidth", "-b", type=BandwidthType(), default="auto", show_default=True, help="Kernel bandwidth, or 'auto' to estimate it from a sample."),
+        click.option(
+            "--bandwidth",
+            "-b",
+            type=BandwidthType(),
+            default="auto",
+            show_default=True,
+            help="Kernel bandwidth, or 'auto' to estimate it from a sample.",
+        ),
         click.option("--kernel", type=click.Choice(KERNELS), default="flat", show_default=True),
-        click.option("--blurring/--no-blurring", default=False, show_default=True, help="Blurring mean shift (the point set moves) or standard (seeds move)."),
-        click.option("--bin-seeding", is_flag=True, help="Seed from grid bins of side bandwidth (standard mean shift)."),
+        click.option(
+            "--blurring/--no-blurring",
+            default=False,
+            show_default=True,
+            help="Blurring mean shift (the point set moves) or standard (seeds move).",
+        ),
+        click.option(
+            "--bin-seeding",
+            is_flag=True,
+            help="Seed from grid bins of side bandwidth (standard mean shift).",
+        ),
         click.option("--min-bin-freq", default=1, show_default=True, type=click.IntRange(min=1)),
-        click.option("--cluster-all/--no-cluster-all", default=True, show_default=True, help="Without it, points farther than the bandwidth from their centre get label -1."),
+        click.option(
+            "--cluster-all/--no-cluster-all",
+            default=True,
+            show_default=True,
+            help="Without it, points farther than the bandwidth from their centre get label -1.",
+        ),
         click.option("--max-iter", default=300, show_default=True, type=click.IntRange(min=1)),
-        click.option("--tol", default=1e-3, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True), help="Stop when shifts are at most tol x bandwidth."),
-        click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True),
-        click.option("--scheduler", default=None, metavar="ADDRESS", help="Use a running Dask scheduler (tcp://host:8786) instead of an embedded cluster."),
-        click.option("--connect-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds to wait for --scheduler."),
-        click.option("--n-workers", default=None, type=click.IntRange(min=1), help="Workers of the embedded cluster [default: one per core, at most 8]."),
-        click.option("--dashboard", is_flag=True, help="Serve the embedded cluster's dashboard and print its address."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary; errors only."),
+        click.option(
+            "--tol",
+            default=1e-3,
+            show_default=True,
+            type=click.FloatRange(min=0, max=1, max_open=True),
+            help="Stop when shifts are at most tol x bandwidth.",
+        ),
+        click.option(
+            "--backend",
+            type=click.Choice(["auto", "numpy", "cupy"]),
+            default="auto",
+            show_default=True,
+        ),
+        click.option(
+            "--scheduler",
+            default=None,
+            metavar="ADDRESS",
+            help="Use a running Dask scheduler (tcp://host:8786) instead of an embedded cluster.",
+        ),
+        click.option(
+            "--connect-timeout",
+            default=30.0,
+            show_default=True,
+            type=click.FloatRange(min=0, min_open=True),
+            help="Seconds to wait for --scheduler.",
+        ),
+        click.option(
+            "--n-workers",
+            default=None,
+            type=click.IntRange(min=1),
+            help="Workers of the embedded cluster [default: one per core, at most 8].",
+        ),
+        click.option(
+            "--dashboard",
+            is_flag=True,
+            help="Serve the embedded cluster's dashboard and print its address.",
+        ),
+        click.option(
+            "--quiet", "-q", is_flag=True, help="No progress bar or summary; errors only."
+        ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _execute(input_url: str, output: str, array: str, overwrite: bool, modes: bool, quiet: bool, scheduler: str | None, n_workers: int | None, dashboard: bool, connect_timeout: float = 30.0, **values: Any):
+def _execute(
+    input_url: str,
+    output: str,
+    array: str,
+    overwrite: bool,
+    modes: bool,
+    quiet: bool,
+    scheduler: str | None,
+    n_workers: int | None,
+    dashboard: bool,
+    connect_timeout: float = 30.0,
+    **values: Any,
+):
     from .job import run_job
 
     params = make_params(**values)
@@ -92,7 +171,14 @@ def _execute(input_url: str, output: str, array: str, overwrite: bool, modes: bo
         def progress(iteration: int, shift: float, moving: int) -> None:
             nonlocal bar
             if bar is None:
-                bar = tqdm(total=params.max_iter, desc="blurring", unit="it", file=sys.stderr, leave=False, disable=None)
+                bar = tqdm(
+                    total=params.max_iter,
+                    desc="blurring",
+                    unit="it",
+                    file=sys.stderr,
+                    leave=False,
+                    disable=None,
+                )
             bar.update(1)
             bar.set_postfix(max_shift=f"{shift:.3g}", moving=moving)
 
@@ -102,9 +188,18 @@ def _execute(input_url: str, output: str, array: str, overwrite: bool, modes: bo
 
     try:
         report = run_job(
-            input_url, output, params, array=array, scheduler=scheduler, n_workers=n_workers,
-            overwrite=overwrite, write_modes=modes, progress=progress, dashboard=dashboard,
-            on_cluster_ready=announce, connect_timeout=connect_timeout,
+            input_url,
+            output,
+            params,
+            array=array,
+            scheduler=scheduler,
+            n_workers=n_workers,
+            overwrite=overwrite,
+            write_modes=modes,
+            progress=progress,
+            dashboard=dashboard,
+            on_cluster_ready=announce,
+            connect_timeout=connect_timeout,
         )
     finally:
         if bar is not None:
@@ -134,7 +229,8 @@ def format_summary(report: Any, params: Any) -> str:
         lines.append(f"{'...':>7} {rest:>8,}  in {report.n_clusters - shown} smaller clusters")
     t = report.timings
     lines.append(
-        f"time: {t['pipeline_s']:.2f} s (bandwidth {t['bandwidth_s']:.2f}, iterate {t['iterate_s']:.2f}, "
+        f"time: {t['pipeline_s']:.2f} s (bandwidth {t['bandwidth_s']:.2f}, "
+        f"iterate {t['iterate_s']:.2f}, "
         f"merge {t['merge_s']:.2f}, labels {t['label_s']:.2f}, write {t['write_s']:.2f}); "
         f"cluster start {t['cluster_start_s']:.2f} s"
     )
@@ -143,22 +239,40 @@ def format_summary(report: Any, params: Any) -> str:
 
 
 @cli.command()
-@click.option("--input", "-i", "input_url", required=True, help="Zarr group (or array) holding the points.")
+@click.option(
+    "--input", "-i", "input_url", required=True, help="Zarr group (or array) holding the points."
+)
 @click.option("--output", "-o", required=True, help="Zarr group to write the clusters to.")
-@click.option("--array", default="points", show_default=True, help="Array of the input group holding the (n, d) points.")
+@click.option(
+    "--array",
+    default="points",
+    show_default=True,
+    help="Array of the input group holding the (n, d) points.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--modes", is_flag=True, help="Also write where every point converged.")
 @_run_options
-def run(input_url: str, output: str, array: str, overwrite: bool, modes: bool, **options: Any) -> None:
+def run(
+    input_url: str, output: str, array: str, overwrite: bool, modes: bool, **options: Any
+) -> None:
     """Cluster an (n, d) Zarr point set and write labels, centres and sizes to a Zarr group."""
     _execute(input_url, output, array, overwrite, modes, **options)
 
 
-
-
 @cli.command()
-@click.option("--output-dir", default=None, type=click.Path(file_okay=False), help="Keep the data, output and plot here [default: a temporary folder, plot in the current one].")
-@click.option("--plot", "plot_path", default="meanshift-demo.png", show_default=True, help="Where to save the picture.")
+@click.option(
+    "--output-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Keep the data, output and plot here [default: a temporary folder; plot in .].",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    default="meanshift-demo.png",
+    show_default=True,
+    help="Where to save the picture.",
+)
 @click.option("--n-workers", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--quiet", "-q", is_flag=True)
@@ -180,8 +294,18 @@ def demo(output_dir: str | None, plot_path: str, n_workers: int, seed: int, quie
         if not quiet:
             click.echo(f"generated 1,500 points (6 blobs) in {data}")
         report = _execute(
-            data, out, "points", True, True, quiet, None, n_workers, False,
-            bandwidth=2.5, kernel="gaussian", blurring=True,
+            data,
+            out,
+            "points",
+            True,
+            True,
+            quiet,
+            None,
+            n_workers,
+            False,
+            bandwidth=2.5,
+            kernel="gaussian",
+            blurring=True,
         )
         import numpy as np
         import zarr
@@ -190,9 +314,18 @@ def demo(output_dir: str | None, plot_path: str, n_workers: int, seed: int, quie
 
         result = open_result(out)
         points = np.asarray(zarr.open_group(data, mode="r")["points"][...])
-        path = plot_path if output_dir is None or os.path.isabs(plot_path) else os.path.join(folder, plot_path)
-        plot_clusters(points, np.asarray(result["labels"][...]), np.asarray(result["centers"][...]), path,
-                      title=f"meanshift demo: {report.n_clusters} clusters (gaussian, bandwidth 2.5)")
+        path = (
+            plot_path
+            if output_dir is None or os.path.isabs(plot_path)
+            else os.path.join(folder, plot_path)
+        )
+        plot_clusters(
+            points,
+            np.asarray(result["labels"][...]),
+            np.asarray(result["centers"][...]),
+            path,
+            title=f"meanshift demo: {report.n_clusters} clusters (gaussian, bandwidth 2.5)",
+        )
         if not quiet:
             click.echo(f"plot: {path}")
 

@@ -19,9 +19,7 @@ def blob_centroids(n_clusters: int, n_dims: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-35.0, 35.0, (n_clusters, n_dims))
 
 
-def _cluster_rows(
-    centroid: np.ndarray, per_cluster: int, spread: float, seed: int, cluster: int
-):
+def _cluster_rows(centroid: np.ndarray, per_cluster: int, spread: float, seed: int, cluster: int):
     """Yield a cluster's points in blocks; the values do not depend on the block size."""
     rng = np.random.default_rng([seed, cluster + 1])
     scale = float(np.sqrt(spread))
@@ -76,7 +74,9 @@ def write_blobs(
     except OSError as exc:
         raise OutputError(f"cannot write {url}: {exc.strerror or exc}") from None
     centroids = blob_centroids(n_clusters, n_dims, seed)
-    points = group.create_array("points", shape=(n, n_dims), chunks=(chunk, n_dims), dtype="float32")
+    points = group.create_array(
+        "points", shape=(n, n_dims), chunks=(chunk, n_dims), dtype="float32"
+    )
     truth = group.create_array("truth", shape=(n,), chunks=(chunk,), dtype="int32")
     for c in range(n_clusters):
         for start, block in _cluster_rows(centroids[c], per_cluster, spread, seed, c):

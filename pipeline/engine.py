@@ -37,7 +37,7 @@ ProgressCallback = Callable[[int, float, int], None]
 """Called after each blurring iteration with (iteration, max shift in data units, points moving)."""
 
 ENTROPY_BINS = np.concatenate([[0.0], np.logspace(-8, 2, 81)])
-"""Fixed edges (bandwidth units) of the histogram of update lengths used by the blurring stop rule."""
+"""Fixed edges (bandwidth units) of the histogram of update lengths (blurring stop rule)."""
 ENTROPY_TOL = 1e-8
 
 
@@ -325,7 +325,10 @@ def mean_shift(
     backend = resolve_backend(params.backend)
     if points.ndim == 2 and points.numblocks[1] != 1:
         points = points.rechunk({1: -1})
-    if not (np.issubdtype(points.dtype, np.number) and not np.issubdtype(points.dtype, np.complexfloating)):
+    if not (
+        np.issubdtype(points.dtype, np.number)
+        and not np.issubdtype(points.dtype, np.complexfloating)
+    ):
         raise InputDataError(f"points must be real numbers; got dtype {points.dtype}")
     points = points.astype(np.float64).persist()
     origin, n = _check_points(points)
@@ -342,6 +345,8 @@ def mean_shift(
     shared_weights = None if weights is None else _share(weights).persist()
     seeds_are_points = seeds is None
     if seeds is not None:
+        if params.blurring:
+            raise ParameterError("seeds apply to standard mean shift only (not blurring)")
         seeds = np.asarray(seeds, dtype=np.float64)
         if seeds.ndim != 2 or seeds.shape[1] != d:
             raise ParameterError(f"seeds must have shape (m, {d}); got {seeds.shape}")
@@ -349,7 +354,8 @@ def mean_shift(
         seeds = bin_seeds(points, bandwidth, params.min_bin_freq)
         if seeds is None:
             warnings.warn(
-                f"binning with bin size {bandwidth:g} gave a bin per point; using the points as seeds",
+                f"binning with bin size {bandwidth:g} gave a bin per point; "
+                "using the points as seeds",
                 stacklevel=2,
             )
         seeds_are_points = seeds is None
@@ -368,9 +374,12 @@ def mean_shift(
             assert seeds is not None
             if len(seeds) == 0:
                 raise InputDataError(
-                    f"no bin holds min_bin_freq={params.min_bin_freq} points; lower it or the bandwidth"
+                    f"no bin holds min_bin_freq={params.min_bin_freq} points; "
+                    "lower it or the bandwidth"
                 )
-            seed_array = da.from_array((seeds - origin) / bandwidth, chunks=(_seed_chunks(len(seeds), z), d))
+            seed_array = da.from_array(
+                (seeds - origin) / bandwidth, chunks=(_seed_chunks(len(seeds), z), d)
+            )
         augmented = seed_array.map_blocks(
             _converge_block,
             _share(z),
@@ -428,7 +437,12 @@ def mean_shift(
     ).persist()
     sizes = (
         da.map_blocks(
-            _weighted_bincount, raw, weights, k, chunks=((1,) * raw.numblocks[0], (k,)), new_axis=1,
+            _weighted_bincount,
+            raw,
+            weights,
+            k,
+            chunks=((1,) * raw.numblocks[0], (k,)),
+            new_axis=1,
             dtype=np.float64,
         )
         .sum(axis=0)

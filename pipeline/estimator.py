@@ -162,7 +162,11 @@ class MeanShift(ClusterMixin, BaseEstimator):
         if namespace_of(X).__name__ == "cupy":
             host = to_host(X)
             array = validate_data(self, host, dtype=[np.float64, np.float32], reset=reset)
-            return da.from_array(array, chunks=(_rows_per_chunk(array), array.shape[1])), "cupy", True
+            return (
+                da.from_array(array, chunks=(_rows_per_chunk(array), array.shape[1])),
+                "cupy",
+                True,
+            )
         array = validate_data(self, X, dtype=[np.float64, np.float32], reset=reset)
         return da.from_array(array, chunks=(_rows_per_chunk(array), array.shape[1])), None, True
 
@@ -212,7 +216,9 @@ class MeanShift(ClusterMixin, BaseEstimator):
         check_is_fitted(self)
         centers = np.asarray(to_host(self.cluster_centers_), dtype=np.float64)
         points, module, in_memory = self._as_dask(X, reset=False)
-        labels = points.map_blocks(_predict_block, centers, self.block_bytes, drop_axis=1, dtype=np.int32)
+        labels = points.map_blocks(
+            _predict_block, centers, self.block_bytes, drop_axis=1, dtype=np.int32
+        )
         if not in_memory:
             return labels
         with dask.config.set(scheduler="sync"):

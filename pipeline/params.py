@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ParameterError
 
@@ -70,6 +77,12 @@ class MeanShiftParams(BaseModel):
             raise ValueError("must be a positive finite number (or omitted to estimate it)")
         return value
 
+    @model_validator(mode="after")
+    def _seeding_needs_standard(self) -> MeanShiftParams:
+        if self.bin_seeding and self.blurring:
+            raise ValueError("bin_seeding applies to standard mean shift only (not blurring)")
+        return self
+
 
 def make_params(**values: Any) -> MeanShiftParams:
     """Build :class:`MeanShiftParams`, turning validation failures into one-line errors.
@@ -88,11 +101,13 @@ def make_params(**values: Any) -> MeanShiftParams:
 def describe_validation_error(exc: ValidationError) -> str:
     """Render the first error of a pydantic ValidationError as one line naming the field."""
     first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "value"
+    field = ".".join(str(part) for part in first["loc"])
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown parameter"
     elif message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     extra = f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    if not field:
+        return f"invalid parameters: {message}{extra}"
     return f"invalid parameter '{field}': {message}{extra}"

@@ -39,8 +39,16 @@ def plot_clusters(
     if len(points) > MAX_PLOTTED_POINTS:
         keep = np.random.default_rng(random_state).choice(len(points), MAX_PLOTTED_POINTS, False)
         points, labels = points[keep], labels[keep]
-    xy = points[:, :2] if points.shape[1] > 1 else np.column_stack([points[:, 0], np.zeros(len(points))])
-    cxy = centers[:, :2] if centers.shape[1] > 1 else np.column_stack([centers[:, 0], np.zeros(len(centers))])
+    xy = (
+        points[:, :2]
+        if points.shape[1] > 1
+        else np.column_stack([points[:, 0], np.zeros(len(points))])
+    )
+    cxy = (
+        centers[:, :2]
+        if centers.shape[1] > 1
+        else np.column_stack([centers[:, 0], np.zeros(len(centers))])
+    )
     k = max(len(centers), 1)
     colours = plt.cm.rainbow(np.linspace(0, 1, k))
     fig, ax = plt.subplots(figsize=(7, 7), dpi=100)

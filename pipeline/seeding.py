@@ -47,7 +47,9 @@ def bin_seeds(points: da.Array, bin_size: float, min_bin_freq: int) -> np.ndarra
         seeds as points (binning did not help: use the points themselves, as
         scikit-learn does).
     """
-    parts = dask.compute(*[dask.delayed(bin_counts)(b, bin_size) for b in points.to_delayed().ravel()])
+    parts = dask.compute(
+        *[dask.delayed(bin_counts)(b, bin_size) for b in points.to_delayed().ravel()]
+    )
     keys, counts = combine_bin_counts(list(parts))
     kept = keys[counts >= min_bin_freq]
     if len(kept) == points.shape[0]:

@@ -131,7 +131,9 @@ def create_output(
         if os.path.exists(path) and not overwrite:
             status = _existing_status(url)
             what = f"a Zarr group with status '{status}'" if status else "something"
-            raise OutputError(f"output {url} already exists ({what}); pass --overwrite to replace it")
+            raise OutputError(
+                f"output {url} already exists ({what}); pass --overwrite to replace it"
+            )
     try:
         group = zarr.open_group(url, mode="w" if overwrite else "w-")
         group.update_attributes({"status": STATUS_RUNNING})
@@ -166,7 +168,9 @@ def write_summary(
 ) -> None:
     """Write centres, sizes and the run's attributes, then mark the output complete."""
     k, d = centers.shape
-    group.create_array("centers", shape=(k, d), chunks=(max(k, 1), d), dtype="float64")[...] = centers
+    group.create_array("centers", shape=(k, d), chunks=(max(k, 1), d), dtype="float64")[...] = (
+        centers
+    )
     group.create_array("sizes", shape=(k,), chunks=(max(k, 1),), dtype="int64")[...] = sizes
     group.update_attributes({**attributes, "status": STATUS_RUNNING})
     group.update_attributes({"status": STATUS_COMPLETE})

@@ -10,7 +10,8 @@ import numpy as np
 def seed_blurring_reference(points: np.ndarray, bandwidth: float, n_iter: int) -> np.ndarray:
     """The seed's batched update in Jacobi form, plain float64 NumPy (n x n in memory).
 
-    ``X <- W(X, X) @ X / W.sum(1)`` with the seed's Gaussian ``exp(-0.5 (d/bw)^2) / (bw sqrt(2 pi))``.
+    ``X <- W(X, X) @ X / W.sum(1)`` with the seed's Gaussian
+    ``exp(-0.5 (d/bw)^2) / (bw sqrt(2 pi))``.
     """
     x = np.asarray(points, dtype=np.float64).copy()
     for _ in range(n_iter):

@@ -32,13 +32,37 @@ def test_help_everywhere(command):
 def test_generate_then_run_on_two_worker_processes(tmp_path):
     data = str(tmp_path / "data.zarr")
     out = str(tmp_path / "out.zarr")
-    generated = meanshift("generate", "--clusters", "4", "--per-cluster", "200", "--seed", "3",
-                          "--chunk", "128", "--output", data)
+    generated = meanshift(
+        "generate",
+        "--clusters",
+        "4",
+        "--per-cluster",
+        "200",
+        "--seed",
+        "3",
+        "--chunk",
+        "128",
+        "--output",
+        data,
+    )
     assert generated.returncode == 0, generated.stderr
     points = zarr.open_group(data, mode="r")["points"]
     assert points.shape == (800, 2) and points.dtype == np.float32 and points.chunks == (128, 2)
-    result = meanshift("run", "--input", data, "--output", out, "--bandwidth", "2.5",
-                       "--kernel", "gaussian", "--blurring", "--n-workers", "2", "--modes")
+    result = meanshift(
+        "run",
+        "--input",
+        data,
+        "--output",
+        out,
+        "--bandwidth",
+        "2.5",
+        "--kernel",
+        "gaussian",
+        "--blurring",
+        "--n-workers",
+        "2",
+        "--modes",
+    )
     assert result.returncode == 0, result.stderr
     assert "-> 4 clusters" in result.stdout
     assert f"output: {out}" in result.stdout
@@ -63,9 +87,13 @@ def test_demo_writes_summary_and_plot(tmp_path):
 def small_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "small.zarr"
     group = zarr.open_group(str(path), mode="w")
-    group.create_array("points", shape=(20, 2), chunks=(10, 2), dtype="float32")[...] = np.arange(40).reshape(20, 2)
+    group.create_array("points", shape=(20, 2), chunks=(10, 2), dtype="float32")[...] = np.arange(
+        40
+    ).reshape(20, 2)
     group.create_array("line", shape=(20,), chunks=(10,), dtype="float32")[...] = np.arange(20)
-    group.create_array("words", shape=(20, 2), chunks=(10, 2), dtype=str)[...] = np.full((20, 2), "a")
+    group.create_array("words", shape=(20, 2), chunks=(10, 2), dtype=str)[...] = np.full(
+        (20, 2), "a"
+    )
     (path.parent / "plain-folder").mkdir()
     return str(path)
 
@@ -75,15 +103,27 @@ def small_store(tmp_path_factory):
     [
         (["run", "-i", "{tmp}/missing.zarr", "-o", "{tmp}/o.zarr"], 3, "input not found"),
         (["run", "-i", "{parent}/plain-folder", "-o", "{tmp}/o.zarr"], 3, "not a Zarr store"),
-        (["run", "-i", "{store}", "--array", "nope", "-o", "{tmp}/o.zarr"], 3, "has no array 'nope'"),
+        (
+            ["run", "-i", "{store}", "--array", "nope", "-o", "{tmp}/o.zarr"],
+            3,
+            "has no array 'nope'",
+        ),
         (["run", "-i", "{store}", "--array", "line", "-o", "{tmp}/o.zarr"], 3, "must be 2-D"),
         (["run", "-i", "{store}", "--array", "words", "-o", "{tmp}/o.zarr"], 3, "real numbers"),
         (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "-1"], 2, "positive number"),
-        (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "wide"], 2, "neither a number"),
+        (
+            ["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "wide"],
+            2,
+            "neither a number",
+        ),
         (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--kernel", "cosine"], 2, "cosine"),
         (["run", "-i", "{store}", "-o", "{store}"], 4, "already exists"),
         (["generate", "-o", "{store}"], 4, "already exists"),
-        (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--backend", "cupy", "-b", "1"], 2, "no CUDA device"),
+        (
+            ["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--backend", "cupy", "-b", "1"],
+            2,
+            "no CUDA device",
+        ),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_code(small_store, tmp_path, args, code, message):
@@ -100,8 +140,19 @@ def test_user_mistakes_give_one_line_and_exit_code(small_store, tmp_path, args, 
 
 
 def test_unreachable_scheduler_is_a_cluster_error(small_store, tmp_path):
-    result = meanshift("run", "-i", small_store, "-o", str(tmp_path / "o.zarr"), "-b", "1",
-                       "--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "2")
+    result = meanshift(
+        "run",
+        "-i",
+        small_store,
+        "-o",
+        str(tmp_path / "o.zarr"),
+        "-b",
+        "1",
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+        "--connect-timeout",
+        "2",
+    )
     assert result.returncode == 5
     assert "cannot reach Dask scheduler" in result.stderr
     assert "Traceback" not in result.stderr
@@ -115,13 +166,17 @@ def test_status_and_scheduled_workflow_script(tmp_path):
     if shutil.which("meanshift", path=env["PATH"]) is None:
         pytest.skip("the meanshift console script is not installed")
     script = os.path.join(os.path.dirname(__file__), "..", "workflows", "seed-demo.sh")
-    first = subprocess.run(["bash", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    first = subprocess.run(
+        ["bash", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert first.returncode == 0, first.stderr
     last = first.stdout.strip().splitlines()[-1]
     assert last.startswith("complete: ")
     output = last.split(": ", 1)[1]
     assert meanshift("status", output).stdout.strip() == "complete"
-    second = subprocess.run(["bash", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    second = subprocess.run(
+        ["bash", script, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert second.stdout.strip() == f"already complete: {output}"  # idempotent
     missing = meanshift("status", str(tmp_path / "nothing.zarr"))
     assert missing.returncode == 1 and missing.stdout.strip() == "missing"

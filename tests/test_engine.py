@@ -117,7 +117,10 @@ def test_weights_equal_duplicated_points(seed_data):
     duplicated = np.concatenate([sample, sample[::2]])
     with dask.config.set(scheduler="sync"):
         weighted = run(
-            sample, weights=da.from_array(doubled_weights, chunks=len(sample)), kernel="gaussian", bandwidth=2.5
+            sample,
+            weights=da.from_array(doubled_weights, chunks=len(sample)),
+            kernel="gaussian",
+            bandwidth=2.5,
         )
         plain = run(duplicated, kernel="gaussian", bandwidth=2.5)
         labels_w = weighted.labels.compute()
@@ -163,3 +166,33 @@ def test_clusters_numbered_by_descending_size():
     np.testing.assert_array_equal(np.bincount(labels), [200, 120, 50])
     assert labels.dtype == np.int32
     np.testing.assert_allclose(result.centers[0], [10, 10], atol=0.2)
+
+
+def test_rows_with_nan_or_inf_are_refused():
+    from pipeline.errors import InputDataError
+
+    points = np.zeros((100, 2))
+    points[[3, 50]] = [np.nan, 1.0]
+    points[70, 1] = np.inf
+    with pytest.raises(InputDataError, match="3 of 100 rows hold NaN or Inf"):
+        run(points, chunks=30, bandwidth=1.0)
+
+
+def test_seeding_options_need_standard_mean_shift(seed_data):
+    from pipeline.errors import ParameterError
+
+    points, _, centroids = seed_data
+    with pytest.raises(ParameterError, match="bin_seeding applies to standard mean shift"):
+        make_params(blurring=True, bin_seeding=True)
+    with pytest.raises(ParameterError, match="seeds apply to standard mean shift"):
+        run(points, seeds=centroids, blurring=True, bandwidth=2.5)
+
+
+def test_estimated_bandwidth_is_recorded(seed_data):
+    from pipeline.bandwidth import estimate_bandwidth
+
+    points, _, _ = seed_data
+    with dask.config.set(scheduler="sync"):
+        result = run(points, chunks=500, kernel="gaussian")
+    assert result.bandwidth_estimated
+    assert result.bandwidth == pytest.approx(estimate_bandwidth(points))

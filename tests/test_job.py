@@ -86,7 +86,9 @@ def test_integer_points_are_converted(cluster_2proc, tmp_path):
     values = np.concatenate([rng.integers(0, 5, (100, 2)), rng.integers(100, 105, (100, 2))])
     group.create_array("points", shape=values.shape, chunks=(64, 2), dtype="int16")[...] = values
     out = str(tmp_path / "out.zarr")
-    report = run_job(data, out, make_params(bandwidth=10.0), scheduler=cluster_2proc.scheduler_address)
+    report = run_job(
+        data, out, make_params(bandwidth=10.0), scheduler=cluster_2proc.scheduler_address
+    )
     assert report.n_clusters == 2
     assert report.sizes == [100, 100]
 
@@ -98,7 +100,13 @@ def test_existing_output_is_refused_then_overwritten(seed_store, cluster_2proc, 
     with pytest.raises(OutputError, match="already exists"):
         run_job(seed_store, out, SEED, scheduler=cluster_2proc.scheduler_address)
     assert tree_digest(out) == before
-    run_job(seed_store, out, make_params(bandwidth=4.0), scheduler=cluster_2proc.scheduler_address, overwrite=True)
+    run_job(
+        seed_store,
+        out,
+        make_params(bandwidth=4.0),
+        scheduler=cluster_2proc.scheduler_address,
+        overwrite=True,
+    )
     assert open_result(out).attrs["bandwidth"] == 4.0
 
 

@@ -13,7 +13,9 @@ from pipeline.merge import combine_candidates, mode_candidates, size_order, supp
 
 def sklearn_suppression(centers, intensity, radius):
     """scikit-learn's merge loop (cluster/_mean_shift.py), restated."""
-    ranked = sorted(zip(map(tuple, centers), intensity), key=lambda t: (t[1], t[0]), reverse=True)
+    ranked = sorted(
+        zip(map(tuple, centers), intensity, strict=True), key=lambda t: (t[1], t[0]), reverse=True
+    )
     sorted_centers = np.array([c for c, _ in ranked])
     unique = np.ones(len(sorted_centers), dtype=bool)
     nbrs = NearestNeighbors(radius=radius).fit(sorted_centers)
@@ -26,11 +28,16 @@ def sklearn_suppression(centers, intensity, radius):
 
 @settings(max_examples=50, deadline=None)
 @given(
-    arrays(np.float64, st.tuples(st.integers(1, 40), st.just(2)), elements=st.floats(-5, 5, width=32)),
+    arrays(
+        np.float64, st.tuples(st.integers(1, 40), st.just(2)), elements=st.floats(-5, 5, width=32)
+    ),
     st.data(),
 )
 def test_suppression_equals_sklearn(modes, data):
-    intensity = np.array(data.draw(st.lists(st.integers(1, 5), min_size=len(modes), max_size=len(modes))), dtype=float)
+    intensity = np.array(
+        data.draw(st.lists(st.integers(1, 5), min_size=len(modes), max_size=len(modes))),
+        dtype=float,
+    )
     modes, keep = np.unique(modes, axis=0, return_index=True)
     intensity = intensity[keep]
     positions, density = combine_candidates([mode_candidates(modes, intensity, 1e-9)], 1e-9)
@@ -40,7 +47,11 @@ def test_suppression_equals_sklearn(modes, data):
 
 @settings(max_examples=50, deadline=None)
 @given(
-    arrays(np.float64, st.tuples(st.integers(1, 80), st.integers(1, 3)), elements=st.floats(-3, 3, width=32)),
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 80), st.integers(1, 3)),
+        elements=st.floats(-3, 3, width=32),
+    ),
     st.integers(1, 10),
     st.randoms(use_true_random=False),
 )
@@ -49,7 +60,11 @@ def test_candidates_do_not_depend_on_chunking_or_order(modes, n_parts, random):
     whole = combine_candidates([mode_candidates(modes, density, 0.25)], 0.25)
     order = list(range(len(modes)))
     random.shuffle(order)
-    cuts = sorted(random.sample(range(1, len(modes)), min(n_parts, len(modes)) - 1)) if len(modes) > 1 else []
+    cuts = (
+        sorted(random.sample(range(1, len(modes)), min(n_parts, len(modes)) - 1))
+        if len(modes) > 1
+        else []
+    )
     pieces = np.split(np.array(order), cuts)
     parts = [mode_candidates(modes[p], density[p], 0.25) for p in pieces]
     split = combine_candidates(parts, 0.25)
