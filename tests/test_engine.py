@@ -196,3 +196,25 @@ def test_estimated_bandwidth_is_recorded(seed_data):
         result = run(points, chunks=500, kernel="gaussian")
     assert result.bandwidth_estimated
     assert result.bandwidth == pytest.approx(estimate_bandwidth(points))
+
+
+def test_iteration_graphs_do_not_grow(seed_data):
+    """Each blurring iteration computes a graph of the same size, however many came before."""
+    from dask.callbacks import Callback
+
+    points, _, _ = seed_data
+
+    def graph_sizes(max_iter):
+        sizes = []
+
+        class Count(Callback):
+            def _start(self, dsk):
+                sizes.append(len(dsk))
+
+        with dask.config.set(scheduler="threads"), Count():
+            run(points, chunks=250, max_iter=max_iter, tol=0.0, **SEED_CONFIG)
+        return sizes
+
+    short, long = graph_sizes(2), graph_sizes(5)  # the stop rule ends this data at 6
+    assert len(long) - len(short) == 2 * 3  # one persist and one statistics call per iteration
+    assert max(long) == max(short)

@@ -119,3 +119,21 @@ def test_failed_run_is_marked_failed_not_complete(seed_store, cluster_2proc, tmp
     assert group.attrs["status"] == STATUS_FAILED
     with pytest.raises(InputDataError, match="not complete"):
         open_result(out)
+
+
+def test_file_url_and_sharded_input(cluster_2proc, tmp_path):
+    from pipeline.datasets import make_blobs
+
+    points, truth, _ = make_blobs(3, 400, 5.0, 2, seed=6)
+    path = tmp_path / "sharded.zarr"
+    group = zarr.open_group(str(path), mode="w")
+    array = group.create_array("xy", shape=points.shape, chunks=(100, 2), shards=(400, 2), dtype="f4")
+    array[...] = points
+    out = str(tmp_path / "out.zarr")
+    report = run_job(
+        f"file://{path}", out, SEED, array="xy", scheduler=cluster_2proc.scheduler_address
+    )
+    labels = open_result(out)["labels"]
+    assert labels.chunks == (400,)  # one dask chunk per shard, labels chunked to match
+    assert report.n_clusters == 3
+    assert adjusted_rand_score(truth, labels[...]) >= 0.99
