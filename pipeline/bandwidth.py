@@ -39,15 +39,24 @@ def sample_rows(points: Any, n_samples: int, random_state: int = 0) -> np.ndarra
 
 
 def knn_quantile_bandwidth(sample: np.ndarray, quantile: float = 0.3) -> float:
-    """Mean distance to the ``int(quantile * m)``-th nearest neighbour within ``sample``."""
+    """Mean distance to the ``int(quantile * m)``-th nearest neighbour within ``sample``.
+
+    Computed on the sample centred and scaled to unit extent, then scaled back, so
+    coordinates near the float64 limits neither overflow nor underflow.
+    """
     m = sample.shape[0]
     k = max(1, int(m * quantile))
-    neighbours = NearestNeighbors(n_neighbors=k).fit(sample)
+    centre = sample.min(axis=0) / 2 + sample.max(axis=0) / 2
+    scale = float(np.abs(sample - centre).max())
+    if not scale > 0:
+        return 0.0
+    unit = (sample - centre) / scale
+    neighbours = NearestNeighbors(n_neighbors=k).fit(unit)
     total = 0.0
     for start in range(0, m, 500):
-        distances, _ = neighbours.kneighbors(sample[start : start + 500])
+        distances, _ = neighbours.kneighbors(unit[start : start + 500])
         total += float(distances[:, -1].sum())
-    return total / m
+    return total / m * scale
 
 
 def estimate_bandwidth(

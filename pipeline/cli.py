@@ -100,6 +100,13 @@ def _run_options(func: Any) -> Any:
             show_default=True,
             help="Without it, points farther than the bandwidth from their centre get label -1.",
         ),
+        click.option(
+            "--label-by",
+            type=click.Choice(["nearest", "mode"]),
+            default=None,
+            help="Join the centre nearest to each point (scikit-learn) or to its mode "
+            "[default: mode when blurring, else nearest].",
+        ),
         click.option("--max-iter", default=300, show_default=True, type=click.IntRange(min=1)),
         click.option(
             "--tol",

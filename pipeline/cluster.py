@@ -46,14 +46,14 @@ def dask_client(
     if scheduler is not None:
         try:
             client = Client(scheduler, timeout=timeout, set_as_default=True)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             raise ClusterError(f"cannot reach Dask scheduler {scheduler}: {exc}") from None
         with client:
             yield client
         return
-    workers = n_workers or default_workers()
+    workers = default_workers() if n_workers is None else n_workers
     if workers < 1:
-        raise ClusterError("--n-workers must be at least 1")
+        raise ClusterError("the embedded cluster needs at least 1 worker")
     cluster = LocalCluster(
         n_workers=workers,
         threads_per_worker=threads_per_worker,

@@ -8,8 +8,9 @@ import numpy as np
 import zarr
 
 from .errors import OutputError, ParameterError
-from .store import _is_local, _local_path
+from .store import existing_attributes, is_local, local_path
 
+GENERATOR = "meanshift generate"
 GENERATION_BLOCK = 2**20
 """Rows drawn at a time (memory bound of ``write_blobs``)."""
 
@@ -66,13 +67,18 @@ def write_blobs(
     chunk = min(n, chunk or min(n, 2**18))
     if chunk < 1:
         raise ParameterError("--chunk must be at least 1")
-    if _is_local(url) and not overwrite:
-        if os.path.exists(_local_path(url)):
+    if is_local(url) and os.path.lexists(local_path(url)):
+        if (existing_attributes(url) or {}).get("generator") != GENERATOR:
+            raise OutputError(f"output {url} exists and is not generated data; not replacing it")
+        if not overwrite:
             raise OutputError(f"output {url} already exists; pass --overwrite to replace it")
     try:
         group = zarr.open_group(url, mode="w")
     except OSError as exc:
         raise OutputError(f"cannot write {url}: {exc.strerror or exc}") from None
+    except Exception as exc:  # fsspec protocol errors, missing filesystem packages
+        raise OutputError(f"cannot write {url}: {exc}") from None
+    group.update_attributes({"generator": GENERATOR})
     centroids = blob_centroids(n_clusters, n_dims, seed)
     points = group.create_array(
         "points", shape=(n, n_dims), chunks=(chunk, n_dims), dtype="float32"
@@ -85,7 +91,7 @@ def write_blobs(
         truth[c * per_cluster : (c + 1) * per_cluster] = c
     group.update_attributes(
         {
-            "generator": "meanshift generate",
+            "generator": GENERATOR,
             "clusters": n_clusters,
             "per_cluster": per_cluster,
             "spread": spread,

@@ -39,6 +39,8 @@ ProgressCallback = Callable[[int, float, int], None]
 ENTROPY_BINS = np.concatenate([[0.0], np.logspace(-8, 2, 81)])
 """Fixed edges (bandwidth units) of the histogram of update lengths (blurring stop rule)."""
 ENTROPY_TOL = 1e-8
+MAX_SPAN_IN_BANDWIDTHS = 1e12
+"""Largest data extent, in bandwidths, that float64 coordinates resolve well."""
 
 
 @dataclass
@@ -90,9 +92,19 @@ def _stack(*blocks: np.ndarray) -> np.ndarray:
 
 
 def _share(array: da.Array) -> Any:
-    """One graph node holding the whole (small-in-rows-per-chunk) array."""
+    """One graph node holding the whole array, fetched once by each worker that needs it."""
     name = "meanshift-shared-" + dask.base.tokenize(array)
     return dask.delayed(_stack, name=name, pure=True)(*array.to_delayed().ravel())
+
+
+def _summary_block(block: np.ndarray) -> np.ndarray:
+    """Rows holding NaN/Inf, then per-column minimum and maximum of the finite rows."""
+    finite = np.isfinite(block).all(axis=1)
+    good = block[finite]
+    d = block.shape[1]
+    low = good.min(axis=0) if len(good) else np.full(d, np.inf)
+    high = good.max(axis=0) if len(good) else np.full(d, -np.inf)
+    return np.concatenate([[float((~finite).sum())], low, high])[None, :]
 
 
 def _normalise_block(block: np.ndarray, origin: np.ndarray, bandwidth: float) -> np.ndarray:
@@ -122,6 +134,14 @@ def _blurring_block(
     return to_host(xp.concatenate([shifted, density[:, None], moved[:, None]], axis=1))
 
 
+def _iteration_stats(block: np.ndarray, d: int, tol: float) -> np.ndarray:
+    """Largest shift, number still moving, and histogram of shift lengths of one chunk."""
+    moved = block[:, d + 1]
+    counts, _ = np.histogram(moved, bins=ENTROPY_BINS)
+    head = [moved.max() if len(moved) else 0.0, float((moved > tol).sum())]
+    return np.concatenate([head, counts])[None, :]
+
+
 def _converge_block(
     seeds: np.ndarray,
     shared: np.ndarray,
@@ -132,9 +152,9 @@ def _converge_block(
     backend: str,
     block_bytes: int,
 ) -> np.ndarray:
-    """Standard mean shift of one chunk of seeds: columns = mode, density, steps."""
+    """Standard mean shift of one chunk of seeds: columns = mode, density, n_iter, converged."""
     xp = get_namespace(backend)
-    modes, density, n_iter = converge_seeds(
+    modes, density, n_iter, converged = converge_seeds(
         xp.asarray(seeds),
         xp.asarray(shared),
         None if weights is None else xp.asarray(weights),
@@ -144,9 +164,14 @@ def _converge_block(
         xp,
         block_bytes,
     )
-    return to_host(
-        xp.concatenate([modes, density[:, None], n_iter[:, None].astype(modes.dtype)], axis=1)
-    )
+    extra = xp.stack([density, n_iter.astype(modes.dtype), converged.astype(modes.dtype)], axis=1)
+    return to_host(xp.concatenate([modes, extra], axis=1))
+
+
+def _candidates_block(
+    block: np.ndarray, d: int, cell: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return merge.mode_candidates(block[:, :d], block[:, d], cell)
 
 
 def _label_block(
@@ -162,20 +187,6 @@ def _label_block(
         xp.asarray(queries), xp.asarray(points), xp.asarray(centers), cluster_all, xp, block_bytes
     )
     return to_host(labels)
-
-
-def _iteration_stats(block: np.ndarray, d: int, tol: float) -> np.ndarray:
-    """Largest shift, number still moving, and histogram of shift lengths of one chunk."""
-    moved = block[:, d + 1]
-    counts, _ = np.histogram(moved, bins=ENTROPY_BINS)
-    head = [moved.max() if len(moved) else 0.0, float((moved > tol).sum())]
-    return np.concatenate([head, counts])[None, :]
-
-
-def _candidates_block(
-    block: np.ndarray, d: int, cell: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return merge.mode_candidates(block[:, :d], block[:, d], cell)
 
 
 def _weighted_bincount(labels: np.ndarray, weights: np.ndarray | None, k: int) -> np.ndarray:
@@ -194,39 +205,71 @@ def _renumber_block(labels: np.ndarray, renumber: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- stages
 
 
-def _check_points(points: da.Array) -> tuple[np.ndarray, int]:
-    """Mean of the points, raising for unusable data. Returns (origin, number of rows)."""
+@dataclass
+class _Prepared:
+    """Validated points and what the later stages need to know about them."""
+
+    points: da.Array  # float64, data units
+    weights: da.Array | None
+    origin: np.ndarray  # midpoint of the bounding box
+    span: float  # largest extent of the bounding box
+
+
+def _prepare(points: da.Array, weights: da.Array | None) -> _Prepared:
+    """Check dtype, shape and values in one pass; raise one-line errors for unusable data."""
     if points.ndim != 2:
         raise InputDataError(f"points must be a 2-D array (n, d); got {points.ndim} dimension(s)")
     n, d = points.shape
     if n == 0 or d == 0:
         raise InputDataError(f"points array is empty (shape {n} x {d})")
-    bad_rows, total = dask.compute((~da.isfinite(points).all(axis=1)).sum(), points.sum(axis=0))
+    if not np.issubdtype(points.dtype, np.integer) and not np.issubdtype(points.dtype, np.floating):
+        raise InputDataError(f"points must be real numbers; got dtype {points.dtype}")
+    if points.numblocks[1] != 1:
+        points = points.rechunk({1: -1})
+    points = points.astype(np.float64).persist()
+    summary = points.map_blocks(
+        _summary_block, chunks=((1,) * points.numblocks[0], (2 * d + 1,)), dtype=np.float64
+    ).compute()
+    bad_rows = int(summary[:, 0].sum())
     if bad_rows:
-        raise InputDataError(f"{int(bad_rows)} of {n} rows hold NaN or Inf values")
-    origin = np.asarray(total, dtype=np.float64) / n
-    if not np.all(np.isfinite(origin)):
-        raise InputDataError("coordinates are too large to average in float64")
-    return origin, n
+        raise InputDataError(f"{bad_rows} of {n} rows hold NaN or Inf values")
+    low, high = summary[:, 1 : d + 1].min(axis=0), summary[:, d + 1 :].max(axis=0)
+    origin = low / 2 + high / 2
+    span = float(np.max(high / 2 - low / 2)) * 2
+    if weights is not None:
+        if weights.shape != (n,):
+            raise ParameterError(f"weights must have shape ({n},); got {weights.shape}")
+        weights = weights.astype(np.float64).rechunk((points.chunks[0],)).persist()
+        low_w, finite_w = dask.compute(weights.min(), da.isfinite(weights).all())
+        if not finite_w or low_w < 0:
+            raise InputDataError("weights must be finite and non-negative")
+    return _Prepared(points, weights, origin, span)
 
 
-def _resolve_bandwidth(points: da.Array, params: MeanShiftParams) -> tuple[float, bool]:
+def _resolve_bandwidth(data: _Prepared, params: MeanShiftParams) -> tuple[float, bool]:
+    """The bandwidth to use and whether it was estimated; checks it suits the data's extent."""
     if params.bandwidth is not None:
-        return float(params.bandwidth), False
-    value = estimate_bandwidth(
-        points, params.bandwidth_quantile, params.bandwidth_n_samples, params.random_state
-    )
-    if not (math.isfinite(value) and value > 0):
-        lo, hi = dask.compute(points.min(axis=0), points.max(axis=0))
-        spread = float(np.max(np.asarray(hi) - np.asarray(lo)))
-        if spread > 0:
-            raise InputDataError(
-                f"the estimated bandwidth is 0: over {params.bandwidth_quantile:.0%} of the "
-                "sampled points are duplicates; give a bandwidth"
-            )
-        warnings.warn("all points are identical; using bandwidth 1.0", stacklevel=3)
-        value = 1.0
-    return value, True
+        value, estimated = float(params.bandwidth), False
+    else:
+        estimated = True
+        value = estimate_bandwidth(
+            data.points, params.bandwidth_quantile, params.bandwidth_n_samples, params.random_state
+        )
+        if not (math.isfinite(value) and value > 0):
+            if data.span > 0:
+                raise InputDataError(
+                    f"the estimated bandwidth is 0: over {params.bandwidth_quantile:.0%} of the "
+                    "sampled points are duplicates; give a bandwidth"
+                )
+            warnings.warn("all points are identical; using bandwidth 1.0", stacklevel=3)
+            value = 1.0
+    ratio = data.span / value
+    if not math.isfinite(ratio) or ratio > MAX_SPAN_IN_BANDWIDTHS:
+        raise ParameterError(
+            f"bandwidth {value:g} is too small for data spanning {data.span:g} "
+            f"(more than {MAX_SPAN_IN_BANDWIDTHS:.0e} bandwidths)"
+        )
+    return value, estimated
 
 
 def _seed_chunks(n_seeds: int, points: da.Array) -> tuple[int, ...]:
@@ -241,6 +284,17 @@ def _histogram_entropy(counts: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+@dataclass
+class _Iterated:
+    """Per-seed state after the shift loop: columns = mode (d), density, then extras."""
+
+    state: da.Array
+    n_iter: int
+    shifts: list[float]
+    converged: bool
+    reason: str
+
+
 def _blurring(
     z: da.Array,
     shared_weights: Any,
@@ -248,29 +302,27 @@ def _blurring(
     backend: str,
     bandwidth: float,
     progress: ProgressCallback | None,
-) -> tuple[da.Array, int, list[float], bool, str]:
-    """Iterate blurring mean shift. Returns (augmented state, n_iter, shifts, converged, reason)."""
+) -> _Iterated:
+    """Iterate blurring mean shift, one Dask round trip per iteration."""
     d = z.shape[1]
-    state = z
-    augmented: da.Array | None = None
+    positions = z
+    state: da.Array | None = None
     shifts: list[float] = []
     previous_entropy: float | None = None
     reason = f"reached max_iter={params.max_iter}"
     converged = False
     for iteration in range(1, params.max_iter + 1):
-        shared = _share(state)
-        new = state.map_blocks(
+        new = positions.map_blocks(
             _blurring_block,
-            shared,
+            _share(positions),
             shared_weights,
             params.kernel,
             backend,
             params.block_bytes,
-            chunks=(state.chunks[0], (d + 2,)),
+            chunks=(positions.chunks[0], (d + 2,)),
             dtype=np.float64,
-            name=f"meanshift-blur-{iteration}-" + dask.base.tokenize(state, params),
-        )
-        new = new.persist()
+            name=f"meanshift-blur-{iteration}-" + dask.base.tokenize(positions, params),
+        ).persist()
         stats = new.map_blocks(
             _iteration_stats,
             d,
@@ -278,12 +330,12 @@ def _blurring(
             chunks=((1,) * new.numblocks[0], (len(ENTROPY_BINS) + 1,)),
             dtype=np.float64,
         ).compute()
-        max_moved, n_moving, counts = stats[:, 0].max(), stats[:, 1].sum(), stats[:, 2:].sum(axis=0)
-        augmented, state = new, new[:, :d]
+        max_moved, n_moving = stats[:, 0].max(), int(stats[:, 1].sum())
+        entropy = _histogram_entropy(stats[:, 2:].sum(axis=0))
+        state, positions = new, new[:, :d]
         shifts.append(float(max_moved) * bandwidth)
         if progress is not None:
-            progress(iteration, shifts[-1], int(n_moving))
-        entropy = _histogram_entropy(np.asarray(counts))
+            progress(iteration, shifts[-1], n_moving)
         if max_moved <= params.tol:
             converged, reason = True, f"every point moved at most tol={params.tol} bandwidths"
             break
@@ -291,8 +343,130 @@ def _blurring(
             converged, reason = True, "the distribution of shift lengths stopped changing"
             break
         previous_entropy = entropy
-    assert augmented is not None
-    return augmented, len(shifts), shifts, converged, reason
+    assert state is not None
+    return _Iterated(state, len(shifts), shifts, converged, reason)
+
+
+def _standard(
+    seeds: da.Array, z: da.Array, shared_weights: Any, params: MeanShiftParams, backend: str
+) -> _Iterated:
+    """Standard mean shift: each task runs its seeds to convergence against the shared set."""
+    d = z.shape[1]
+    state = seeds.map_blocks(
+        _converge_block,
+        _share(z),
+        shared_weights,
+        params.kernel,
+        params.tol,
+        params.max_iter,
+        backend,
+        params.block_bytes,
+        chunks=(seeds.chunks[0], (d + 3,)),
+        dtype=np.float64,
+        name="meanshift-converge-" + dask.base.tokenize(seeds, z, params),
+    ).persist()
+    n_iter, all_converged = dask.compute(state[:, d + 1].max(), state[:, d + 2].min())
+    converged = bool(all_converged)
+    reason = (
+        f"every seed moved at most tol={params.tol} bandwidths"
+        if converged
+        else f"some seeds completed max_iter={params.max_iter} iterations"
+    )
+    return _Iterated(state, int(n_iter), [], converged, reason)
+
+
+def _seed_array(
+    data: _Prepared,
+    z: da.Array,
+    seeds: np.ndarray | None,
+    params: MeanShiftParams,
+    bandwidth: float,
+) -> da.Array | None:
+    """Seeds in bandwidth units, or None when the points themselves are the seeds."""
+    d = z.shape[1]
+    if seeds is None and params.bin_seeding:
+        seeds = bin_seeds(data.points, bandwidth, params.min_bin_freq, data.weights)
+        if seeds is None:
+            warnings.warn(
+                f"binning with bin size {bandwidth:g} gave a bin per point; "
+                "using the points as seeds",
+                stacklevel=3,
+            )
+            return None
+        if len(seeds) == 0:
+            raise InputDataError(
+                f"no bin holds min_bin_freq={params.min_bin_freq} points; lower it or the bandwidth"
+            )
+    if seeds is None:
+        return None
+    return da.from_array((seeds - data.origin) / bandwidth, chunks=(_seed_chunks(len(seeds), z), d))
+
+
+def _check_seeds(seeds: Any, d: int, params: MeanShiftParams) -> np.ndarray | None:
+    if seeds is None:
+        return None
+    if params.blurring:
+        raise ParameterError("seeds apply to standard mean shift only (not blurring)")
+    if params.label_by == "mode":
+        raise ParameterError("label_by='mode' needs the points as seeds (no seeds given)")
+    seeds = np.asarray(seeds, dtype=np.float64)
+    if seeds.ndim != 2 or seeds.shape[1] != d or len(seeds) == 0:
+        raise ParameterError(f"seeds must have shape (m, {d}) with m >= 1; got {seeds.shape}")
+    if not np.isfinite(seeds).all():
+        raise ParameterError("seeds hold NaN or Inf values")
+    return seeds
+
+
+def _find_centers(state: da.Array, d: int, params: MeanShiftParams, bandwidth: float) -> np.ndarray:
+    """Merge converged modes into centres (bandwidth units, canonical order)."""
+    cell = max(params.tol, 1e-9)
+    parts = dask.compute(
+        *[dask.delayed(_candidates_block)(block, d, cell) for block in state.to_delayed().ravel()]
+    )
+    candidates, _ = merge.combine_candidates(list(parts), cell)
+    if len(candidates) == 0:
+        raise InputDataError(
+            f"no point was within bandwidth={bandwidth:g} of any seed; "
+            "try other seeds or a larger bandwidth"
+        )
+    return candidates[merge.suppress(candidates, 1.0)]
+
+
+def _label(
+    queries: da.Array,
+    z: da.Array,
+    weights: da.Array | None,
+    centers: np.ndarray,
+    params: MeanShiftParams,
+    backend: str,
+) -> tuple[da.Array, np.ndarray, np.ndarray]:
+    """Labels numbered by descending size, with the centres and sizes in that order."""
+    k = len(centers)
+    raw = da.map_blocks(
+        _label_block,
+        queries,
+        z,
+        centers,
+        params.cluster_all,
+        backend,
+        params.block_bytes,
+        drop_axis=1,
+        dtype=np.int32,
+    ).persist()
+    counted = da.map_blocks(
+        _weighted_bincount,
+        raw,
+        weights,
+        k,
+        chunks=((1,) * raw.numblocks[0], (k,)),
+        new_axis=1,
+        dtype=np.float64,
+    )
+    sizes = np.rint(np.asarray(counted.sum(axis=0).compute())).astype(np.int64)
+    renumber = merge.size_order(sizes, centers)
+    order = np.argsort(renumber)
+    labels = raw.map_blocks(_renumber_block, renumber, dtype=np.int32)
+    return labels, centers[order], sizes[order]
 
 
 def mean_shift(
@@ -323,156 +497,55 @@ def mean_shift(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     backend = resolve_backend(params.backend)
-    if points.ndim == 2 and points.numblocks[1] != 1:
-        points = points.rechunk({1: -1})
-    if not (
-        np.issubdtype(points.dtype, np.number)
-        and not np.issubdtype(points.dtype, np.complexfloating)
-    ):
-        raise InputDataError(f"points must be real numbers; got dtype {points.dtype}")
-    points = points.astype(np.float64).persist()
-    origin, n = _check_points(points)
-    d = points.shape[1]
-    if weights is not None:
-        weights = weights.astype(np.float64).rechunk((points.chunks[0],)).persist()
-        if bool((weights < 0).any().compute()) or not bool(da.isfinite(weights).all().compute()):
-            raise InputDataError("weights must be finite and non-negative")
-    bandwidth, estimated = _resolve_bandwidth(points, params)
+    data = _prepare(points, weights)
+    n, d = data.points.shape
+    seeds = _check_seeds(seeds, d, params)
+    bandwidth, estimated = _resolve_bandwidth(data, params)
     timings["bandwidth_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    z = points.map_blocks(_normalise_block, origin, bandwidth, dtype=np.float64).persist()
-    shared_weights = None if weights is None else _share(weights).persist()
-    seeds_are_points = seeds is None
-    if seeds is not None:
-        if params.blurring:
-            raise ParameterError("seeds apply to standard mean shift only (not blurring)")
-        seeds = np.asarray(seeds, dtype=np.float64)
-        if seeds.ndim != 2 or seeds.shape[1] != d:
-            raise ParameterError(f"seeds must have shape (m, {d}); got {seeds.shape}")
-    elif params.bin_seeding and not params.blurring:
-        seeds = bin_seeds(points, bandwidth, params.min_bin_freq)
-        if seeds is None:
-            warnings.warn(
-                f"binning with bin size {bandwidth:g} gave a bin per point; "
-                "using the points as seeds",
-                stacklevel=2,
-            )
-        seeds_are_points = seeds is None
-    del points
-
+    z = data.points.map_blocks(_normalise_block, data.origin, bandwidth, dtype=np.float64)
+    z = z.persist()
+    shared_weights = None if data.weights is None else _share(data.weights).persist()
     if params.blurring:
-        augmented, n_iter, shifts, converged, reason = _blurring(
-            z, shared_weights, params, backend, bandwidth, progress
-        )
-        n_seeds = n
-        seeds_are_points = True
+        iterated = _blurring(z, shared_weights, params, backend, bandwidth, progress)
+        n_seeds, seeds_are_points = n, True
     else:
-        if seeds_are_points:
+        seed_array = _seed_array(data, z, seeds, params, bandwidth)
+        seeds_are_points = seed_array is None
+        if seed_array is None:
             seed_array = z
-        else:
-            assert seeds is not None
-            if len(seeds) == 0:
-                raise InputDataError(
-                    f"no bin holds min_bin_freq={params.min_bin_freq} points; "
-                    "lower it or the bandwidth"
-                )
-            seed_array = da.from_array(
-                (seeds - origin) / bandwidth, chunks=(_seed_chunks(len(seeds), z), d)
-            )
-        augmented = seed_array.map_blocks(
-            _converge_block,
-            _share(z),
-            shared_weights,
-            params.kernel,
-            params.tol,
-            params.max_iter,
-            backend,
-            params.block_bytes,
-            chunks=(seed_array.chunks[0], (d + 2,)),
-            dtype=np.float64,
-            name="meanshift-converge-" + dask.base.tokenize(seed_array, params),
-        ).persist()
-        n_iter = int(augmented[:, d + 1].max().compute())
+        iterated = _standard(seed_array, z, shared_weights, params, backend)
         n_seeds = seed_array.shape[0]
-        shifts = []
-        converged = n_iter < params.max_iter
-        reason = (
-            f"every seed moved at most tol={params.tol} bandwidths"
-            if converged
-            else f"some seeds reached max_iter={params.max_iter}"
-        )
     timings["iterate_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    cell = max(params.tol, 1e-9)
-    parts = dask.compute(
-        *[
-            dask.delayed(_candidates_block)(block, d, cell)
-            for block in augmented.to_delayed().ravel()
-        ]
-    )
-    candidates, _ = merge.combine_candidates(list(parts), cell)
-    if len(candidates) == 0:
-        raise InputDataError(
-            f"no point was within bandwidth={bandwidth:g} of any seed; "
-            "try other seeds or a larger bandwidth"
-        )
-    centers = candidates[merge.suppress(candidates, 1.0)]
-    k = len(centers)
+    centers = _find_centers(iterated.state, d, params, bandwidth)
     timings["merge_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    queries = augmented[:, :d] if seeds_are_points else z
-    raw = da.map_blocks(
-        _label_block,
-        queries,
-        z,
-        centers,
-        params.cluster_all,
-        backend,
-        params.block_bytes,
-        drop_axis=1,
-        dtype=np.int32,
-    ).persist()
-    sizes = (
-        da.map_blocks(
-            _weighted_bincount,
-            raw,
-            weights,
-            k,
-            chunks=((1,) * raw.numblocks[0], (k,)),
-            new_axis=1,
-            dtype=np.float64,
-        )
-        .sum(axis=0)
-        .compute()
-    )
-    sizes = np.rint(np.asarray(sizes)).astype(np.int64)
-    renumber = merge.size_order(sizes, centers)
-    order = np.argsort(renumber)
-    labels = raw.map_blocks(_renumber_block, renumber, dtype=np.int32)
-    centers = centers[order] * bandwidth + origin
-    sizes = sizes[order]
-    modes = augmented[:, :d] * bandwidth + origin if seeds_are_points else None
+    modes = iterated.state[:, :d] if seeds_are_points else None
+    queries = modes if (modes is not None and params.labels_from_modes) else z
+    labels, centers, sizes = _label(queries, z, data.weights, centers, params, backend)
     timings["label_s"] = time.perf_counter() - clock
 
-    if n > 10 and k > n // 2:
+    if n > 10 and len(centers) > n // 2:
         warnings.warn(
-            f"{k} clusters for {n} points: the bandwidth {bandwidth:g} is probably too small",
+            f"{len(centers)} clusters for {n} points: "
+            f"the bandwidth {bandwidth:g} is probably too small",
             stacklevel=2,
         )
     return MeanShiftResult(
         labels=labels,
-        centers=centers,
+        centers=centers * bandwidth + data.origin,
         sizes=sizes,
-        modes=modes,
+        modes=None if modes is None else modes * bandwidth + data.origin,
         bandwidth=bandwidth,
         bandwidth_estimated=estimated,
-        n_iter=n_iter,
-        max_shift=shifts,
+        n_iter=iterated.n_iter,
+        max_shift=iterated.shifts,
         n_seeds=n_seeds,
-        converged=converged,
-        stop_reason=reason,
+        converged=iterated.converged,
+        stop_reason=iterated.reason,
         timings=timings,
     )

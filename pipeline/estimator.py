@@ -57,6 +57,9 @@ class MeanShift(ClusterMixin, BaseEstimator):
     random_state : int, default 0
     block_bytes : int, default 64 MiB
         Most memory of pairwise intermediates one task holds.
+    label_by : {"nearest", "mode"}, optional
+        ``nearest``: each point joins the nearest centre (scikit-learn); ``mode``:
+        the centre nearest to where it converged. Default: ``mode`` when blurring.
 
     Attributes
     ----------
@@ -98,6 +101,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         bandwidth_n_samples: int = 5000,
         random_state: int = 0,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
+        label_by: str | None = None,
     ) -> None:
         self.bandwidth = bandwidth
         self.seeds = seeds
@@ -116,6 +120,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self.bandwidth_n_samples = bandwidth_n_samples
         self.random_state = random_state
         self.block_bytes = block_bytes
+        self.label_by = label_by
 
     def _params(self):
         return make_params(
@@ -132,6 +137,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
             random_state=self.random_state,
             block_bytes=self.block_bytes,
             backend=self.backend,
+            label_by=self.label_by,
         )
 
     @contextlib.contextmanager

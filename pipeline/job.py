@@ -116,7 +116,7 @@ def run_job(
     opened = time.perf_counter()
     source = store.open_points(input_url, array, storage_options)
     n, d = source.array.shape
-    group = store.create_output(output_url, n, d, source.row_chunk, overwrite)
+    group = store.create_output(output_url, n, source.row_chunk, overwrite, input_url=input_url)
     try:
         before_cluster = time.perf_counter()
         with dask_client(

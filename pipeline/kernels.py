@@ -17,31 +17,42 @@ from typing import Any
 POINT_BLOCK = 8192
 """Points per block of the shared set (fixed, so results do not depend on partitioning)."""
 
-_TEMPORARIES = 3
+DIRECT_MAX_DIMS = 16
+"""Up to this many dimensions distances are taken from coordinate differences (exact, and a
+query's result is bitwise independent of its block); above it, from one matrix product."""
+
+_TEMPORARIES = 5
 """Pairwise (queries × points) arrays alive at once inside one block step."""
 
 
-def _query_block(n_points: int, itemsize: int, block_bytes: int) -> int:
-    point_block = max(1, min(n_points, POINT_BLOCK))
-    return max(1, block_bytes // (_TEMPORARIES * itemsize * point_block))
+def rows_per_block(n_columns: int, itemsize: int, block_bytes: int) -> int:
+    """Query rows per block so that the pairwise temporaries fit in ``block_bytes``."""
+    return max(1, block_bytes // (_TEMPORARIES * itemsize * max(1, n_columns)))
 
 
-def squared_distances(
-    queries: Any, points: Any, xp: ModuleType, points_sq: Any | None = None
-) -> Any:
+def squared_distances(queries: Any, points: Any, xp: ModuleType) -> Any:
     """Squared Euclidean distances between rows, ``(len(queries), len(points))``.
 
-    Uses ``|q|² + |x|² - 2 q·x`` (one matrix product) and clips the rounding
-    negatives to zero. Accurate to ~1e-15 relative in float64 for centred data.
+    Low dimensions: a sum of squared coordinate differences, exact to rounding and
+    independent of far-away offsets. High dimensions: ``|q-c|² + |x-c|² - 2 (q-c)·(x-c)``
+    with ``c`` the queries' mean (one matrix product; negatives from rounding are clipped).
     """
-    if points_sq is None:
-        points_sq = (points * points).sum(axis=1)
-    d2 = queries @ points.T
+    n_dims = queries.shape[1]
+    if n_dims <= DIRECT_MAX_DIMS:
+        d2 = xp.zeros((queries.shape[0], points.shape[0]), dtype=queries.dtype)
+        for k in range(n_dims):
+            diff = points[None, :, k] - queries[:, k, None]
+            diff *= diff
+            d2 += diff
+        return d2
+    centre = queries.mean(axis=0)
+    q = queries - centre
+    p = points - centre
+    d2 = q @ p.T
     d2 *= -2.0
-    d2 += (queries * queries).sum(axis=1)[:, None]
-    d2 += points_sq[None, :]
-    xp.maximum(d2, 0.0, out=d2)
-    return d2
+    d2 += (q * q).sum(axis=1)[:, None]
+    d2 += (p * p).sum(axis=1)[None, :]
+    return xp.maximum(d2, 0.0, out=d2)
 
 
 def kernel_weights(d2: Any, kernel: str, xp: ModuleType) -> Any:
@@ -59,6 +70,19 @@ def kernel_weights(d2: Any, kernel: str, xp: ModuleType) -> Any:
         xp.subtract(1.0, d2, out=d2)
         return xp.maximum(d2, 0.0, out=d2)
     raise ValueError(f"unknown kernel {kernel!r}")
+
+
+def _weighted_offsets(w: Any, block: Any, part: Any, xp: ModuleType) -> Any:
+    """``sum_j w_ij (x_j - q_i)`` per query row, shape (rows, d)."""
+    n_dims = block.shape[1]
+    if n_dims <= DIRECT_MAX_DIMS:
+        out = xp.empty_like(block)
+        for k in range(n_dims):
+            diff = part[None, :, k] - block[:, k, None]
+            diff *= w
+            out[:, k] = diff.sum(axis=1)
+        return out
+    return w @ part - w.sum(axis=1)[:, None] * block
 
 
 def shift_points(
@@ -93,33 +117,28 @@ def shift_points(
         Weighted kernel sum at the query's position (for ``flat``: the weighted
         number of points within the bandwidth).
     """
-    n_queries, n_dims = queries.shape
+    n_queries = queries.shape[0]
     n_points = points.shape[0]
-    dtype = queries.dtype
     shifted = xp.empty_like(queries)
-    density = xp.zeros(n_queries, dtype=dtype)
-    points_sq = (points * points).sum(axis=1)
-    q_step = _query_block(n_points, dtype.itemsize, block_bytes)
-    for q_start in range(0, n_queries, q_step):
-        block = queries[q_start : q_start + q_step]
-        numerator = xp.zeros((block.shape[0], n_dims), dtype=dtype)
-        denominator = xp.zeros(block.shape[0], dtype=dtype)
+    density = xp.zeros(n_queries, dtype=queries.dtype)
+    step = rows_per_block(min(n_points, POINT_BLOCK), queries.dtype.itemsize, block_bytes)
+    for q_start in range(0, n_queries, step):
+        block = queries[q_start : q_start + step]
+        offsets = xp.zeros_like(block)
+        denominator = xp.zeros(block.shape[0], dtype=queries.dtype)
         for p_start in range(0, n_points, POINT_BLOCK):
-            p_stop = p_start + POINT_BLOCK
-            part = points[p_start:p_stop]
-            w = kernel_weights(
-                squared_distances(block, part, xp, points_sq[p_start:p_stop]), kernel, xp
-            )
+            part = points[p_start : p_start + POINT_BLOCK]
+            w = kernel_weights(squared_distances(block, part, xp), kernel, xp)
             if weights is not None:
-                w *= weights[p_start:p_stop][None, :]
-            numerator += w @ part
+                w *= weights[None, p_start : p_start + POINT_BLOCK]
+            offsets += _weighted_offsets(w, block, part, xp)
             denominator += w.sum(axis=1)
         empty = denominator <= 0
         safe = xp.where(empty, 1.0, denominator)
-        shifted[q_start : q_start + q_step] = xp.where(
-            empty[:, None], block, numerator / safe[:, None]
+        shifted[q_start : q_start + step] = block + xp.where(
+            empty[:, None], 0.0, offsets / safe[:, None]
         )
-        density[q_start : q_start + q_step] = denominator
+        density[q_start : q_start + step] = denominator
     return shifted, density
 
 
@@ -132,11 +151,12 @@ def converge_seeds(
     max_iter: int,
     xp: ModuleType,
     block_bytes: int,
-) -> tuple[Any, Any, Any]:
+) -> tuple[Any, Any, Any, Any]:
     """Standard mean shift: move seeds against the fixed points until they stop.
 
-    A seed stops once a step moves it by at most ``tol`` (bandwidth units) or
-    after ``max_iter`` steps; only seeds still moving are computed.
+    scikit-learn's loop: a seed stops after the step that moves it by at most
+    ``tol`` (bandwidth units), or once it has completed ``max_iter`` iterations
+    (at most ``max_iter + 1`` steps). Only seeds still moving are computed.
 
     Returns
     -------
@@ -145,13 +165,17 @@ def converge_seeds(
         Weighted kernel sum at the position before the last step (0: no point
         was ever within reach, as scikit-learn reports it).
     n_iter : array of int, shape (m,)
-        Steps taken by each seed.
+        Completed iterations (steps before the last), scikit-learn's count.
+    converged : array of bool, shape (m,)
+        Whether the seed stopped by ``tol`` rather than by ``max_iter``.
     """
     modes = xp.array(seeds, dtype=points.dtype, copy=True)
-    density = xp.zeros(modes.shape[0], dtype=points.dtype)
-    n_iter = xp.zeros(modes.shape[0], dtype=xp.int32)
-    active = xp.arange(modes.shape[0])
-    for _ in range(max_iter):
+    count = modes.shape[0]
+    density = xp.zeros(count, dtype=points.dtype)
+    steps = xp.zeros(count, dtype=xp.int32)
+    converged = xp.zeros(count, dtype=bool)
+    active = xp.arange(count)
+    for _ in range(max_iter + 1):
         if active.shape[0] == 0:
             break
         current = modes[active]
@@ -159,9 +183,11 @@ def converge_seeds(
         moved = xp.sqrt(((shifted - current) ** 2).sum(axis=1))
         modes[active] = shifted
         density[active] = dens
-        n_iter[active] += 1
-        active = active[moved > tol]
-    return modes, density, n_iter
+        steps[active] += 1
+        stopped = moved <= tol
+        converged[active[stopped]] = True
+        active = active[~stopped]
+    return modes, density, steps - 1, converged
 
 
 def nearest(queries: Any, centers: Any, xp: ModuleType, block_bytes: int) -> tuple[Any, Any]:
@@ -172,10 +198,9 @@ def nearest(queries: Any, centers: Any, xp: ModuleType, block_bytes: int) -> tup
     n_queries = queries.shape[0]
     index = xp.empty(n_queries, dtype=xp.int64)
     dist2 = xp.empty(n_queries, dtype=queries.dtype)
-    centers_sq = (centers * centers).sum(axis=1)
-    step = max(1, block_bytes // (_TEMPORARIES * queries.dtype.itemsize * max(1, len(centers))))
+    step = rows_per_block(len(centers), queries.dtype.itemsize, block_bytes)
     for start in range(0, n_queries, step):
-        d2 = squared_distances(queries[start : start + step], centers, xp, centers_sq)
+        d2 = squared_distances(queries[start : start + step], centers, xp)
         best = d2.argmin(axis=1)
         index[start : start + step] = best
         dist2[start : start + step] = xp.take_along_axis(d2, best[:, None], axis=1)[:, 0]

@@ -52,6 +52,11 @@ class MeanShiftParams(BaseModel):
         Most bytes of pairwise intermediates one task holds at a time.
     backend : {"auto", "numpy", "cupy"}
         Array module for the shift kernels.
+    label_by : {"nearest", "mode"} or None
+        ``nearest``: a point joins the centre nearest to it (scikit-learn).
+        ``mode``: a point joins the centre nearest to where it converged (its basin
+        of attraction; needs the points as seeds). None: ``mode`` for blurring mean
+        shift, ``nearest`` otherwise.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -69,6 +74,7 @@ class MeanShiftParams(BaseModel):
     random_state: int = Field(default=0, ge=0)
     block_bytes: int = Field(default=DEFAULT_BLOCK_BYTES, ge=2**16)
     backend: Literal["auto", "numpy", "cupy"] = "auto"
+    label_by: Literal["nearest", "mode"] | None = None
 
     @field_validator("bandwidth")
     @classmethod
@@ -81,7 +87,16 @@ class MeanShiftParams(BaseModel):
     def _seeding_needs_standard(self) -> MeanShiftParams:
         if self.bin_seeding and self.blurring:
             raise ValueError("bin_seeding applies to standard mean shift only (not blurring)")
+        if self.bin_seeding and self.label_by == "mode":
+            raise ValueError("label_by='mode' needs the points as seeds (not bin_seeding)")
         return self
+
+    @property
+    def labels_from_modes(self) -> bool:
+        """Whether points are labelled by their modes (see ``label_by``)."""
+        if self.label_by is None:
+            return self.blurring
+        return self.label_by == "mode"
 
 
 def make_params(**values: Any) -> MeanShiftParams:

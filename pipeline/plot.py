@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import PipelineError
+from .errors import OutputError, PipelineError
 
 MAX_PLOTTED_POINTS = 200_000
 """Larger point sets are drawn from a uniform random subsample of this size."""
@@ -63,6 +63,10 @@ def plot_clusters(
     ax.set_xlabel("x0")
     ax.set_ylabel("x1")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        raise OutputError(f"cannot write plot {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return path

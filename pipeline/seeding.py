@@ -7,29 +7,34 @@ import dask.array as da
 import numpy as np
 
 
-def bin_counts(block: np.ndarray, bin_size: float) -> tuple[np.ndarray, np.ndarray]:
-    """Occupied grid bins of one chunk and their point counts.
+def bin_counts(
+    block: np.ndarray, bin_size: float, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Occupied grid bins of one chunk and their (weighted) point counts.
 
     Bins are scikit-learn's: ``round(x / bin_size)`` per coordinate.
     """
     keys = np.round(np.asarray(block, dtype=np.float64) / bin_size)
     if keys.shape[0] == 0:
-        return keys, np.zeros(0, dtype=np.int64)
-    unique, counts = np.unique(keys, axis=0, return_counts=True)
-    return unique, counts.astype(np.int64)
+        return keys, np.zeros(0, dtype=np.float64)
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    counts = np.bincount(inverse.ravel(), weights=weights, minlength=len(unique))
+    return unique, counts.astype(np.float64)
 
 
-def combine_bin_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def combine_bin_counts(
+    parts: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
     """Add up per-chunk bin counts (the result does not depend on the chunking)."""
     keys = np.concatenate([k for k, _ in parts])
     counts = np.concatenate([c for _, c in parts])
     unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-    return unique, np.bincount(inverse.ravel(), weights=counts, minlength=len(unique)).astype(
-        np.int64
-    )
+    return unique, np.bincount(inverse.ravel(), weights=counts, minlength=len(unique))
 
 
-def bin_seeds(points: da.Array, bin_size: float, min_bin_freq: int) -> np.ndarray | None:
+def bin_seeds(
+    points: da.Array, bin_size: float, min_bin_freq: int, weights: da.Array | None = None
+) -> np.ndarray | None:
     """Seeds at the centres of grid bins holding at least ``min_bin_freq`` points.
 
     Parameters
@@ -39,6 +44,9 @@ def bin_seeds(points: da.Array, bin_size: float, min_bin_freq: int) -> np.ndarra
     bin_size : float
         Side of the grid cells (scikit-learn uses the bandwidth).
     min_bin_freq : int
+        Fewest points (sum of weights) a bin needs.
+    weights : dask.array.Array, shape (n,), optional
+        Multiplicity of each point, chunked like ``points``.
 
     Returns
     -------
@@ -47,8 +55,13 @@ def bin_seeds(points: da.Array, bin_size: float, min_bin_freq: int) -> np.ndarra
         seeds as points (binning did not help: use the points themselves, as
         scikit-learn does).
     """
+    blocks = points.to_delayed().ravel()
+    weight_blocks = [None] * len(blocks) if weights is None else weights.to_delayed().ravel()
     parts = dask.compute(
-        *[dask.delayed(bin_counts)(b, bin_size) for b in points.to_delayed().ravel()]
+        *[
+            dask.delayed(bin_counts)(block, bin_size, w)
+            for block, w in zip(blocks, weight_blocks, strict=True)
+        ]
     )
     keys, counts = combine_bin_counts(list(parts))
     kept = keys[counts >= min_bin_freq]

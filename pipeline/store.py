@@ -41,11 +41,11 @@ class InputInfo:
     row_chunk: int
 
 
-def _is_local(url: str) -> bool:
+def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
-def _local_path(url: str) -> str:
+def local_path(url: str) -> str:
     return url[len("file://") :] if url.startswith("file://") else url
 
 
@@ -68,7 +68,7 @@ def open_points(
     InputDataError
         The store is missing, not Zarr, lacks the array, or the array is not 2-D numeric.
     """
-    if _is_local(url) and not os.path.exists(_local_path(url)):
+    if is_local(url) and not os.path.exists(local_path(url)):
         raise InputDataError(f"input not found: {url}")
     try:
         node = zarr.open(url, mode="r", storage_options=storage_options)
@@ -98,68 +98,118 @@ def open_points(
     return InputInfo(array=arr, url=url, name=array, row_chunk=int(row_chunk))
 
 
+TARGET_TASK_BYTES = 32 * 2**20
+"""Rows of float64 data one task reads at most (rounded to whole Zarr chunks)."""
+
+
+def rows_per_task(n_rows: int, n_dims: int, row_chunk: int) -> int:
+    """Rows per dask chunk: a whole number of Zarr chunks (or shards), near 1/8 of the rows.
+
+    Aim for at least 8 tasks (parallelism) and at most ``TARGET_TASK_BYTES`` of
+    float64 per task, but never split a Zarr chunk, so every task reads and
+    writes whole chunks.
+    """
+    target = min(max(1, TARGET_TASK_BYTES // (8 * n_dims)), -(-n_rows // 8))
+    return row_chunk * max(1, target // row_chunk)
+
+
 def points_as_dask(info: InputInfo) -> da.Array:
-    """The input as a dask array with one chunk (or shard) of rows per block, all columns."""
-    rows = info.row_chunk
-    return da.from_array(info.array, chunks=(rows, info.array.shape[1]), lock=False, asarray=True)
+    """The input as a dask array: whole Zarr chunks (or shards) of rows per block, all columns."""
+    n, d = info.array.shape
+    rows = rows_per_task(n, d, info.row_chunk)
+    return da.from_array(info.array, chunks=(rows, d), lock=False, asarray=True)
+
+
+def existing_attributes(url: str) -> dict[str, Any] | None:
+    """Attributes of an existing Zarr group at ``url``, or None if there is none."""
+    try:
+        return zarr.open_group(url, mode="r").attrs.asdict()
+    except Exception:
+        return None
 
 
 def _existing_status(url: str) -> str | None:
-    try:
-        group = zarr.open_group(url, mode="r")
-    except Exception:
-        return None
-    return str(group.attrs.get("status", "unknown"))
+    """The ``status`` attribute of an existing output, or None if it is not one of ours."""
+    status = (existing_attributes(url) or {}).get("status")
+    return None if status is None else str(status)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Whether two locations are the same or one lies inside the other."""
+    if is_local(a) and is_local(b):
+        a, b = os.path.realpath(local_path(a)), os.path.realpath(local_path(b))
+    else:
+        a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def create_output(
     url: str,
     n_points: int,
-    n_dims: int,
     row_chunk: int,
     overwrite: bool = False,
+    input_url: str | None = None,
 ) -> zarr.Group:
-    """Create the output group with ``status: "running"`` and its per-point arrays.
+    """Create the output group with ``status: "running"`` and its ``labels`` array.
+
+    An existing output is replaced only if it is a meanshift output and either
+    ``overwrite`` is set or its status is ``failed``. Anything else at that
+    location (another program's data, a plain folder) is never replaced.
 
     Raises
     ------
     OutputError
-        The location exists and ``overwrite`` is False, or it cannot be written.
+        The location is or nests with the input, holds something that may not
+        be replaced, or cannot be written.
     """
-    if _is_local(url):
-        path = _local_path(url)
-        if os.path.exists(path) and not overwrite:
-            status = _existing_status(url)
-            what = f"a Zarr group with status '{status}'" if status else "something"
+    if input_url is not None and _overlaps(url, input_url):
+        raise OutputError(f"output {url} would overwrite or nest with the input {input_url}")
+    if is_local(url):
+        exists = os.path.lexists(local_path(url))
+    else:
+        exists = _existing_status(url) is not None
+    replace = False
+    if exists:
+        status = _existing_status(url)
+        if status is None:
             raise OutputError(
-                f"output {url} already exists ({what}); pass --overwrite to replace it"
+                f"output {url} exists and is not a meanshift output; not replacing it"
             )
+        if not overwrite and status != STATUS_FAILED:
+            raise OutputError(
+                f"output {url} already exists (status '{status}'); pass --overwrite to replace it"
+            )
+        replace = True
     try:
-        group = zarr.open_group(url, mode="w" if overwrite else "w-")
+        group = zarr.open_group(url, mode="w" if replace else "w-")
         group.update_attributes({"status": STATUS_RUNNING})
         group.create_array(
             "labels", shape=(n_points,), chunks=(row_chunk,), dtype="int32", fill_value=-1
         )
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
         raise OutputError(f"output {url} already exists; pass --overwrite to replace it") from None
-    except PermissionError as exc:
-        raise OutputError(f"cannot write output {url}: {exc.strerror or exc}") from None
     except OSError as exc:
         raise OutputError(f"cannot write output {url}: {exc.strerror or exc}") from None
+    except Exception as exc:  # fsspec protocol errors, missing filesystem packages
+        raise OutputError(f"cannot write output {url}: {exc}") from None
     return group
 
 
 def write_per_point(group: zarr.Group, name: str, values: da.Array, row_chunk: int) -> None:
-    """Write a per-point dask array into the group (created if absent), one task per Zarr chunk."""
+    """Write a per-point dask array into the group (created if absent).
+
+    Dask chunks must cover whole Zarr chunks, so no two tasks write the same chunk;
+    values whose chunks do not are rechunked to the Zarr chunks first.
+    """
     if name in group:
         target = group[name]
     else:
         target = group.create_array(
             name, shape=values.shape, chunks=(row_chunk, *values.shape[1:]), dtype=values.dtype
         )
-    expected = da.core.normalize_chunks(target.chunks, target.shape)
-    if values.chunks != expected:
-        values = values.rechunk(expected)
+    size = target.chunks[0]
+    if any(rows % size for rows in values.chunks[0][:-1]):
+        values = values.rechunk({0: size})
     da.store(values, target, lock=False)
 
 

@@ -27,9 +27,18 @@ def test_sample_is_the_same_for_numpy_and_dask():
     assert len(np.unique(sample_rows(points, 500, 9), axis=0)) == 500
 
 
-def test_cost_is_bounded_by_the_sample():
-    # 240k points, sample 2,000: the estimate is close to the full-sample one of another seed
+def test_sample_size_is_bounded_and_estimates_agree():
     points, _, _ = make_blobs(6, 40_000, 5.0, 2, seed=2)
+    assert sample_rows(points, 2000, 0).shape == (2000, 2)  # 240k rows in, 2,000 looked at
     a = estimate_bandwidth(points, 0.1, n_samples=2000, random_state=0)
     b = estimate_bandwidth(points, 0.1, n_samples=2000, random_state=1)
     assert a == pytest.approx(b, rel=0.1)
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e200])
+def test_extreme_magnitudes_scale_the_estimate(scale):
+    points, _, _ = make_blobs(3, 200, 5.0, 2, seed=4)
+    base = estimate_bandwidth(points.astype(np.float64))
+    assert estimate_bandwidth(points.astype(np.float64) * scale) == pytest.approx(
+        base * scale, rel=1e-9
+    )

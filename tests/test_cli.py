@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
+from pipeline.backend import gpu_available
 from pipeline.store import STATUS_COMPLETE
 
 
@@ -87,56 +90,72 @@ def test_demo_writes_summary_and_plot(tmp_path):
 def small_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "small.zarr"
     group = zarr.open_group(str(path), mode="w")
-    group.create_array("points", shape=(20, 2), chunks=(10, 2), dtype="float32")[...] = np.arange(
-        40
-    ).reshape(20, 2)
+    points = np.arange(40, dtype="float32").reshape(20, 2)
+    group.create_array("points", shape=(20, 2), chunks=(10, 2), dtype="float32")[...] = points
     group.create_array("line", shape=(20,), chunks=(10,), dtype="float32")[...] = np.arange(20)
-    group.create_array("words", shape=(20, 2), chunks=(10, 2), dtype=str)[...] = np.full(
-        (20, 2), "a"
-    )
+    words = group.create_array("words", shape=(20, 2), chunks=(10, 2), dtype=str)
+    words[...] = np.full((20, 2), "a")
+    points[3, 1] = np.nan
+    group.create_array("holes", shape=(20, 2), chunks=(10, 2), dtype="float32")[...] = points
     (path.parent / "plain-folder").mkdir()
+    (path.parent / "plain-folder" / "keep.txt").write_text("precious")
     return str(path)
 
 
-@pytest.mark.parametrize(
-    ("args", "code", "message"),
-    [
-        (["run", "-i", "{tmp}/missing.zarr", "-o", "{tmp}/o.zarr"], 3, "input not found"),
-        (["run", "-i", "{parent}/plain-folder", "-o", "{tmp}/o.zarr"], 3, "not a Zarr store"),
-        (
-            ["run", "-i", "{store}", "--array", "nope", "-o", "{tmp}/o.zarr"],
-            3,
-            "has no array 'nope'",
-        ),
-        (["run", "-i", "{store}", "--array", "line", "-o", "{tmp}/o.zarr"], 3, "must be 2-D"),
-        (["run", "-i", "{store}", "--array", "words", "-o", "{tmp}/o.zarr"], 3, "real numbers"),
-        (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "-1"], 2, "positive number"),
-        (
-            ["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "wide"],
-            2,
-            "neither a number",
-        ),
-        (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--kernel", "cosine"], 2, "cosine"),
-        (["run", "-i", "{store}", "-o", "{store}"], 4, "already exists"),
-        (["generate", "-o", "{store}"], 4, "already exists"),
-        (
-            ["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--backend", "cupy", "-b", "1"],
-            2,
-            "no CUDA device",
-        ),
-    ],
-)
-def test_user_mistakes_give_one_line_and_exit_code(small_store, tmp_path, args, code, message):
-    import os
+MISTAKES = [
+    (["run", "-i", "{tmp}/missing.zarr", "-o", "{tmp}/o.zarr"], 3, "input not found"),
+    (["run", "-i", "{parent}/plain-folder", "-o", "{tmp}/o.zarr"], 3, "not a Zarr store"),
+    (["run", "-i", "{store}", "--array", "nope", "-o", "{tmp}/o.zarr"], 3, "no array 'nope'"),
+    (["run", "-i", "{store}", "--array", "line", "-o", "{tmp}/o.zarr"], 3, "must be 2-D"),
+    (["run", "-i", "{store}", "--array", "words", "-o", "{tmp}/o.zarr"], 3, "real numbers"),
+    (["run", "-i", "{store}", "--array", "holes", "-o", "{tmp}/o.zarr", "-b", "1"], 3, "NaN"),
+    (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "-1"], 2, "positive number"),
+    (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "wide"], 2, "neither a"),
+    (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "-b", "1e-300"], 2, "too small for data"),
+    (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--kernel", "cosine"], 2, "cosine"),
+    (
+        ["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--blurring", "--bin-seeding"],
+        2,
+        "bin_seeding",
+    ),
+    (["run", "-i", "{store}", "-o", "{store}"], 4, "would overwrite or nest with the input"),
+    (["run", "-i", "{store}", "-o", "{store}", "--overwrite"], 4, "nest with the input"),
+    (["run", "-i", "{store}", "-o", "{store}/inner"], 4, "nest with the input"),
+    (["run", "-i", "{store}", "-o", "{parent}/plain-folder", "--overwrite"], 4, "not a meanshift"),
+    (["run", "-i", "{store}", "-o", "nosuch://x.zarr", "-b", "1"], 4, "cannot write output"),
+    (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--scheduler", "nonsense"], 5, "cannot reach"),
+    (["generate", "-o", "{store}", "--overwrite"], 4, "is not generated data"),
+    (["demo", "--plot", "{tmp}/no/such/folder/x.png"], 4, "cannot write plot"),
+]
+if not gpu_available():
+    MISTAKES.append(
+        (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--backend", "cupy"], 2, "no CUDA device")
+    )
 
-    filled = [
-        a.format(tmp=tmp_path, store=small_store, parent=os.path.dirname(small_store)) for a in args
-    ]
+
+def tree_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize(("args", "code", "message"), MISTAKES)
+def test_user_mistakes_give_one_line_and_exit_code(small_store, tmp_path, args, code, message):
+    parent = os.path.dirname(small_store)
+    filled = [a.format(tmp=tmp_path, store=small_store, parent=parent) for a in args]
+    before = tree_digest(parent)
     result = meanshift(*filled)
     assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    assert tree_digest(parent) == before  # inputs and unrelated folders untouched
 
 
 def test_unreachable_scheduler_is_a_cluster_error(small_store, tmp_path):
@@ -159,7 +178,6 @@ def test_unreachable_scheduler_is_a_cluster_error(small_store, tmp_path):
 
 
 def test_status_and_scheduled_workflow_script(tmp_path):
-    import os
     import shutil
 
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}

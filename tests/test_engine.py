@@ -6,6 +6,8 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.cluster import MeanShift as SklearnMeanShift
 from sklearn.metrics import adjusted_rand_score
 
@@ -50,9 +52,10 @@ def test_blurring_stops_by_itself_before_max_iter(seed_data):
     with dask.config.set(scheduler="sync"):
         result = run(points, max_iter=300, **SEED_CONFIG)
     assert result.converged
-    assert result.n_iter < 20
+    assert result.n_iter == 5  # the seed notebook's count, found by the stop rule
     assert len(result.max_shift) == result.n_iter
-    assert result.max_shift[-1] <= 1e-3 * 2.5 or "stopped changing" in result.stop_reason
+    assert result.max_shift[-1] <= 1e-3 * 2.5 < result.max_shift[-2]
+    assert "moved at most tol" in result.stop_reason
 
 
 @pytest.mark.parametrize(
@@ -74,22 +77,33 @@ def test_flat_bin_seeding_matches_sklearn(n_clusters, per_cluster, dims, seed, b
     assert adjusted_rand_score(reference.labels_, labels) >= 0.999
 
 
-def test_flat_all_points_as_seeds_matches_sklearn_centres(seed_data):
-    """With every point a seed, the centres are scikit-learn's; labels follow each point's mode."""
+def test_flat_all_points_as_seeds_matches_sklearn(seed_data):
+    """scikit-learn's default (every point a seed): same centres, same labels, same n_iter."""
     points, _, _ = seed_data
     subset = points[::3]
     reference = SklearnMeanShift(bandwidth=3.0).fit(subset)
     with dask.config.set(scheduler="sync"):
         result = run(subset, chunks=128, kernel="flat", bandwidth=3.0)
         labels = result.labels.compute()
-        modes = result.modes.compute()
     expected = reference.cluster_centers_
     assert len(result.centers) == len(expected)
     gaps = np.sqrt(((expected[:, None, :] - result.centers[None]) ** 2).sum(-1))
     assert np.all(gaps.min(axis=1) <= 1e-3 * 3.0)
-    # a point's label is the centre nearest to where it converged
+    assert adjusted_rand_score(reference.labels_, labels) >= 0.999
+    assert result.n_iter == reference.n_iter_
+
+
+def test_label_by_mode_follows_each_points_basin(seed_data):
+    points, _, _ = seed_data
+    subset = points[::3]
+    with dask.config.set(scheduler="sync"):
+        result = run(subset, chunks=128, kernel="flat", bandwidth=3.0, label_by="mode")
+        labels = result.labels.compute()
+        modes = result.modes.compute()
     own = np.sqrt(((modes[:, None, :] - result.centers[None]) ** 2).sum(-1)).argmin(axis=1)
     np.testing.assert_array_equal(labels, own)
+    nearest = np.sqrt(((subset[:, None, :] - result.centers[None]) ** 2).sum(-1)).argmin(axis=1)
+    assert (labels != nearest).any()  # the two rules differ on this data
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "flat", "epanechnikov"])
@@ -217,4 +231,48 @@ def test_iteration_graphs_do_not_grow(seed_data):
 
     short, long = graph_sizes(2), graph_sizes(5)  # the stop rule ends this data at 6
     assert len(long) - len(short) == 2 * 3  # one persist and one statistics call per iteration
-    assert max(long) == max(short)
+    n_chunks = len(points) // 250
+    # a graph that kept earlier iterations would hold >= 2 * 5 * n_chunks tasks by now
+    assert max(long) <= 5 * n_chunks + 5
+
+
+@pytest.mark.parametrize(
+    ("kernel", "dims", "bandwidth", "label_by"),
+    [("epanechnikov", 5, 3.0, "nearest"), ("gaussian", 5, 3.5, "mode"), ("flat", 3, 3.0, "mode")],
+)
+def test_partition_invariance_standard_higher_dims(kernel, dims, bandwidth, label_by):
+    points, _, _ = make_blobs(5, 120, 5.0, dims, seed=1)
+    outcomes = []
+    for chunks in (7, 64, len(points)):
+        with dask.config.set(scheduler="threads"):
+            result = run(
+                points, chunks=chunks, kernel=kernel, bandwidth=bandwidth, label_by=label_by
+            )
+            outcomes.append((result.labels.compute(), result.centers, result.n_iter))
+    for labels, centers, n_iter in outcomes[1:]:
+        np.testing.assert_array_equal(labels, outcomes[0][0])
+        np.testing.assert_array_equal(centers, outcomes[0][1])
+        assert n_iter == outcomes[0][2]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.sampled_from(["gaussian", "flat", "epanechnikov"]),
+    st.booleans(),
+    st.floats(-1e6, 1e6),
+    st.sampled_from([1e-30, 1e-3, 1.0, 7.5, 1e30]),
+)
+def test_equivariant_to_translation_and_scaling_together(kernel, blurring, offset, scale):
+    """Moving and scaling data and bandwidth together moves and scales the centres alike."""
+    points, _, _ = make_blobs(3, 60, 5.0, 2, seed=3)
+    points = points.astype(np.float64)
+    with dask.config.set(scheduler="sync"):
+        base = run(points, kernel=kernel, blurring=blurring, bandwidth=3.0)
+        moved = run(
+            points * scale + offset * scale, kernel=kernel, blurring=blurring, bandwidth=3.0 * scale
+        )
+        base_labels, moved_labels = base.labels.compute(), moved.labels.compute()
+    np.testing.assert_array_equal(moved_labels, base_labels)
+    np.testing.assert_allclose(
+        (moved.centers - offset * scale) / scale, base.centers, rtol=0, atol=1e-6
+    )

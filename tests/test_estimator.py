@@ -40,6 +40,7 @@ def test_dask_input_gives_dask_labels_equal_to_numpy(seed_data):
     assert adjusted_rand_score(truth, from_numpy.labels_) >= 0.99
     predicted = from_dask.predict(da.from_array(points, chunks=(500, 2)))
     assert isinstance(predicted, da.Array)
+    np.testing.assert_array_equal(predicted.compute(), from_numpy.predict(points))
 
 
 def test_predict_is_nearest_centre(seed_data):

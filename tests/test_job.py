@@ -127,7 +127,9 @@ def test_file_url_and_sharded_input(cluster_2proc, tmp_path):
     points, truth, _ = make_blobs(3, 400, 5.0, 2, seed=6)
     path = tmp_path / "sharded.zarr"
     group = zarr.open_group(str(path), mode="w")
-    array = group.create_array("xy", shape=points.shape, chunks=(100, 2), shards=(400, 2), dtype="f4")
+    array = group.create_array(
+        "xy", shape=points.shape, chunks=(100, 2), shards=(400, 2), dtype="f4"
+    )
     array[...] = points
     out = str(tmp_path / "out.zarr")
     report = run_job(
