@@ -29,8 +29,8 @@ from . import merge
 from .backend import get_namespace, resolve_backend, to_host
 from .bandwidth import estimate_bandwidth
 from .errors import InputDataError, ParameterError
-from .kernels import converge_seeds, shift_points
-from .params import MeanShiftParams
+from .kernels import DensePointSet, GridPointSet, PointSet, converge_seeds
+from .params import GRID_MAX_DIMS, MeanShiftParams, resolve_method
 from .seeding import bin_seeds
 
 ProgressCallback = Callable[[int, float, int], None]
@@ -67,6 +67,10 @@ class MeanShiftResult:
     stop_reason : str
     timings : dict of str to float
         Seconds spent per stage.
+    method : str
+        The method used (``auto`` resolved).
+    n_cells : int or None
+        Weighted cells the binned method reduced the points to.
     """
 
     labels: da.Array
@@ -81,13 +85,15 @@ class MeanShiftResult:
     converged: bool = True
     stop_reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    method: str = "exact"
+    n_cells: int | None = None
 
 
 # --------------------------------------------------------------------------- tasks
 
 
 def _stack(*blocks: np.ndarray) -> np.ndarray:
-    """Concatenate row chunks into the shared point set (one task per computation)."""
+    """Concatenate row chunks (one task per computation)."""
     return np.concatenate(blocks, axis=0)
 
 
@@ -95,6 +101,26 @@ def _share(array: da.Array) -> Any:
     """One graph node holding the whole array, fetched once by each worker that needs it."""
     name = "meanshift-shared-" + dask.base.tokenize(array)
     return dask.delayed(_stack, name=name, pure=True)(*array.to_delayed().ravel())
+
+
+def _build_point_set(
+    method: str, kernel: str, block_bytes: int, weights: np.ndarray | None, *blocks: np.ndarray
+) -> PointSet:
+    points = np.concatenate(blocks, axis=0)
+    if method == "grid":
+        try:
+            return GridPointSet(points, weights, kernel, np, block_bytes)
+        except ValueError:  # more grid cells than one index can number: meet every point
+            pass
+    return DensePointSet(points, weights, kernel, np, block_bytes)
+
+
+def _share_point_set(array: da.Array, weights: Any, method: str, params: MeanShiftParams) -> Any:
+    """The shared point set as one graph node: built once per computation, fetched by workers."""
+    name = f"meanshift-{method}-set-" + dask.base.tokenize(array, weights, method, params)
+    return dask.delayed(_build_point_set, name=name, pure=True)(
+        method, params.kernel, params.block_bytes, weights, *array.to_delayed().ravel()
+    )
 
 
 def _summary_block(block: np.ndarray) -> np.ndarray:
@@ -111,25 +137,11 @@ def _normalise_block(block: np.ndarray, origin: np.ndarray, bandwidth: float) ->
     return (np.asarray(block, dtype=np.float64) - origin) / bandwidth
 
 
-def _blurring_block(
-    block: np.ndarray,
-    shared: np.ndarray,
-    weights: np.ndarray | None,
-    kernel: str,
-    backend: str,
-    block_bytes: int,
-) -> np.ndarray:
+def _blurring_block(block: np.ndarray, point_set: PointSet, backend: str) -> np.ndarray:
     """Jacobi blurring step of one chunk: columns = new position, density, shift length."""
     xp = get_namespace(backend)
     queries = xp.asarray(block)
-    shifted, density = shift_points(
-        queries,
-        xp.asarray(shared),
-        None if weights is None else xp.asarray(weights),
-        kernel,
-        xp,
-        block_bytes,
-    )
+    shifted, density = point_set.on(xp).shift(queries)
     moved = xp.sqrt(((shifted - queries) ** 2).sum(axis=1))
     return to_host(xp.concatenate([shifted, density[:, None], moved[:, None]], axis=1))
 
@@ -143,29 +155,37 @@ def _iteration_stats(block: np.ndarray, d: int, tol: float) -> np.ndarray:
 
 
 def _converge_block(
-    seeds: np.ndarray,
-    shared: np.ndarray,
-    weights: np.ndarray | None,
-    kernel: str,
-    tol: float,
-    max_iter: int,
-    backend: str,
-    block_bytes: int,
+    seeds: np.ndarray, point_set: PointSet, tol: float, max_iter: int, backend: str
 ) -> np.ndarray:
     """Standard mean shift of one chunk of seeds: columns = mode, density, n_iter, converged."""
     xp = get_namespace(backend)
     modes, density, n_iter, converged = converge_seeds(
-        xp.asarray(seeds),
-        xp.asarray(shared),
-        None if weights is None else xp.asarray(weights),
-        kernel,
-        tol,
-        max_iter,
-        xp,
-        block_bytes,
+        xp.asarray(seeds), point_set.on(xp), tol, max_iter, xp
     )
     extra = xp.stack([density, n_iter.astype(modes.dtype), converged.astype(modes.dtype)], axis=1)
     return to_host(xp.concatenate([modes, extra], axis=1))
+
+
+POLISH_TOL = 1e-5
+"""Convergence threshold (bandwidths) of the final polish of standard mean shift centres."""
+
+
+def _polish_centers(
+    centers: np.ndarray, point_set: PointSet, max_iter: int, backend: str
+) -> np.ndarray:
+    """Run the merged centres on to their modes, then drop any that met (canonical order).
+
+    The seed that wins a basin is only within ``tol`` of its mode; polishing makes
+    each centre the mode itself, whichever seed won.
+    """
+    xp = get_namespace(backend)
+    modes, density, _, _ = converge_seeds(
+        xp.asarray(centers), point_set.on(xp), POLISH_TOL, max_iter, xp
+    )
+    modes, density = to_host(modes), to_host(density)
+    order = merge.canonical_order(modes, density)
+    modes = modes[order]
+    return modes[merge.suppress(modes, 1.0)]
 
 
 def _candidates_block(
@@ -215,8 +235,8 @@ class _Prepared:
     span: float  # largest extent of the bounding box
 
 
-def _prepare(points: da.Array, weights: da.Array | None) -> _Prepared:
-    """Check dtype, shape and values in one pass; raise one-line errors for unusable data."""
+def _check_array(points: da.Array, weights: da.Array | None) -> da.Array:
+    """Check shape and dtype (no data read); return the points with whole rows per chunk."""
     if points.ndim != 2:
         raise InputDataError(f"points must be a 2-D array (n, d); got {points.ndim} dimension(s)")
     n, d = points.shape
@@ -224,8 +244,22 @@ def _prepare(points: da.Array, weights: da.Array | None) -> _Prepared:
         raise InputDataError(f"points array is empty (shape {n} x {d})")
     if not np.issubdtype(points.dtype, np.integer) and not np.issubdtype(points.dtype, np.floating):
         raise InputDataError(f"points must be real numbers; got dtype {points.dtype}")
+    if weights is not None and weights.shape != (n,):
+        raise ParameterError(f"weights must have shape ({n},); got {weights.shape}")
     if points.numblocks[1] != 1:
         points = points.rechunk({1: -1})
+    return points
+
+
+def _check_weights(weights: da.Array) -> None:
+    low, finite = dask.compute(weights.min(), da.isfinite(weights).all())
+    if not finite or low < 0:
+        raise InputDataError("weights must be finite and non-negative")
+
+
+def _prepare(points: da.Array, weights: da.Array | None) -> _Prepared:
+    """Read the points once (kept in worker memory as float64) and check their values."""
+    n, d = points.shape
     points = points.astype(np.float64).persist()
     summary = points.map_blocks(
         _summary_block, chunks=((1,) * points.numblocks[0], (2 * d + 1,)), dtype=np.float64
@@ -237,39 +271,40 @@ def _prepare(points: da.Array, weights: da.Array | None) -> _Prepared:
     origin = low / 2 + high / 2
     span = float(np.max(high / 2 - low / 2)) * 2
     if weights is not None:
-        if weights.shape != (n,):
-            raise ParameterError(f"weights must have shape ({n},); got {weights.shape}")
         weights = weights.astype(np.float64).rechunk((points.chunks[0],)).persist()
-        low_w, finite_w = dask.compute(weights.min(), da.isfinite(weights).all())
-        if not finite_w or low_w < 0:
-            raise InputDataError("weights must be finite and non-negative")
+        _check_weights(weights)
     return _Prepared(points, weights, origin, span)
 
 
-def _resolve_bandwidth(data: _Prepared, params: MeanShiftParams) -> tuple[float, bool]:
-    """The bandwidth to use and whether it was estimated; checks it suits the data's extent."""
+def _resolve_bandwidth(points: da.Array, params: MeanShiftParams) -> tuple[float, bool]:
+    """The bandwidth to use and whether it was estimated (from a sample of ``points``)."""
     if params.bandwidth is not None:
-        value, estimated = float(params.bandwidth), False
-    else:
-        estimated = True
-        value = estimate_bandwidth(
-            data.points, params.bandwidth_quantile, params.bandwidth_n_samples, params.random_state
+        return float(params.bandwidth), False
+    value = estimate_bandwidth(
+        points, params.bandwidth_quantile, params.bandwidth_n_samples, params.random_state
+    )
+    if not math.isfinite(value):
+        raise InputDataError("the input holds rows with NaN or Inf values")
+    if value > 0:
+        return value, True
+    lo, hi = dask.compute(points.min(axis=0), points.max(axis=0))
+    if np.any(np.asarray(hi) > np.asarray(lo)):
+        raise InputDataError(
+            f"the estimated bandwidth is 0: over {params.bandwidth_quantile:.0%} of the "
+            "sampled points are duplicates; give a bandwidth"
         )
-        if not (math.isfinite(value) and value > 0):
-            if data.span > 0:
-                raise InputDataError(
-                    f"the estimated bandwidth is 0: over {params.bandwidth_quantile:.0%} of the "
-                    "sampled points are duplicates; give a bandwidth"
-                )
-            warnings.warn("all points are identical; using bandwidth 1.0", stacklevel=3)
-            value = 1.0
-    ratio = data.span / value
+    warnings.warn("all points are identical; using bandwidth 1.0", stacklevel=3)
+    return 1.0, True
+
+
+def _check_span(span: float, bandwidth: float) -> None:
+    """Refuse a bandwidth too small for float64 coordinates over the data's extent."""
+    ratio = span / bandwidth
     if not math.isfinite(ratio) or ratio > MAX_SPAN_IN_BANDWIDTHS:
         raise ParameterError(
-            f"bandwidth {value:g} is too small for data spanning {data.span:g} "
+            f"bandwidth {bandwidth:g} is too small for data spanning {span:g} "
             f"(more than {MAX_SPAN_IN_BANDWIDTHS:.0e} bandwidths)"
         )
-    return value, estimated
 
 
 def _seed_chunks(n_seeds: int, points: da.Array) -> tuple[int, ...]:
@@ -299,6 +334,7 @@ def _blurring(
     z: da.Array,
     shared_weights: Any,
     params: MeanShiftParams,
+    method: str,
     backend: str,
     bandwidth: float,
     progress: ProgressCallback | None,
@@ -314,11 +350,8 @@ def _blurring(
     for iteration in range(1, params.max_iter + 1):
         new = positions.map_blocks(
             _blurring_block,
-            _share(positions),
-            shared_weights,
-            params.kernel,
+            _share_point_set(positions, shared_weights, method, params),
             backend,
-            params.block_bytes,
             chunks=(positions.chunks[0], (d + 2,)),
             dtype=np.float64,
             name=f"meanshift-blur-{iteration}-" + dask.base.tokenize(positions, params),
@@ -348,19 +381,21 @@ def _blurring(
 
 
 def _standard(
-    seeds: da.Array, z: da.Array, shared_weights: Any, params: MeanShiftParams, backend: str
+    seeds: da.Array,
+    z: da.Array,
+    shared_weights: Any,
+    params: MeanShiftParams,
+    method: str,
+    backend: str,
 ) -> _Iterated:
     """Standard mean shift: each task runs its seeds to convergence against the shared set."""
     d = z.shape[1]
     state = seeds.map_blocks(
         _converge_block,
-        _share(z),
-        shared_weights,
-        params.kernel,
+        _share_point_set(z, shared_weights, method, params),
         params.tol,
         params.max_iter,
         backend,
-        params.block_bytes,
         chunks=(seeds.chunks[0], (d + 3,)),
         dtype=np.float64,
         name="meanshift-converge-" + dask.base.tokenize(seeds, z, params),
@@ -494,13 +529,30 @@ def mean_shift(
     -------
     MeanShiftResult
     """
+    points = _check_array(points, weights)
+    method = resolve_method(*points.shape, params)
+    if method == "binned":
+        return _binned(points, params, seeds, weights, progress)
+    return _mean_shift_points(points, params, method, seeds, weights, progress)
+
+
+def _mean_shift_points(
+    points: da.Array,
+    params: MeanShiftParams,
+    method: str,
+    seeds: np.ndarray | None,
+    weights: da.Array | None,
+    progress: ProgressCallback | None,
+) -> MeanShiftResult:
+    """Mean shift with the points themselves as the shared set (methods exact and grid)."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     backend = resolve_backend(params.backend)
     data = _prepare(points, weights)
     n, d = data.points.shape
     seeds = _check_seeds(seeds, d, params)
-    bandwidth, estimated = _resolve_bandwidth(data, params)
+    bandwidth, estimated = _resolve_bandwidth(data.points, params)
+    _check_span(data.span, bandwidth)
     timings["bandwidth_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -508,24 +560,29 @@ def mean_shift(
     z = z.persist()
     shared_weights = None if data.weights is None else _share(data.weights).persist()
     if params.blurring:
-        iterated = _blurring(z, shared_weights, params, backend, bandwidth, progress)
+        iterated = _blurring(z, shared_weights, params, method, backend, bandwidth, progress)
         n_seeds, seeds_are_points = n, True
     else:
         seed_array = _seed_array(data, z, seeds, params, bandwidth)
         seeds_are_points = seed_array is None
         if seed_array is None:
             seed_array = z
-        iterated = _standard(seed_array, z, shared_weights, params, backend)
+        iterated = _standard(seed_array, z, shared_weights, params, method, backend)
         n_seeds = seed_array.shape[0]
     timings["iterate_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     centers = _find_centers(iterated.state, d, params, bandwidth)
+    if not params.blurring:
+        point_set = _share_point_set(z, shared_weights, method, params)
+        centers = dask.delayed(_polish_centers)(
+            centers, point_set, params.max_iter, backend
+        ).compute()
     timings["merge_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     modes = iterated.state[:, :d] if seeds_are_points else None
-    queries = modes if (modes is not None and params.labels_from_modes) else z
+    queries = modes if (modes is not None and params.labels_from_modes(method)) else z
     labels, centers, sizes = _label(queries, z, data.weights, centers, params, backend)
     timings["label_s"] = time.perf_counter() - clock
 
@@ -548,4 +605,262 @@ def mean_shift(
         converged=iterated.converged,
         stop_reason=iterated.reason,
         timings=timings,
+        method=method,
+    )
+
+
+# --------------------------------------------------------------------------- binned method
+
+
+def _bin_block(
+    block: np.ndarray, weights: np.ndarray | None, cell: float
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One chunk as weighted cells: (bad rows, low, high, cell keys, weights, weighted sums)."""
+    x = np.asarray(block, dtype=np.float64)
+    finite = np.isfinite(x).all(axis=1)
+    bad = int((~finite).sum())
+    x = x[finite]
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)[finite]
+    d = x.shape[1]
+    if len(x) == 0:
+        empty = np.zeros((0, d))
+        return (
+            bad,
+            np.full(d, np.inf),
+            np.full(d, -np.inf),
+            empty.astype(np.int64),
+            empty[:, 0],
+            empty,
+        )
+    scaled = x / cell
+    if not np.abs(scaled).max() < 2.0**62:
+        raise ParameterError(
+            f"bin size {cell:g} is too small for coordinates up to {np.abs(x).max():g}"
+        )
+    keys, inverse = np.unique(np.floor(scaled).astype(np.int64), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    counts = np.bincount(inverse, weights=w, minlength=len(keys))
+    weighted = x if w is None else x * w[:, None]
+    sums = np.stack(
+        [np.bincount(inverse, weights=weighted[:, k], minlength=len(keys)) for k in range(d)],
+        axis=1,
+    )
+    return bad, x.min(axis=0), x.max(axis=0), keys, counts, sums
+
+
+def _combine_bins(*parts: tuple) -> tuple:
+    """Merge per-chunk cells by key (associative, so any tree of merges gives the same cells)."""
+    bad = sum(p[0] for p in parts)
+    low = np.min([p[1] for p in parts], axis=0)
+    high = np.max([p[2] for p in parts], axis=0)
+    keys, inverse = np.unique(np.concatenate([p[3] for p in parts]), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    counts = np.bincount(
+        inverse, weights=np.concatenate([p[4] for p in parts]), minlength=len(keys)
+    )
+    sums_all = np.concatenate([p[5] for p in parts])
+    sums = (
+        np.stack(
+            [
+                np.bincount(inverse, weights=sums_all[:, k], minlength=len(keys))
+                for k in range(keys.shape[1])
+            ],
+            axis=1,
+        )
+        if len(keys)
+        else sums_all
+    )
+    return bad, low, high, keys, counts, sums
+
+
+def _tree_reduce(parts: list[Any], combine: Callable[..., Any], split_every: int = 8) -> Any:
+    """Combine delayed values in a tree of at most ``split_every`` inputs per task."""
+    level = 0
+    while len(parts) > 1:
+        level += 1
+        parts = [
+            dask.delayed(
+                combine,
+                name=f"meanshift-bins-{level}-{i}-"
+                + dask.base.tokenize(*parts[i : i + split_every]),
+            )(*parts[i : i + split_every])
+            for i in range(0, len(parts), split_every)
+        ]
+    return parts[0]
+
+
+@dataclass(frozen=True)
+class _CellTable:
+    """Occupied cells numbered by a linear key, to find a point's cell by binary search."""
+
+    cell: float
+    low: np.ndarray
+    strides: np.ndarray
+    linear: np.ndarray  # sorted linear keys of the cells
+    order: np.ndarray  # cell index of each sorted key
+
+    @classmethod
+    def build(cls, keys: np.ndarray, cell: float) -> _CellTable:
+        low = keys.min(axis=0)
+        extent = keys.max(axis=0) - low + 1
+        if float(np.prod(extent.astype(float))) >= 2.0**62:
+            raise ParameterError(
+                "too many cells for the binned method; use method 'grid' or 'exact'"
+            )
+        strides = np.ones(keys.shape[1], dtype=np.int64)
+        for k in range(keys.shape[1] - 2, -1, -1):
+            strides[k] = strides[k + 1] * extent[k + 1]
+        linear = ((keys - low) * strides).sum(axis=1)
+        order = np.argsort(linear)
+        return cls(cell, low, strides, linear[order], order)
+
+    def lookup(self, block: np.ndarray) -> np.ndarray:
+        """Cell index of each point of a chunk (every point lies in an occupied cell)."""
+        keys = np.floor(np.asarray(block, dtype=np.float64) / self.cell).astype(np.int64)
+        linear = ((keys - self.low) * self.strides).sum(axis=1)
+        return self.order[np.searchsorted(self.linear, linear)]
+
+
+def _cell_values_block(block: np.ndarray, table: _CellTable, values: np.ndarray) -> np.ndarray:
+    """Per point, the value of its cell (a label, or a mode row)."""
+    return values[table.lookup(block)]
+
+
+def _point_labels_block(
+    block: np.ndarray,
+    table: _CellTable | None,
+    cell_modes: np.ndarray | None,
+    origin: np.ndarray,
+    bandwidth: float,
+    centers: np.ndarray,
+    cluster_all: bool,
+    backend: str,
+    block_bytes: int,
+) -> np.ndarray:
+    """Labels of raw points: nearest centre to the point, or to its cell's mode."""
+    z = _normalise_block(block, origin, bandwidth)
+    queries = z if table is None else (cell_modes[table.lookup(block)] - origin) / bandwidth
+    return _label_block(queries, z, centers, cluster_all, backend, block_bytes)
+
+
+def _binned(
+    points: da.Array,
+    params: MeanShiftParams,
+    seeds: np.ndarray | None,
+    weights: da.Array | None,
+    progress: ProgressCallback | None,
+) -> MeanShiftResult:
+    """Reduce points to weighted cells chunk by chunk, run mean shift on the cells, label points.
+
+    Raw points are read twice (binning, labelling; three times with nearest-centre
+    labels, whose sizes need a counting pass) and never held whole by any process.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    n, d = points.shape
+    if weights is not None:
+        weights = weights.astype(np.float64).rechunk((points.chunks[0],))
+        _check_weights(weights)
+    bandwidth, estimated = _resolve_bandwidth(points, params)
+    timings["bandwidth_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    cell = params.bin_fraction * bandwidth
+    blocks = points.to_delayed().ravel()
+    weight_blocks = [None] * len(blocks) if weights is None else list(weights.to_delayed().ravel())
+    parts = [
+        dask.delayed(_bin_block)(block, w, cell)
+        for block, w in zip(blocks, weight_blocks, strict=True)
+    ]
+    bad, low, high, keys, counts, sums = _tree_reduce(parts, _combine_bins).compute()
+    if bad:
+        raise InputDataError(f"{bad} of {n} rows hold NaN or Inf values")
+    span = float(np.max(high / 2 - low / 2)) * 2
+    _check_span(span, bandwidth)
+    kept = counts > 0
+    keys, counts, centroids = keys[kept], counts[kept], sums[kept] / counts[kept, None]
+    table = _CellTable.build(keys, cell)
+    timings["binning_s"] = time.perf_counter() - clock
+
+    seeds_are_cells = seeds is None and not params.bin_seeding
+    inner_method = "grid" if d <= GRID_MAX_DIMS else "exact"
+    inner_params = params.model_copy(
+        update={
+            "bandwidth": bandwidth,
+            "method": inner_method,
+            "label_by": "mode" if seeds_are_cells else "nearest",
+            "cluster_all": True,
+        }
+    )
+    rows = max(1, -(-len(centroids) // max(1, points.numblocks[0])))
+    inner = _mean_shift_points(
+        da.from_array(centroids, chunks=(rows, d)),
+        inner_params,
+        inner_method,
+        seeds,
+        da.from_array(counts, chunks=(rows,)),
+        progress,
+    )
+    cell_labels = inner.labels.compute()
+    cell_modes = None if inner.modes is None else inner.modes.compute()
+    for stage in ("iterate_s", "merge_s", "label_s"):
+        timings[stage] = inner.timings[stage]
+
+    clock = time.perf_counter()
+    by_cell = params.labels_from_modes("binned") and seeds_are_cells
+    if by_cell and params.cluster_all:
+        labels = points.map_blocks(
+            _cell_values_block, table, cell_labels, drop_axis=1, dtype=np.int32
+        )
+        centers, sizes = inner.centers, inner.sizes
+    else:
+        origin = low / 2 + high / 2
+        centers_z = (inner.centers - origin) / bandwidth
+        raw = points.map_blocks(
+            _point_labels_block,
+            table if by_cell else None,
+            cell_modes if by_cell else None,
+            origin,
+            bandwidth,
+            centers_z,
+            params.cluster_all,
+            resolve_backend(params.backend),
+            params.block_bytes,
+            drop_axis=1,
+            dtype=np.int32,
+        )
+        k = len(centers_z)
+        counted = da.map_blocks(
+            _weighted_bincount,
+            raw,
+            weights,
+            k,
+            chunks=((1,) * raw.numblocks[0], (k,)),
+            new_axis=1,
+            dtype=np.float64,
+        )
+        sizes = np.rint(np.asarray(counted.sum(axis=0).compute())).astype(np.int64)
+        renumber = merge.size_order(sizes, inner.centers)
+        order = np.argsort(renumber)
+        labels = raw.map_blocks(_renumber_block, renumber, dtype=np.int32)
+        centers, sizes = inner.centers[order], sizes[order]
+    modes = None
+    if cell_modes is not None and seeds_are_cells:
+        modes = points.map_blocks(_cell_values_block, table, cell_modes, dtype=np.float64)
+    timings["label_s"] += time.perf_counter() - clock
+    return MeanShiftResult(
+        labels=labels,
+        centers=centers,
+        sizes=sizes,
+        modes=modes,
+        bandwidth=bandwidth,
+        bandwidth_estimated=estimated,
+        n_iter=inner.n_iter,
+        max_shift=inner.max_shift,
+        n_seeds=inner.n_seeds,
+        converged=inner.converged,
+        stop_reason=inner.stop_reason,
+        timings=timings,
+        method="binned",
+        n_cells=len(centroids),
     )

@@ -11,8 +11,15 @@ block.
 
 from __future__ import annotations
 
+import copy
+import itertools
 from types import ModuleType
 from typing import Any
+
+import numpy as np
+
+from . import compiled
+from .backend import to_host
 
 POINT_BLOCK = 8192
 """Points per block of the shared set (fixed, so results do not depend on partitioning)."""
@@ -85,6 +92,23 @@ def _weighted_offsets(w: Any, block: Any, part: Any, xp: ModuleType) -> Any:
     return w @ part - w.sum(axis=1)[:, None] * block
 
 
+COMPILED_KERNELS = ("gaussian", "epanechnikov")
+"""Kernels with a compiled CPU path. The flat kernel stays on the float64 path, so that
+whether a point lies exactly within the bandwidth is decided as scikit-learn decides it."""
+
+COMPILED_MAX_COORDINATE = 1e3
+"""Largest coordinate magnitude (bandwidths) the float32 compiled path takes (error <= 1e-4)."""
+
+
+def _use_compiled(queries: Any, points: Any, kernel: str, xp: ModuleType) -> bool:
+    if xp is not np or not compiled.AVAILABLE or kernel not in COMPILED_KERNELS:
+        return False
+    if queries.shape[0] == 0 or points.shape[0] == 0:
+        return False
+    largest = max(float(np.abs(queries).max()), float(np.abs(points).max()))
+    return largest <= COMPILED_MAX_COORDINATE
+
+
 def shift_points(
     queries: Any,
     points: Any,
@@ -117,6 +141,21 @@ def shift_points(
         Weighted kernel sum at the query's position (for ``flat``: the weighted
         number of points within the bandwidth).
     """
+    if _use_compiled(queries, points, kernel, xp):
+        offsets, density = compiled.shift_offsets(queries, points, weights, kernel)
+        return queries + offsets, density
+    return blocked_shift(queries, points, weights, kernel, xp, block_bytes)
+
+
+def blocked_shift(
+    queries: Any,
+    points: Any,
+    weights: Any | None,
+    kernel: str,
+    xp: ModuleType,
+    block_bytes: int,
+) -> tuple[Any, Any]:
+    """:func:`shift_points` with array operations only (NumPy or CuPy, float64-exact)."""
     n_queries = queries.shape[0]
     n_points = points.shape[0]
     shifted = xp.empty_like(queries)
@@ -142,15 +181,130 @@ def shift_points(
     return shifted, density
 
 
+GAUSSIAN_CUTOFF = 5.0
+"""Radius (bandwidths) past which the grid method ignores Gaussian weights (< 3.7e-6)."""
+
+
+def kernel_radius(kernel: str) -> float:
+    """Distance (bandwidths) beyond which a kernel's weight is zero, or ignored by the grid."""
+    return GAUSSIAN_CUTOFF if kernel == "gaussian" else 1.0
+
+
+class _OnDevice:
+    """Moving a point set's arrays to another array module."""
+
+    _arrays: tuple[str, ...] = ()
+    xp: ModuleType
+
+    def on(self, xp: ModuleType) -> Any:
+        """This point set with its arrays in ``xp`` (itself if already there)."""
+        if xp is self.xp:
+            return self
+        clone = copy.copy(self)
+        for name in self._arrays:
+            value = getattr(self, name)
+            setattr(clone, name, None if value is None else xp.asarray(value))
+        clone.xp = xp
+        return clone
+
+
+class DensePointSet(_OnDevice):
+    """The shared point set, every query meeting every point (exact, O(n) per query)."""
+
+    _arrays = ("points", "weights")
+
+    def __init__(
+        self, points: Any, weights: Any | None, kernel: str, xp: ModuleType, block_bytes: int
+    ) -> None:
+        self.points, self.weights, self.kernel = points, weights, kernel
+        self.xp, self.block_bytes = xp, block_bytes
+
+    def shift(self, queries: Any) -> tuple[Any, Any]:
+        """One mean shift step of ``queries`` (see :func:`shift_points`)."""
+        return shift_points(
+            queries, self.points, self.weights, self.kernel, self.xp, self.block_bytes
+        )
+
+
+class GridPointSet(_OnDevice):
+    """The shared point set sorted into cubic cells of side ``kernel_radius``.
+
+    A query meets only the points of its own and the 3^d neighbouring cells:
+    exact for the flat and Epanechnikov kernels, and for the Gaussian kernel
+    exact up to weights below ``exp(-GAUSSIAN_CUTOFF² / 2)``. The neighbourhood of
+    a query depends only on its own cell, so results do not depend on partitioning.
+    """
+
+    _arrays = ("points", "weights", "keys", "low", "high", "strides", "offsets")
+
+    def __init__(
+        self, points: Any, weights: Any | None, kernel: str, xp: ModuleType, block_bytes: int
+    ) -> None:
+        self.kernel, self.xp, self.block_bytes = kernel, xp, block_bytes
+        self.radius = kernel_radius(kernel)
+        n_dims = points.shape[1]
+        cells = xp.floor(points / self.radius).astype(xp.int64)
+        # two empty cells of padding: a query in the outer one is farther than the
+        # radius from every point; the inner one keeps every neighbour key in range
+        self.low = cells.min(axis=0) - 2
+        extent = cells.max(axis=0) + 3 - self.low
+        strides = np.ones(n_dims, dtype=np.int64)
+        for k in range(n_dims - 2, -1, -1):
+            strides[k] = strides[k + 1] * int(extent[k + 1])
+        if float(np.prod(np.asarray(to_host(extent), dtype=float))) >= 2.0**62:
+            raise ValueError("too many grid cells for one index")
+        self.strides = xp.asarray(strides)
+        self.high = self.low + extent - 1
+        keys = ((cells - self.low) * self.strides).sum(axis=1)
+        order = xp.argsort(keys, kind="stable")
+        self.keys = keys[order]
+        self.points = points[order]
+        self.weights = None if weights is None else weights[order]
+        offsets = np.array(list(itertools.product((-1, 0, 1), repeat=n_dims)), dtype=np.int64)
+        self.offsets = xp.asarray(offsets @ strides)
+
+    def shift(self, queries: Any) -> tuple[Any, Any]:
+        """One mean shift step of ``queries`` against their neighbouring cells."""
+        xp = self.xp
+        shifted = queries.copy()
+        density = xp.zeros(queries.shape[0], dtype=queries.dtype)
+        cells = xp.floor(queries / self.radius).astype(xp.int64)
+        inside = ((cells > self.low) & (cells < self.high)).all(axis=1)
+        rows = xp.flatnonzero(inside)
+        keys = ((cells[rows] - self.low) * self.strides).sum(axis=1)
+        order = xp.argsort(keys, kind="stable")
+        rows, keys = rows[order], keys[order]
+        unique, starts = xp.unique(keys, return_index=True)
+        stops = list(to_host(starts[1:])) + [len(rows)]
+        wanted = unique[:, None] + self.offsets[None, :]
+        lo = to_host(xp.searchsorted(self.keys, wanted, side="left"))
+        hi = to_host(xp.searchsorted(self.keys, wanted, side="right"))
+        for i, (start, stop) in enumerate(zip(to_host(starts), stops, strict=True)):
+            spans = [(a, b) for a, b in zip(lo[i], hi[i], strict=True) if b > a]
+            if not spans:
+                continue
+            index = xp.concatenate([xp.arange(a, b) for a, b in spans])
+            block_rows = rows[start:stop]
+            local = queries[block_rows]
+            centre = xp.floor(local[0] / self.radius) * self.radius
+            moved, dens = shift_points(
+                local - centre,  # neighbourhood coordinates stay small: float32-safe
+                self.points[index] - centre,
+                None if self.weights is None else self.weights[index],
+                self.kernel,
+                xp,
+                self.block_bytes,
+            )
+            shifted[block_rows] = moved + centre
+            density[block_rows] = dens
+        return shifted, density
+
+
+PointSet = DensePointSet | GridPointSet
+
+
 def converge_seeds(
-    seeds: Any,
-    points: Any,
-    weights: Any | None,
-    kernel: str,
-    tol: float,
-    max_iter: int,
-    xp: ModuleType,
-    block_bytes: int,
+    seeds: Any, point_set: PointSet, tol: float, max_iter: int, xp: ModuleType
 ) -> tuple[Any, Any, Any, Any]:
     """Standard mean shift: move seeds against the fixed points until they stop.
 
@@ -169,9 +323,9 @@ def converge_seeds(
     converged : array of bool, shape (m,)
         Whether the seed stopped by ``tol`` rather than by ``max_iter``.
     """
-    modes = xp.array(seeds, dtype=points.dtype, copy=True)
+    modes = xp.array(seeds, dtype=xp.float64, copy=True)
     count = modes.shape[0]
-    density = xp.zeros(count, dtype=points.dtype)
+    density = xp.zeros(count, dtype=modes.dtype)
     steps = xp.zeros(count, dtype=xp.int32)
     converged = xp.zeros(count, dtype=bool)
     active = xp.arange(count)
@@ -179,7 +333,7 @@ def converge_seeds(
         if active.shape[0] == 0:
             break
         current = modes[active]
-        shifted, dens = shift_points(current, points, weights, kernel, xp, block_bytes)
+        shifted, dens = point_set.shift(current)
         moved = xp.sqrt(((shifted - current) ** 2).sum(axis=1))
         modes[active] = shifted
         density[active] = dens

@@ -25,7 +25,7 @@ from sklearn.neighbors import NearestNeighbors
 from .kernels import nearest
 
 
-def _canonical_order(positions: np.ndarray, density: np.ndarray) -> np.ndarray:
+def canonical_order(positions: np.ndarray, density: np.ndarray) -> np.ndarray:
     """Indices sorting by density descending, then coordinates descending."""
     keys = tuple(-positions[:, j] for j in reversed(range(positions.shape[1]))) + (-density,)
     return np.lexsort(keys)
@@ -52,7 +52,7 @@ def mode_candidates(
     """
     keep = density > 0
     modes, density = modes[keep], density[keep]
-    order = _canonical_order(modes, density)
+    order = canonical_order(modes, density)
     modes, density = modes[order], density[order]
     keys = np.floor(modes / cell)
     if len(keys) == 0:
@@ -75,7 +75,7 @@ def combine_candidates(
     positions = np.concatenate([p for _, p, _ in parts])
     density = np.concatenate([w for _, _, w in parts])
     _, positions, density = mode_candidates(positions, density, cell)
-    order = _canonical_order(positions, density)
+    order = canonical_order(positions, density)
     return positions[order], density[order]
 
 

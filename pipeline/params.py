@@ -52,11 +52,21 @@ class MeanShiftParams(BaseModel):
         Most bytes of pairwise intermediates one task holds at a time.
     backend : {"auto", "numpy", "cupy"}
         Array module for the shift kernels.
+    method : {"auto", "exact", "grid", "binned"}
+        ``exact``: every point meets every point. ``grid``: only points in
+        neighbouring grid cells meet (exact for flat/Epanechnikov, Gaussian weights
+        beyond 5 bandwidths ignored). ``binned``: points are first reduced to weighted
+        cells of side ``bin_fraction * bandwidth`` and mean shift runs on the cells.
+        ``auto``: exact up to 20,000 points or beyond 6 dimensions, binned up to 4
+        dimensions, grid otherwise.
+    bin_fraction : float
+        Cell side of the binned method, as a fraction of the bandwidth.
     label_by : {"nearest", "mode"} or None
         ``nearest``: a point joins the centre nearest to it (scikit-learn).
         ``mode``: a point joins the centre nearest to where it converged (its basin
-        of attraction; needs the points as seeds). None: ``mode`` for blurring mean
-        shift, ``nearest`` otherwise.
+        of attraction; needs the points as seeds; with the binned method, where its
+        cell converged). None: ``mode`` for blurring mean shift and the binned
+        method, ``nearest`` otherwise.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -74,6 +84,8 @@ class MeanShiftParams(BaseModel):
     random_state: int = Field(default=0, ge=0)
     block_bytes: int = Field(default=DEFAULT_BLOCK_BYTES, ge=2**16)
     backend: Literal["auto", "numpy", "cupy"] = "auto"
+    method: Literal["auto", "exact", "grid", "binned"] = "auto"
+    bin_fraction: float = Field(default=0.25, gt=0.0, le=1.0)
     label_by: Literal["nearest", "mode"] | None = None
 
     @field_validator("bandwidth")
@@ -91,12 +103,27 @@ class MeanShiftParams(BaseModel):
             raise ValueError("label_by='mode' needs the points as seeds (not bin_seeding)")
         return self
 
-    @property
-    def labels_from_modes(self) -> bool:
+    def labels_from_modes(self, method: str) -> bool:
         """Whether points are labelled by their modes (see ``label_by``)."""
         if self.label_by is None:
-            return self.blurring
+            return self.blurring or method == "binned"
         return self.label_by == "mode"
+
+
+EXACT_MAX_POINTS = 20_000
+GRID_MAX_DIMS = 6
+BINNED_MAX_DIMS = 4
+
+
+def resolve_method(n_points: int, n_dims: int, params: MeanShiftParams) -> str:
+    """The method ``auto`` stands for on data of this size (see ``MeanShiftParams.method``)."""
+    if params.method != "auto":
+        return params.method
+    if n_points <= EXACT_MAX_POINTS or n_dims > GRID_MAX_DIMS:
+        return "exact"
+    if n_dims <= BINNED_MAX_DIMS:
+        return "binned"
+    return "grid"
 
 
 def make_params(**values: Any) -> MeanShiftParams:

@@ -123,7 +123,8 @@ def test_partition_invariance_chunk_sizes(seed_data, kernel, blurring):
         assert iters == iters0
 
 
-def test_weights_equal_duplicated_points(seed_data):
+@pytest.mark.parametrize("kernel", ["gaussian", "flat", "epanechnikov"])
+def test_weights_equal_duplicated_points(seed_data, kernel):
     points, _, _ = seed_data
     sample = points[::5]
     doubled_weights = np.ones(len(sample))
@@ -133,13 +134,14 @@ def test_weights_equal_duplicated_points(seed_data):
         weighted = run(
             sample,
             weights=da.from_array(doubled_weights, chunks=len(sample)),
-            kernel="gaussian",
+            kernel=kernel,
             bandwidth=2.5,
         )
-        plain = run(duplicated, kernel="gaussian", bandwidth=2.5)
+        plain = run(duplicated, kernel=kernel, bandwidth=2.5)
         labels_w = weighted.labels.compute()
         labels_p = plain.labels.compute()[: len(sample)]
-    np.testing.assert_allclose(weighted.centers, plain.centers, atol=1e-9)
+    # centres are polished to 1e-5 bandwidths per step, with float32 sums in the kernels
+    np.testing.assert_allclose(weighted.centers, plain.centers, atol=1e-4 * 2.5)
     np.testing.assert_array_equal(weighted.sizes, plain.sizes)
     np.testing.assert_array_equal(labels_w, labels_p)
 
