@@ -22,3 +22,6 @@ test: install
 
 clean:
 	rm -rf $(VENV) meanshift-demo.png .pytest_cache
+
+bench: install
+	$(BIN)/python -m benchmarks.run

@@ -14,7 +14,6 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
 
 def sample_rows(points: Any, n_samples: int, random_state: int = 0) -> np.ndarray:
@@ -44,6 +43,8 @@ def knn_quantile_bandwidth(sample: np.ndarray, quantile: float = 0.3) -> float:
     Computed on the sample centred and scaled to unit extent, then scaled back, so
     coordinates near the float64 limits neither overflow nor underflow.
     """
+    from sklearn.neighbors import NearestNeighbors  # imported here: workers never need it
+
     m = sample.shape[0]
     k = max(1, int(m * quantile))
     centre = sample.min(axis=0) / 2 + sample.max(axis=0) / 2

@@ -223,7 +223,9 @@ def format_summary(report: Any, params: Any) -> str:
     lines = [
         f"{report.n_points:,} points x {report.n_dims} dims -> {report.n_clusters} clusters "
         f"({params.kernel} kernel, {method} mean shift, bandwidth {bw})",
-        f"iterations: {report.n_iter} ({report.stop_reason})",
+        f"method: {report.method}"
+        + (f" ({report.n_cells:,} weighted cells)" if report.n_cells else "")
+        + f"; iterations: {report.n_iter} ({report.stop_reason})",
     ]
     shown = min(report.n_clusters, 10)
     lines.append("cluster     size  centre")
@@ -235,11 +237,10 @@ def format_summary(report: Any, params: Any) -> str:
         rest = sum(report.sizes[shown:])
         lines.append(f"{'...':>7} {rest:>8,}  in {report.n_clusters - shown} smaller clusters")
     t = report.timings
+    stages = ("bandwidth", "binning", "iterate", "merge", "label", "write")
+    spent = ", ".join(f"{s} {t[s + '_s']:.2f}" for s in stages if s + "_s" in t)
     lines.append(
-        f"time: {t['pipeline_s']:.2f} s (bandwidth {t['bandwidth_s']:.2f}, "
-        f"iterate {t['iterate_s']:.2f}, "
-        f"merge {t['merge_s']:.2f}, labels {t['label_s']:.2f}, write {t['write_s']:.2f}); "
-        f"cluster start {t['cluster_start_s']:.2f} s"
+        f"time: {t['pipeline_s']:.2f} s ({spent}); cluster start {t['cluster_start_s']:.2f} s"
     )
     lines.append(f"output: {report.output}")
     return "\n".join(lines)

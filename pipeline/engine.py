@@ -612,17 +612,78 @@ def _mean_shift_points(
 # --------------------------------------------------------------------------- binned method
 
 
+def _linear_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """Number int64 rows by one linear key: (linear, low, strides, count), or None."""
+    low = keys.min(axis=0)
+    extent = keys.max(axis=0) - low + 1
+    total = float(np.prod(extent.astype(float)))
+    if total >= 2.0**62:
+        return None
+    strides = np.ones(keys.shape[1], dtype=np.int64)
+    for k in range(keys.shape[1] - 2, -1, -1):
+        strides[k] = strides[k + 1] * extent[k + 1]
+    return (keys - low) @ strides, low, strides, int(total)
+
+
+def _decode(linear: np.ndarray, low: np.ndarray, strides: np.ndarray) -> np.ndarray:
+    rows = np.empty((len(linear), len(strides)), dtype=np.int64)
+    for k, stride in enumerate(strides):
+        rows[:, k], linear = np.divmod(linear, stride)
+    return rows + low
+
+
+def _sum_by_key(
+    keys: np.ndarray, counts: np.ndarray | None, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group rows by int64 key rows: (unique keys, summed counts, summed value rows).
+
+    ``counts`` None counts each row once. Dense keys are summed with one bincount
+    per column and no sort; sparse keys are sorted.
+    """
+    n_cols = values.shape[1]
+    if len(keys) == 0:
+        return keys, np.zeros(0), np.zeros((0, n_cols))
+    numbered = _linear_keys(keys)
+    if numbered is not None and numbered[3] <= 4 * len(keys) + 4096:
+        linear, low, strides, total = numbered
+        summed = np.bincount(linear, weights=counts, minlength=total)
+        occupied = np.flatnonzero(summed)
+        if counts is not None:  # keep cells whose rows carry zero weight too
+            occupied = np.flatnonzero(np.bincount(linear, minlength=total))
+        columns = [
+            np.bincount(linear, weights=values[:, k], minlength=total)[occupied]
+            for k in range(n_cols)
+        ]
+        return _decode(occupied, low, strides), summed[occupied], np.stack(columns, axis=1)
+    if numbered is not None:
+        linear, low, strides, _ = numbered
+        unique, inverse = np.unique(linear, return_inverse=True)
+        unique = _decode(unique, low, strides)
+    else:
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    summed = np.bincount(inverse, weights=counts, minlength=len(unique))
+    columns = [
+        np.bincount(inverse, weights=values[:, k], minlength=len(unique)) for k in range(n_cols)
+    ]
+    return unique, summed, np.stack(columns, axis=1)
+
+
 def _bin_block(
     block: np.ndarray, weights: np.ndarray | None, cell: float
 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One chunk as weighted cells: (bad rows, low, high, cell keys, weights, weighted sums)."""
-    x = np.asarray(block, dtype=np.float64)
-    finite = np.isfinite(x).all(axis=1)
-    bad = int((~finite).sum())
-    x = x[finite]
+    """One chunk as weighted cells: (bad rows, low, high, cell keys, weights, weighted sums).
+
+    Works column by column on a transposed copy (contiguous reductions are fast).
+    """
+    columns = np.array(np.asarray(block).T, dtype=np.float64)  # (d, m), contiguous
+    d = columns.shape[0]
+    finite = np.isfinite(columns).all(axis=0)
+    bad = int(columns.shape[1] - finite.sum())
+    if bad:
+        columns = columns[:, finite]
     w = None if weights is None else np.asarray(weights, dtype=np.float64)[finite]
-    d = x.shape[1]
-    if len(x) == 0:
+    if columns.shape[1] == 0:
         empty = np.zeros((0, d))
         return (
             bad,
@@ -632,20 +693,41 @@ def _bin_block(
             empty[:, 0],
             empty,
         )
-    scaled = x / cell
-    if not np.abs(scaled).max() < 2.0**62:
+    low = np.array([c.min() for c in columns])
+    high = np.array([c.max() for c in columns])
+    if not max(np.abs(low).max(), np.abs(high).max()) / cell < 2.0**62:
         raise ParameterError(
-            f"bin size {cell:g} is too small for coordinates up to {np.abs(x).max():g}"
+            f"bin size {cell:g} is too small for coordinates up to {np.abs([low, high]).max():g}"
         )
-    keys, inverse = np.unique(np.floor(scaled).astype(np.int64), axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    counts = np.bincount(inverse, weights=w, minlength=len(keys))
-    weighted = x if w is None else x * w[:, None]
+    key_low = np.floor(low / cell).astype(np.int64)
+    extent = np.floor(high / cell).astype(np.int64) - key_low + 1
+    if float(np.prod(extent.astype(float))) >= 2.0**62:
+        keys = np.floor(columns.T / cell).astype(np.int64)
+        weighted = columns.T if w is None else columns.T * w[:, None]
+        unique, counts, sums = _sum_by_key(keys, w, weighted)
+        return bad, low, high, unique, counts, sums
+    strides = np.ones(d, dtype=np.int64)
+    for k in range(d - 2, -1, -1):
+        strides[k] = strides[k + 1] * extent[k + 1]
+    linear = np.zeros(columns.shape[1], dtype=np.int64)
+    for k in range(d):
+        linear += (np.floor(columns[k] / cell).astype(np.int64) - key_low[k]) * strides[k]
+    total = int(np.prod(extent))
+    dense = total <= 4 * len(linear) + 4096
+    if dense:  # few possible cells: count straight into them, no sort
+        index, size = linear, total
+    else:
+        occupied, index = np.unique(linear, return_inverse=True)
+        index, size = index.ravel(), len(occupied)
+    counts = np.bincount(index, weights=w, minlength=size)
     sums = np.stack(
-        [np.bincount(inverse, weights=weighted[:, k], minlength=len(keys)) for k in range(d)],
+        [np.bincount(index, weights=c if w is None else c * w, minlength=size) for c in columns],
         axis=1,
     )
-    return bad, x.min(axis=0), x.max(axis=0), keys, counts, sums
+    if dense:
+        occupied = np.flatnonzero(counts)  # weights are positive: occupied cells count > 0
+        counts, sums = counts[occupied], sums[occupied]
+    return bad, low, high, _decode(occupied, key_low, strides), counts, sums
 
 
 def _combine_bins(*parts: tuple) -> tuple:
@@ -653,22 +735,10 @@ def _combine_bins(*parts: tuple) -> tuple:
     bad = sum(p[0] for p in parts)
     low = np.min([p[1] for p in parts], axis=0)
     high = np.max([p[2] for p in parts], axis=0)
-    keys, inverse = np.unique(np.concatenate([p[3] for p in parts]), axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    counts = np.bincount(
-        inverse, weights=np.concatenate([p[4] for p in parts]), minlength=len(keys)
-    )
-    sums_all = np.concatenate([p[5] for p in parts])
-    sums = (
-        np.stack(
-            [
-                np.bincount(inverse, weights=sums_all[:, k], minlength=len(keys))
-                for k in range(keys.shape[1])
-            ],
-            axis=1,
-        )
-        if len(keys)
-        else sums_all
+    keys, counts, sums = _sum_by_key(
+        np.concatenate([p[3] for p in parts]),
+        np.concatenate([p[4] for p in parts]),
+        np.concatenate([p[5] for p in parts]),
     )
     return bad, low, high, keys, counts, sums
 
@@ -761,6 +831,8 @@ def _binned(
     if weights is not None:
         weights = weights.astype(np.float64).rechunk((points.chunks[0],))
         _check_weights(weights)
+        if float(weights.min().compute()) <= 0:
+            raise ParameterError("the binned method needs positive weights; use method 'grid'")
     bandwidth, estimated = _resolve_bandwidth(points, params)
     timings["bandwidth_s"] = time.perf_counter() - clock
 

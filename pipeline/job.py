@@ -32,6 +32,8 @@ class JobReport:
     n_iter: int
     converged: bool
     stop_reason: str
+    method: str = "exact"
+    n_cells: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     dashboard: str | None = None
 
@@ -57,6 +59,8 @@ def result_attributes(
         "bandwidth": result.bandwidth,
         "bandwidth_estimated": result.bandwidth_estimated,
         "n_points": n_points,
+        "method": result.method,
+        "n_cells": result.n_cells,
         "n_seeds": result.n_seeds,
         "n_clusters": len(result.sizes),
         "n_iter": result.n_iter,
@@ -154,6 +158,8 @@ def run_job(
         n_iter=result.n_iter,
         converged=result.converged,
         stop_reason=result.stop_reason,
+        method=result.method,
+        n_cells=result.n_cells,
         timings=timings,
         dashboard=link,
     )

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from . import compiled
 from .backend import to_host
 
 POINT_BLOCK = 8192
@@ -101,7 +100,11 @@ COMPILED_MAX_COORDINATE = 1e3
 
 
 def _use_compiled(queries: Any, points: Any, kernel: str, xp: ModuleType) -> bool:
-    if xp is not np or not compiled.AVAILABLE or kernel not in COMPILED_KERNELS:
+    if xp is not np or kernel not in COMPILED_KERNELS:
+        return False
+    from . import compiled  # numba loads on first use only
+
+    if not compiled.AVAILABLE:
         return False
     if queries.shape[0] == 0 or points.shape[0] == 0:
         return False
@@ -142,6 +145,8 @@ def shift_points(
         number of points within the bandwidth).
     """
     if _use_compiled(queries, points, kernel, xp):
+        from . import compiled
+
         offsets, density = compiled.shift_offsets(queries, points, weights, kernel)
         return queries + offsets, density
     return blocked_shift(queries, points, weights, kernel, xp, block_bytes)

@@ -20,7 +20,6 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
 from .kernels import nearest
 
@@ -85,13 +84,15 @@ def suppress(positions: np.ndarray, radius: float) -> np.ndarray:
     Each surviving candidate removes every later candidate within ``radius``
     (inclusive). Returns the indices of the survivors, in order.
     """
+    from scipy.spatial import cKDTree  # imported here: workers never need it
+
     if len(positions) == 0:
         return np.zeros(0, dtype=np.int64)
     alive = np.ones(len(positions), dtype=bool)
-    neighbours = NearestNeighbors(radius=radius).fit(positions)
+    tree = cKDTree(positions)
     for i in range(len(positions)):
         if alive[i]:
-            within = neighbours.radius_neighbors(positions[i : i + 1], return_distance=False)[0]
+            within = np.asarray(tree.query_ball_point(positions[i], radius), dtype=np.int64)
             alive[within[within > i]] = False
     return np.flatnonzero(alive)
 
