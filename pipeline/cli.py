@@ -101,6 +101,20 @@ def _run_options(func: Any) -> Any:
             help="Without it, points farther than the bandwidth from their centre get label -1.",
         ),
         click.option(
+            "--method",
+            type=click.Choice(["auto", "exact", "grid", "binned"]),
+            default="auto",
+            show_default=True,
+            help="exact: all pairs; grid: neighbouring cells only; binned: weighted cells first.",
+        ),
+        click.option(
+            "--bin-fraction",
+            default=0.25,
+            show_default=True,
+            type=click.FloatRange(min=0, max=1, min_open=True),
+            help="Cell side of the binned method, as a fraction of the bandwidth.",
+        ),
+        click.option(
             "--label-by",
             type=click.Choice(["nearest", "mode"]),
             default=None,

@@ -60,6 +60,10 @@ class MeanShift(ClusterMixin, BaseEstimator):
     label_by : {"nearest", "mode"}, optional
         ``nearest``: each point joins the nearest centre (scikit-learn); ``mode``:
         the centre nearest to where it converged. Default: ``mode`` when blurring.
+    method : {"auto", "exact", "grid", "binned"}, default "auto"
+        How far each query looks; see :class:`pipeline.params.MeanShiftParams`.
+    bin_fraction : float, default 0.25
+        Cell side of the binned method, as a fraction of the bandwidth.
 
     Attributes
     ----------
@@ -102,6 +106,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
         random_state: int = 0,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         label_by: str | None = None,
+        method: str = "auto",
+        bin_fraction: float = 0.25,
     ) -> None:
         self.bandwidth = bandwidth
         self.seeds = seeds
@@ -121,6 +127,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self.random_state = random_state
         self.block_bytes = block_bytes
         self.label_by = label_by
+        self.method = method
+        self.bin_fraction = bin_fraction
 
     def _params(self):
         return make_params(
@@ -138,6 +146,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
             block_bytes=self.block_bytes,
             backend=self.backend,
             label_by=self.label_by,
+            method=self.method,
+            bin_fraction=self.bin_fraction,
         )
 
     @contextlib.contextmanager
