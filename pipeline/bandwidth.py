@@ -60,8 +60,30 @@ def knn_quantile_bandwidth(sample: np.ndarray, quantile: float = 0.3) -> float:
     return total / m * scale
 
 
+def rule_of_thumb_bandwidth(sample: np.ndarray, n_points: int, rule: str) -> float:
+    """Scott's or Silverman's rule, multiplied by the data's scale.
+
+    ``scale * n^(-1/(d+4))`` (Scott) or ``scale * (n (d+2) / 4)^(-1/(d+4))``
+    (Silverman), with ``n`` the number of points (not the sample's) and ``scale``
+    the root mean per-dimension variance of the sample.
+    """
+    d = sample.shape[1]
+    centre = sample.min(axis=0) / 2 + sample.max(axis=0) / 2
+    extent = float(np.abs(sample - centre).max())
+    if not extent > 0:
+        return 0.0
+    unit = (sample - centre) / extent  # no overflow or underflow in the squares
+    scale = float(np.sqrt(unit.var(axis=0, ddof=1 if len(unit) > 1 else 0).mean())) * extent
+    factor = n_points if rule == "scott" else n_points * (d + 2) / 4.0
+    return scale * factor ** (-1.0 / (d + 4))
+
+
 def estimate_bandwidth(
-    points: Any, quantile: float = 0.3, n_samples: int = 5000, random_state: int = 0
+    points: Any,
+    quantile: float = 0.3,
+    n_samples: int = 5000,
+    random_state: int = 0,
+    rule: str = "knn",
 ) -> float:
     """Estimate a mean shift bandwidth from a random sample of the points.
 
@@ -74,10 +96,16 @@ def estimate_bandwidth(
         Largest sample used.
     random_state : int
         Seed of the sample.
+    rule : {"knn", "scott", "silverman"}
+        ``knn``: scikit-learn's nearest-neighbour quantile; ``scott``/``silverman``:
+        the rules of thumb for kernel density estimation, scaled by the data.
 
     Returns
     -------
     float
-        The estimate; 0.0 when the sampled neighbourhoods are all duplicates.
+        The estimate; 0.0 when the sampled points are all duplicates.
     """
-    return knn_quantile_bandwidth(sample_rows(points, n_samples, random_state), quantile)
+    sample = sample_rows(points, n_samples, random_state)
+    if rule == "knn":
+        return knn_quantile_bandwidth(sample, quantile)
+    return rule_of_thumb_bandwidth(sample, points.shape[0], rule)

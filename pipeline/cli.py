@@ -13,19 +13,23 @@ import click
 from .errors import PipelineError
 from .params import KERNELS, make_params
 
+RULES = {"auto": "knn", "knn": "knn", "scott": "scott", "silverman": "silverman"}
+
 
 class BandwidthType(click.ParamType):
-    """A positive number, or ``auto`` to estimate it."""
+    """A positive number, or the name of an estimate (auto = knn, scott, silverman)."""
 
-    name = "FLOAT|auto"
+    name = "FLOAT|auto|scott|silverman"
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> float | None:
-        if value is None or (isinstance(value, str) and value.lower() == "auto"):
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | str | None:
+        if value is None:
             return None
+        if isinstance(value, str) and value.lower() in RULES:
+            return RULES[value.lower()]
         try:
             number = float(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+            self.fail(f"{value!r} is neither a number nor auto/scott/silverman", param, ctx)
         if not number > 0 or number == float("inf"):
             self.fail(f"{value!r} must be a positive number", param, ctx)
         return number
@@ -183,6 +187,8 @@ def _execute(
 ):
     from .job import run_job
 
+    if isinstance(values.get("bandwidth"), str):
+        values["bandwidth_rule"] = values.pop("bandwidth")
     params = make_params(**values)
     bar = None
     progress = None

@@ -281,7 +281,11 @@ def _resolve_bandwidth(points: da.Array, params: MeanShiftParams) -> tuple[float
     if params.bandwidth is not None:
         return float(params.bandwidth), False
     value = estimate_bandwidth(
-        points, params.bandwidth_quantile, params.bandwidth_n_samples, params.random_state
+        points,
+        params.bandwidth_quantile,
+        params.bandwidth_n_samples,
+        params.random_state,
+        params.bandwidth_rule,
     )
     if not math.isfinite(value):
         raise InputDataError("the input holds rows with NaN or Inf values")

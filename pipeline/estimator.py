@@ -52,6 +52,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
         active Dask scheduler and in-memory input in this process.
     n_workers : int, optional
         Start an embedded local Dask cluster with this many worker processes for the fit.
+    bandwidth_rule : {"knn", "scott", "silverman"}, default "knn"
+        How an omitted bandwidth is estimated.
     bandwidth_quantile : float, default 0.3
     bandwidth_n_samples : int, default 5000
     random_state : int, default 0
@@ -101,6 +103,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         backend: str = "auto",
         scheduler: str | None = None,
         n_workers: int | None = None,
+        bandwidth_rule: str = "knn",
         bandwidth_quantile: float = 0.3,
         bandwidth_n_samples: int = 5000,
         random_state: int = 0,
@@ -122,6 +125,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self.backend = backend
         self.scheduler = scheduler
         self.n_workers = n_workers
+        self.bandwidth_rule = bandwidth_rule
         self.bandwidth_quantile = bandwidth_quantile
         self.bandwidth_n_samples = bandwidth_n_samples
         self.random_state = random_state
@@ -140,6 +144,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
             cluster_all=self.cluster_all,
             max_iter=self.max_iter,
             tol=self.tol,
+            bandwidth_rule=self.bandwidth_rule,
             bandwidth_quantile=self.bandwidth_quantile,
             bandwidth_n_samples=self.bandwidth_n_samples,
             random_state=self.random_state,

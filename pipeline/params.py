@@ -46,8 +46,8 @@ class MeanShiftParams(BaseModel):
     tol : float
         Convergence threshold as a fraction of the bandwidth: a seed (or, when
         blurring, every point) that moves at most ``tol * bandwidth`` has stopped.
-    bandwidth_quantile, bandwidth_n_samples, random_state :
-        Controls of the bandwidth estimate.
+    bandwidth_rule, bandwidth_quantile, bandwidth_n_samples, random_state :
+        Controls of the bandwidth estimate (see :func:`pipeline.bandwidth.estimate_bandwidth`).
     block_bytes : int
         Most bytes of pairwise intermediates one task holds at a time.
     backend : {"auto", "numpy", "cupy"}
@@ -79,6 +79,7 @@ class MeanShiftParams(BaseModel):
     cluster_all: bool = True
     max_iter: int = Field(default=300, ge=1)
     tol: float = Field(default=1e-3, ge=0.0, lt=1.0)
+    bandwidth_rule: Literal["knn", "scott", "silverman"] = "knn"
     bandwidth_quantile: float = Field(default=0.3, gt=0.0, le=1.0)
     bandwidth_n_samples: int = Field(default=5000, ge=2)
     random_state: int = Field(default=0, ge=0)

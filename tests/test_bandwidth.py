@@ -42,3 +42,19 @@ def test_extreme_magnitudes_scale_the_estimate(scale):
     assert estimate_bandwidth(points.astype(np.float64) * scale) == pytest.approx(
         base * scale, rel=1e-9
     )
+
+
+@pytest.mark.parametrize("rule", ["scott", "silverman"])
+def test_rules_of_thumb_use_the_data_scale(rule):
+    """Unlike scikit-learn's KernelDensity rules, the estimate scales with the data."""
+    points, _, _ = make_blobs(4, 2500, 5.0, 3, seed=8)
+    points = points.astype(np.float64)
+    n, d = points.shape
+    base = estimate_bandwidth(points, n_samples=n, rule=rule)
+    scale = np.sqrt(points.var(axis=0, ddof=1).mean())
+    factor = n if rule == "scott" else n * (d + 2) / 4
+    assert base == pytest.approx(scale * factor ** (-1 / (d + 4)), rel=1e-9)
+    assert estimate_bandwidth(points * 1e6, n_samples=n, rule=rule) == pytest.approx(base * 1e6)
+    # a sample stands in for the whole: n counts every point, the scale comes from the sample
+    sampled = estimate_bandwidth(points, n_samples=2000, rule=rule)
+    assert sampled == pytest.approx(base, rel=0.05)

@@ -110,7 +110,7 @@ MISTAKES = [
     (["run", "-i", "{store}", "--array", "words", "-o", "{tmp}/o.zarr"], 3, "real numbers"),
     (["run", "-i", "{store}", "--array", "holes", "-o", "{tmp}/o.zarr", "-b", "1"], 3, "NaN"),
     (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "-1"], 2, "positive number"),
-    (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "wide"], 2, "neither a"),
+    (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--bandwidth", "wide"], 2, "neither a number"),
     (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "-b", "1e-300"], 2, "too small for data"),
     (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--kernel", "cosine"], 2, "cosine"),
     (
