@@ -60,6 +60,7 @@ def dask_client(
         processes=processes,
         dashboard_address=":0" if dashboard else None,
         silence_logs=logging.ERROR,
+        preload=["pipeline.worker"],
     )
     try:
         with Client(cluster, set_as_default=True) as client:

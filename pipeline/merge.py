@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from .kernels import nearest
 
@@ -84,8 +85,6 @@ def suppress(positions: np.ndarray, radius: float) -> np.ndarray:
     Each surviving candidate removes every later candidate within ``radius``
     (inclusive). Returns the indices of the survivors, in order.
     """
-    from scipy.spatial import cKDTree  # imported here: workers never need it
-
     if len(positions) == 0:
         return np.zeros(0, dtype=np.int64)
     alive = np.ones(len(positions), dtype=bool)

@@ -98,7 +98,7 @@ def open_points(
     return InputInfo(array=arr, url=url, name=array, row_chunk=int(row_chunk))
 
 
-TARGET_TASK_BYTES = 32 * 2**20
+TARGET_TASK_BYTES = 8 * 2**20
 """Rows of float64 data one task reads at most (rounded to whole Zarr chunks)."""
 
 
