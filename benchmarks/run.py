@@ -182,8 +182,6 @@ def generate(path: str, per_cluster: int) -> None:
             str(per_cluster),
             "--seed",
             "0",
-            "--chunk",
-            str(2**20),
             "--output",
             path,
             "--overwrite",
