@@ -480,7 +480,6 @@ def _label(
     backend: str,
 ) -> tuple[da.Array, np.ndarray, np.ndarray]:
     """Labels numbered by descending size, with the centres and sizes in that order."""
-    k = len(centers)
     raw = da.map_blocks(
         _label_block,
         queries,
@@ -492,6 +491,14 @@ def _label(
         drop_axis=1,
         dtype=np.int32,
     ).persist()
+    return _number_by_size(raw, weights, centers)
+
+
+def _number_by_size(
+    raw: da.Array, weights: da.Array | None, centers: np.ndarray
+) -> tuple[da.Array, np.ndarray, np.ndarray]:
+    """Count (weighted) cluster sizes in one pass; renumber labels by descending size."""
+    k = len(centers)
     counted = da.map_blocks(
         _weighted_bincount,
         raw,
@@ -905,21 +912,8 @@ def _binned(
             drop_axis=1,
             dtype=np.int32,
         )
-        k = len(centers_z)
-        counted = da.map_blocks(
-            _weighted_bincount,
-            raw,
-            weights,
-            k,
-            chunks=((1,) * raw.numblocks[0], (k,)),
-            new_axis=1,
-            dtype=np.float64,
-        )
-        sizes = np.rint(np.asarray(counted.sum(axis=0).compute())).astype(np.int64)
-        renumber = merge.size_order(sizes, inner.centers)
-        order = np.argsort(renumber)
-        labels = raw.map_blocks(_renumber_block, renumber, dtype=np.int32)
-        centers, sizes = inner.centers[order], sizes[order]
+        labels, centers, sizes = _number_by_size(raw, weights, inner.centers)
+
     modes = None
     if cell_modes is not None and seeds_are_cells:
         modes = points.map_blocks(_cell_values_block, table, cell_modes, dtype=np.float64)

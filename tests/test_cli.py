@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import zarr
 
 from pipeline.backend import gpu_available
 from pipeline.store import STATUS_COMPLETE
+
+from .support import tree_digest
 
 
 def meanshift(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -131,18 +132,6 @@ if not gpu_available():
     MISTAKES.append(
         (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--backend", "cupy"], 2, "no CUDA device")
     )
-
-
-def tree_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(os.path.relpath(full, path).encode())
-            with open(full, "rb") as handle:
-                digest.update(handle.read())
-    return digest.hexdigest()
 
 
 @pytest.mark.parametrize(("args", "code", "message"), MISTAKES)

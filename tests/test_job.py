@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-
 import numpy as np
 import pytest
 import zarr
@@ -16,20 +13,9 @@ from pipeline.job import run_job
 from pipeline.params import make_params
 from pipeline.store import STATUS_COMPLETE, STATUS_FAILED, open_result
 
+from .support import tree_digest
+
 SEED = make_params(kernel="gaussian", blurring=True, bandwidth=2.5)
-
-
-def tree_digest(path: str) -> str:
-    """Hash of every file under a folder (names and contents)."""
-    digest = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(os.path.relpath(full, path).encode())
-            with open(full, "rb") as handle:
-                digest.update(handle.read())
-    return digest.hexdigest()
 
 
 def test_job_on_two_worker_processes_writes_complete_output(seed_store, cluster_2proc, tmp_path):
