@@ -359,14 +359,16 @@ def _blurring(
             chunks=(positions.chunks[0], (d + 2,)),
             dtype=np.float64,
             name=f"meanshift-blur-{iteration}-" + dask.base.tokenize(positions, params),
-        ).persist()
+        )
         stats = new.map_blocks(
             _iteration_stats,
             d,
             params.tol,
             chunks=((1,) * new.numblocks[0], (len(ENTROPY_BINS) + 1,)),
             dtype=np.float64,
-        ).compute()
+        )
+        new, stats = dask.persist(new, stats)  # one graph per iteration
+        stats = stats.compute()
         max_moved, n_moving = stats[:, 0].max(), int(stats[:, 1].sum())
         entropy = _histogram_entropy(stats[:, 2:].sum(axis=0))
         state, positions = new, new[:, :d]
