@@ -161,7 +161,7 @@ def _run_options(func: Any) -> Any:
         click.option(
             "--dashboard",
             is_flag=True,
-            help="Serve the embedded cluster's dashboard and print its address.",
+            help="Print the Dask dashboard address (embedded clusters use a free port).",
         ),
         click.option(
             "--quiet", "-q", is_flag=True, help="No progress bar or summary; errors only."

@@ -23,7 +23,6 @@ def dask_client(
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     processes: bool = True,
-    dashboard: bool = False,
     timeout: float = 30.0,
 ) -> Iterator[Client]:
     """A Dask client for the duration of a job.
@@ -38,8 +37,6 @@ def dask_client(
     threads_per_worker : int
     processes : bool
         Embedded workers as processes (True) or threads of this process.
-    dashboard : bool
-        Serve the embedded cluster's dashboard on a free port.
     timeout : float
         Seconds to wait for a remote scheduler.
     """
@@ -58,7 +55,7 @@ def dask_client(
         n_workers=workers,
         threads_per_worker=threads_per_worker,
         processes=processes,
-        dashboard_address=":0" if dashboard else None,
+        dashboard_address=":0",  # a free port: never collide with another cluster
         silence_logs=logging.ERROR,
         preload=["pipeline.worker"],
     )

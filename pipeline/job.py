@@ -123,9 +123,7 @@ def run_job(
     group = store.create_output(output_url, n, source.row_chunk, overwrite, input_url=input_url)
     try:
         before_cluster = time.perf_counter()
-        with dask_client(
-            scheduler, n_workers, dashboard=dashboard, timeout=connect_timeout
-        ) as client:
+        with dask_client(scheduler, n_workers, timeout=connect_timeout) as client:
             cluster_start = time.perf_counter() - before_cluster
             link = client.dashboard_link if dashboard else None
             if on_cluster_ready is not None:
