@@ -682,10 +682,14 @@ def _sum_by_key(
     return unique, summed, np.stack(columns, axis=1)
 
 
+FIXED_POINT = 2.0**20
+"""Resolution of a point's position inside its cell in the binned method (cell / 2^20)."""
+
+
 def _bin_block(
     block: np.ndarray, weights: np.ndarray | None, cell: float
 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One chunk as weighted cells: (bad rows, low, high, cell keys, weights, weighted sums).
+    """One chunk as weighted cells: (bad rows, low, high, cell keys, weights, offset sums).
 
     Works column by column on a transposed copy (contiguous reductions are fast).
     """
@@ -733,8 +737,12 @@ def _bin_block(
         occupied, index = np.unique(linear, return_inverse=True)
         index, size = index.ravel(), len(occupied)
     counts = np.bincount(index, weights=w, minlength=size)
+    # each point's offset inside its cell, in fixed point: unweighted sums of these integers are
+    # exact in float64 (below 2^33 points per cell), so cells do not depend on chunking, and
+    # they keep full precision far from the origin
+    offsets = [np.floor((c / cell - np.floor(c / cell)) * FIXED_POINT) for c in columns]
     sums = np.stack(
-        [np.bincount(index, weights=c if w is None else c * w, minlength=size) for c in columns],
+        [np.bincount(index, weights=o if w is None else o * w, minlength=size) for o in offsets],
         axis=1,
     )
     if dense:
@@ -801,7 +809,10 @@ class _CellTable:
         """Cell index of each point of a chunk (every point lies in an occupied cell)."""
         keys = np.floor(np.asarray(block, dtype=np.float64) / self.cell).astype(np.int64)
         linear = ((keys - self.low) * self.strides).sum(axis=1)
-        return self.order[np.searchsorted(self.linear, linear)]
+        index = np.minimum(np.searchsorted(self.linear, linear), len(self.linear) - 1)
+        if not np.array_equal(self.linear[index], linear):
+            raise InputDataError("the input changed between the binning and labelling passes")
+        return self.order[index]
 
 
 def _cell_values_block(block: np.ndarray, table: _CellTable, values: np.ndarray) -> np.ndarray:
@@ -863,10 +874,12 @@ def _binned(
     span = float(np.max(high / 2 - low / 2)) * 2
     _check_span(span, bandwidth)
     kept = counts > 0
-    keys, counts, centroids = keys[kept], counts[kept], sums[kept] / counts[kept, None]
+    keys, counts = keys[kept], counts[kept]
+    centroids = (keys + (sums[kept] / counts[:, None] + 0.5) / FIXED_POINT) * cell
     table = _CellTable.build(keys, cell)
     timings["binning_s"] = time.perf_counter() - clock
 
+    seeds = _check_seeds(seeds, d, params)
     seeds_are_cells = seeds is None and not params.bin_seeding
     inner_method = "grid" if d <= GRID_MAX_DIMS else "exact"
     inner_params = params.model_copy(
@@ -893,9 +906,14 @@ def _binned(
 
     clock = time.perf_counter()
     by_cell = params.labels_from_modes("binned") and seeds_are_cells
+    table = dask.delayed(table, pure=True, traverse=False)  # one graph key, fetched once per worker
     if by_cell and params.cluster_all:
         labels = points.map_blocks(
-            _cell_values_block, table, cell_labels, drop_axis=1, dtype=np.int32
+            _cell_values_block,
+            table,
+            dask.delayed(cell_labels, pure=True, traverse=False),
+            drop_axis=1,
+            meta=np.empty(0, dtype=np.int32),
         )
         centers, sizes = inner.centers, inner.sizes
     else:
@@ -904,7 +922,7 @@ def _binned(
         raw = points.map_blocks(
             _point_labels_block,
             table if by_cell else None,
-            cell_modes if by_cell else None,
+            dask.delayed(cell_modes, pure=True, traverse=False) if by_cell else None,
             origin,
             bandwidth,
             centers_z,
@@ -912,13 +930,18 @@ def _binned(
             resolve_backend(params.backend),
             params.block_bytes,
             drop_axis=1,
-            dtype=np.int32,
+            meta=np.empty(0, dtype=np.int32),
         )
         labels, centers, sizes = _number_by_size(raw, weights, inner.centers)
 
     modes = None
     if cell_modes is not None and seeds_are_cells:
-        modes = points.map_blocks(_cell_values_block, table, cell_modes, dtype=np.float64)
+        modes = points.map_blocks(
+            _cell_values_block,
+            table,
+            dask.delayed(cell_modes, pure=True, traverse=False),
+            meta=np.empty((0, 0), dtype=np.float64),
+        )
     timings["label_s"] += time.perf_counter() - clock
     return MeanShiftResult(
         labels=labels,

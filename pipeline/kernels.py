@@ -95,8 +95,8 @@ COMPILED_KERNELS = ("gaussian", "epanechnikov")
 """Kernels with a compiled CPU path. The flat kernel stays on the float64 path, so that
 whether a point lies exactly within the bandwidth is decided as scikit-learn decides it."""
 
-COMPILED_MAX_COORDINATE = 1e3
-"""Largest coordinate magnitude (bandwidths) the float32 compiled path takes (error <= 1e-4)."""
+COMPILED_MAX_COORDINATE = 150.0
+"""Largest coordinate magnitude (bandwidths) the float32 compiled path takes (error <= 1e-5)."""
 
 
 def _use_compiled(queries: Any, points: Any, kernel: str, xp: ModuleType) -> bool:
