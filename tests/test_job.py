@@ -125,3 +125,23 @@ def test_file_url_and_sharded_input(cluster_2proc, tmp_path):
     assert labels.chunks == (400,)  # one dask chunk per shard, labels chunked to match
     assert report.n_clusters == 3
     assert adjusted_rand_score(truth, labels[...]) >= 0.99
+
+
+def test_binned_job_on_worker_processes_matches_one_worker(cluster_2proc, tmp_path):
+    """The out-of-core path through real worker processes: same result as one worker."""
+    data = str(tmp_path / "many.zarr")
+    write_blobs(data, 4, 15_000, 5.0, 2, seed=0, chunk=4096)
+    params = make_params(kernel="gaussian", bandwidth=2.5, method="binned")
+    two = run_job(
+        data, str(tmp_path / "two.zarr"), params, scheduler=cluster_2proc.scheduler_address
+    )
+    one = run_job(data, str(tmp_path / "one.zarr"), params, n_workers=1)
+    assert two.method == "binned" and two.n_cells < 60_000
+    labels_two, centers_two, sizes_two = _outputs(str(tmp_path / "two.zarr"))
+    labels_one, centers_one, sizes_one = _outputs(str(tmp_path / "one.zarr"))
+    np.testing.assert_array_equal(labels_two, labels_one)
+    np.testing.assert_array_equal(centers_two, centers_one)
+    np.testing.assert_array_equal(sizes_two, sizes_one)
+    truth = zarr.open_group(data, mode="r")["truth"][...]
+    assert adjusted_rand_score(truth, labels_two) >= 0.999
+    assert one.n_clusters == 4
