@@ -29,7 +29,7 @@ from . import merge
 from .backend import get_namespace, resolve_backend, to_host
 from .bandwidth import estimate_bandwidth
 from .errors import InputDataError, ParameterError
-from .kernels import DensePointSet, GridPointSet, PointSet, converge_seeds
+from .kernels import DensePointSet, GridPointSet, PointSet, converge_seeds, row_major_strides
 from .params import GRID_MAX_DIMS, MeanShiftParams, resolve_method
 from .seeding import bin_seeds
 
@@ -251,10 +251,12 @@ def _check_array(points: da.Array, weights: da.Array | None) -> da.Array:
     return points
 
 
-def _check_weights(weights: da.Array) -> None:
+def _check_weights(weights: da.Array) -> float:
+    """Refuse negative or non-finite weights; return the smallest weight."""
     low, finite = dask.compute(weights.min(), da.isfinite(weights).all())
     if not finite or low < 0:
         raise InputDataError("weights must be finite and non-negative")
+    return float(low)
 
 
 def _prepare(points: da.Array, weights: da.Array | None) -> _Prepared:
@@ -632,9 +634,7 @@ def _linear_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     total = float(np.prod(extent.astype(float)))
     if total >= 2.0**62:
         return None
-    strides = np.ones(keys.shape[1], dtype=np.int64)
-    for k in range(keys.shape[1] - 2, -1, -1):
-        strides[k] = strides[k + 1] * extent[k + 1]
+    strides = row_major_strides(extent)
     return (keys - low) @ strides, low, strides, int(total)
 
 
@@ -660,9 +660,7 @@ def _sum_by_key(
     if numbered is not None and numbered[3] <= 4 * len(keys) + 4096:
         linear, low, strides, total = numbered
         summed = np.bincount(linear, weights=counts, minlength=total)
-        occupied = np.flatnonzero(summed)
-        if counts is not None:  # keep cells whose rows carry zero weight too
-            occupied = np.flatnonzero(np.bincount(linear, minlength=total))
+        occupied = np.flatnonzero(summed)  # weights are positive (binned method)
         columns = [
             np.bincount(linear, weights=values[:, k], minlength=total)[occupied]
             for k in range(n_cols)
@@ -723,9 +721,7 @@ def _bin_block(
         weighted = columns.T if w is None else columns.T * w[:, None]
         unique, counts, sums = _sum_by_key(keys, w, weighted)
         return bad, low, high, unique, counts, sums
-    strides = np.ones(d, dtype=np.int64)
-    for k in range(d - 2, -1, -1):
-        strides[k] = strides[k + 1] * extent[k + 1]
+    strides = row_major_strides(extent)
     linear = np.zeros(columns.shape[1], dtype=np.int64)
     for k in range(d):
         linear += (np.floor(columns[k] / cell).astype(np.int64) - key_low[k]) * strides[k]
@@ -798,9 +794,7 @@ class _CellTable:
             raise ParameterError(
                 "too many cells for the binned method; use method 'grid' or 'exact'"
             )
-        strides = np.ones(keys.shape[1], dtype=np.int64)
-        for k in range(keys.shape[1] - 2, -1, -1):
-            strides[k] = strides[k + 1] * extent[k + 1]
+        strides = row_major_strides(extent)
         linear = ((keys - low) * strides).sum(axis=1)
         order = np.argsort(linear)
         return cls(cell, low, strides, linear[order], order)
@@ -854,8 +848,7 @@ def _binned(
     n, d = points.shape
     if weights is not None:
         weights = weights.astype(np.float64).rechunk((points.chunks[0],))
-        _check_weights(weights)
-        if float(weights.min().compute()) <= 0:
+        if _check_weights(weights) <= 0:
             raise ParameterError("the binned method needs positive weights; use method 'grid'")
     bandwidth, estimated = _resolve_bandwidth(points, params)
     timings["bandwidth_s"] = time.perf_counter() - clock

@@ -195,6 +195,15 @@ def kernel_radius(kernel: str) -> float:
     return GAUSSIAN_CUTOFF if kernel == "gaussian" else 1.0
 
 
+def row_major_strides(extent: np.ndarray) -> np.ndarray:
+    """Strides numbering the integer points of a box of this extent in C order (int64)."""
+    extent = np.asarray(extent, dtype=np.int64)
+    strides = np.ones(len(extent), dtype=np.int64)
+    for k in range(len(extent) - 2, -1, -1):
+        strides[k] = strides[k + 1] * extent[k + 1]
+    return strides
+
+
 class _OnDevice:
     """Moving a point set's arrays to another array module."""
 
@@ -253,9 +262,7 @@ class GridPointSet(_OnDevice):
         # radius from every point; the inner one keeps every neighbour key in range
         self.low = cells.min(axis=0) - 2
         extent = cells.max(axis=0) + 3 - self.low
-        strides = np.ones(n_dims, dtype=np.int64)
-        for k in range(n_dims - 2, -1, -1):
-            strides[k] = strides[k + 1] * int(extent[k + 1])
+        strides = row_major_strides(to_host(extent))
         if float(np.prod(np.asarray(to_host(extent), dtype=float))) >= 2.0**62:
             raise ValueError("too many grid cells for one index")
         self.strides = xp.asarray(strides)
