@@ -145,3 +145,49 @@ def test_binned_job_on_worker_processes_matches_one_worker(cluster_2proc, tmp_pa
     truth = zarr.open_group(data, mode="r")["truth"][...]
     assert adjusted_rand_score(truth, labels_two) >= 0.999
     assert one.n_clusters == 4
+
+
+def _resident(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_binned_worker_memory_does_not_grow_with_the_data(tmp_path):
+    """Out of core: 4x the points cost a worker far less than 4x the memory.
+
+    Holding the points (as the exact method does, in float64 plus a normalised
+    copy) would add at least 4 bytes x 2 dims x 2 copies x 2 per extra point.
+    """
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    growth = {}
+    for per_cluster in (350_000, 1_400_000):
+        data = str(tmp_path / f"d{per_cluster}.zarr")
+        write_blobs(data, 6, per_cluster, 5.0, 2, seed=0)
+        with (
+            LocalCluster(
+                n_workers=1,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            (before,) = client.run(_resident, "VmRSS").values()
+            params = make_params(kernel="gaussian", bandwidth=2.5, method="binned")
+            run_job(
+                data,
+                str(tmp_path / f"o{per_cluster}.zarr"),
+                params,
+                scheduler=cluster.scheduler_address,
+            )
+            (peak,) = client.run(_resident, "VmHWM").values()
+        growth[per_cluster] = peak - before
+    extra_raw = 6 * (1_400_000 - 350_000) * 2 * 4  # float32 bytes of the extra points
+    assert growth[1_400_000] - growth[350_000] < extra_raw
