@@ -99,7 +99,14 @@ COMPILED_MAX_COORDINATE = 150.0
 """Largest coordinate magnitude (bandwidths) the float32 compiled path takes (error <= 1e-5)."""
 
 
-def _use_compiled(queries: Any, points: Any, kernel: str, xp: ModuleType) -> bool:
+def largest_coordinate(points: Any) -> float:
+    """Largest coordinate magnitude of a point set (0 for an empty one)."""
+    return float(abs(points).max()) if points.size else 0.0
+
+
+def _use_compiled(
+    queries: Any, points: Any, kernel: str, xp: ModuleType, points_largest: float | None
+) -> bool:
     if xp is not np or kernel not in COMPILED_KERNELS:
         return False
     from . import compiled  # numba loads on first use only
@@ -108,8 +115,9 @@ def _use_compiled(queries: Any, points: Any, kernel: str, xp: ModuleType) -> boo
         return False
     if queries.shape[0] == 0 or points.shape[0] == 0:
         return False
-    largest = max(float(np.abs(queries).max()), float(np.abs(points).max()))
-    return largest <= COMPILED_MAX_COORDINATE
+    if points_largest is None:
+        points_largest = largest_coordinate(points)
+    return max(largest_coordinate(queries), points_largest) <= COMPILED_MAX_COORDINATE
 
 
 def shift_points(
@@ -119,6 +127,7 @@ def shift_points(
     kernel: str,
     xp: ModuleType,
     block_bytes: int,
+    points_largest: float | None = None,
 ) -> tuple[Any, Any]:
     """One mean shift step: move each query to the kernel-weighted mean of the points.
 
@@ -135,6 +144,8 @@ def shift_points(
         ``numpy`` or ``cupy``.
     block_bytes : int
         Bound on the pairwise intermediates held at once.
+    points_largest : float, optional
+        :func:`largest_coordinate` of ``points``, when the caller already knows it.
 
     Returns
     -------
@@ -144,7 +155,7 @@ def shift_points(
         Weighted kernel sum at the query's position (for ``flat``: the weighted
         number of points within the bandwidth).
     """
-    if _use_compiled(queries, points, kernel, xp):
+    if _use_compiled(queries, points, kernel, xp, points_largest):
         from . import compiled
 
         offsets, density = compiled.shift_offsets(queries, points, weights, kernel)
@@ -232,11 +243,18 @@ class DensePointSet(_OnDevice):
     ) -> None:
         self.points, self.weights, self.kernel = points, weights, kernel
         self.xp, self.block_bytes = xp, block_bytes
+        self.largest = largest_coordinate(points)  # once, not on every step
 
     def shift(self, queries: Any) -> tuple[Any, Any]:
         """One mean shift step of ``queries`` (see :func:`shift_points`)."""
         return shift_points(
-            queries, self.points, self.weights, self.kernel, self.xp, self.block_bytes
+            queries,
+            self.points,
+            self.weights,
+            self.kernel,
+            self.xp,
+            self.block_bytes,
+            self.largest,
         )
 
 
