@@ -2,10 +2,13 @@
 
 Only the shift step is compiled. Coordinates arrive in bandwidth units, already
 centred near the queries by the caller, and are processed in float32 with float64
-sums over blocks of ``BLOCK`` points. The Gaussian weight uses a vectorisable
-``2^t`` built from a degree-5 polynomial and the float exponent bits; its relative
-error is below 1e-5 (see ``EXP_RELATIVE_ERROR``; tested), and a weight below
-``2^-125`` (beyond 13 bandwidths) is held at ``2^-125``.
+sums over blocks of ``BLOCK`` points. For the Gaussian kernel they are scaled by
+``GAUSSIAN_SCALE`` so that the weight is ``2^-d2``, computed with a vectorisable
+``2^t``: round-to-nearest split, a degree-4 polynomial on [-1/2, 1/2] and the float
+exponent bits. Its relative error is below 1e-5 (``EXP_RELATIVE_ERROR``; tested),
+and a weight below ``2^-125`` (beyond 13 bandwidths) is held at ``2^-125``.
+
+On CPUs with AVX-512, LLVM is asked for 512-bit vectors (see ``prefer_wide_vectors``).
 
 Each query row is computed independently, in a fixed order over the points, so a
 query's result does not depend on which other queries share its block.
@@ -13,9 +16,41 @@ query's result does not depend on which other queries share its block.
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import numpy as np
+
+WIDE_VECTORS_ENV = "MEANSHIFT_WIDE_VECTORS"
+"""Set to ``0`` to keep numba's default vector width."""
+
+
+def prefer_wide_vectors() -> bool:
+    """Let numba's LLVM use 512-bit vectors on AVX-512 CPUs (it prefers 256 by default).
+
+    Only acts when numba has compiled nothing yet in this process, the CPU has
+    AVX-512, and neither ``NUMBA_CPU_FEATURES`` nor ``MEANSHIFT_WIDE_VECTORS=0`` is
+    set. The host's own feature list is kept; only the width preference changes.
+    Roughly doubles the Gaussian kernel's throughput where it applies.
+
+    Returns
+    -------
+    bool
+        Whether the preference was set.
+    """
+    if os.environ.get(WIDE_VECTORS_ENV, "1") == "0" or os.environ.get("NUMBA_CPU_FEATURES"):
+        return False
+    from numba.core import codegen, config, registry
+
+    if config.CPU_FEATURES is not None or "_toplevel_target_context" in vars(registry.cpu_target):
+        return False
+    features = codegen.get_host_cpu_features()
+    if "+avx512f" not in features.split(","):
+        return False
+    config.CPU_FEATURES = features + ",-prefer-256-bit"
+    return True
+
 
 try:
     from llvmlite import ir
@@ -26,12 +61,18 @@ try:
 except ImportError:  # pragma: no cover - numba is a declared dependency
     AVAILABLE = False
 
+if AVAILABLE:
+    WIDE_VECTORS = prefer_wide_vectors()
+
 BLOCK = 1024
 """Points summed in float32 before the running float64 totals take them."""
 
+GAUSSIAN_SCALE = math.sqrt(math.log2(math.e) / 2)
+"""Coordinate scale that turns exp(-|x|^2 / 2) into 2^-|x'|^2."""
+
 EXP_RELATIVE_ERROR = 1e-5
-"""Bound on the relative error of the compiled Gaussian weight for d² < 170 (4e-6 from
-the polynomial, the rest from rounding d² to float32)."""
+"""Bound on the relative error of the compiled Gaussian weight for d² < 170 (2.7e-6 from
+the polynomial, the rest from rounding the scaled d² to float32)."""
 
 KERNEL_CODES = {"gaussian": 0, "flat": 1, "epanechnikov": 2}
 
@@ -49,20 +90,19 @@ if AVAILABLE:
     @njit(inline="always", fastmath=True)
     def _exp2(t: float) -> float:  # pragma: no cover - compiled
         t = t if t > np.float32(-125.0) else np.float32(-125.0)
-        n = np.floor(t)
-        f = t - n
-        p = np.float32(1.8775767e-3)
-        p = p * f + np.float32(8.9893397e-3)
-        p = p * f + np.float32(5.5826318e-2)
-        p = p * f + np.float32(2.4015361e-1)
-        p = p * f + np.float32(6.9315308e-1)
-        p = p * f + np.float32(9.9999994e-1)
+        n = np.rint(t)
+        f = t - n  # in [-1/2, 1/2]
+        p = np.float32(9.57007e-3)
+        p = p * f + np.float32(5.591777e-2)
+        p = p * f + np.float32(2.4024744e-1)
+        p = p * f + np.float32(6.9312185e-1)
+        p = p * f + np.float32(9.999993e-1)
         return _bits_to_float32((np.int32(n) + np.int32(127)) << np.int32(23)) * p
 
     @njit(inline="always", fastmath=True)
     def _weight(d2: float, kernel: int) -> float:  # pragma: no cover - compiled
         if kernel == 0:
-            return _exp2(np.float32(-0.72134752) * d2)  # exp(-d2/2) = 2^(-d2 log2(e)/2)
+            return _exp2(-d2)  # coordinates pre-scaled: d2 = |x - q|^2 log2(e) / 2
         if kernel == 1:
             return np.float32(1.0) if d2 <= np.float32(1.0) else np.float32(0.0)
         v = np.float32(1.0) - d2
@@ -188,7 +228,7 @@ if AVAILABLE:
         """The compiled Gaussian weight exp(-d2/2), elementwise (for tests)."""
         out = np.empty(d2.shape[0], np.float32)
         for i in range(d2.shape[0]):
-            out[i] = _weight(np.float32(d2[i]), 0)
+            out[i] = _weight(np.float32(d2[i]) * np.float32(GAUSSIAN_SCALE**2), 0)
         return out
 
 
@@ -213,15 +253,18 @@ def shift_offsets(
     density : ndarray, shape (m,)
     """
     m, d = queries.shape
-    transposed = np.ascontiguousarray(points.T, dtype=np.float32)
+    scale = GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
+    transposed = np.ascontiguousarray(points.T * scale, dtype=np.float32)
     w = (
         np.ones(points.shape[0], dtype=np.float32)
         if weights is None
         else np.ascontiguousarray(weights, dtype=np.float32)
     )
-    q = np.ascontiguousarray(queries, dtype=np.float64)
+    q = np.ascontiguousarray(queries * scale, dtype=np.float64)
     out = np.empty((m, d), dtype=np.float64)
     density = np.empty(m, dtype=np.float64)
     function = _shift_2d if d == 2 else _shift_3d if d == 3 else _shift_nd
     function(q, transposed, w, KERNEL_CODES[kernel], out, density)
+    if scale != 1.0:
+        out /= scale
     return out, density
