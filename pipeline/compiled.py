@@ -6,7 +6,10 @@ sums over blocks of ``BLOCK`` points. For the Gaussian kernel they are scaled by
 ``GAUSSIAN_SCALE`` so that the weight is ``2^-d2``, computed with a vectorisable
 ``2^t``: round-to-nearest split, a degree-4 polynomial on [-1/2, 1/2] and the float
 exponent bits. Its relative error is below 1e-5 (``EXP_RELATIVE_ERROR``; tested),
-and a weight below ``2^-125`` (beyond 13 bandwidths) is held at ``2^-125``.
+and a weight below ``WEIGHT_FLOOR`` (beyond 9.4 bandwidths) is held there: products
+of far weights stay normal floats (subnormals are many times slower). Queries
+that only see points beyond that distance are recomputed exactly by the caller
+(see ``PackedPoints.floor_density``).
 
 On CPUs with AVX-512, LLVM is asked for 512-bit vectors (see ``prefer_wide_vectors``).
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,11 +71,19 @@ if AVAILABLE:
 BLOCK = 1024
 """Points summed in float32 before the running float64 totals take them."""
 
+FLOOR_EXPONENT = 64.0
+WEIGHT_FLOOR = 2.0**-FLOOR_EXPONENT
+"""Smallest compiled Gaussian weight, exp(-d²/2) at d = 9.42 bandwidths."""
+
+PAD = 64
+"""The points are padded with zero weights to a multiple of this, so that the compiled
+loops run whole vector iterations only (no scalar remainder)."""
+
 GAUSSIAN_SCALE = math.sqrt(math.log2(math.e) / 2)
 """Coordinate scale that turns exp(-|x|^2 / 2) into 2^-|x'|^2."""
 
 EXP_RELATIVE_ERROR = 1e-5
-"""Bound on the relative error of the compiled Gaussian weight for d² < 170 (2.7e-6 from
+"""Bound on the relative error of the compiled Gaussian weight for d² < 88 (2.7e-6 from
 the polynomial, the rest from rounding the scaled d² to float32)."""
 
 KERNEL_CODES = {"gaussian": 0, "flat": 1, "epanechnikov": 2}
@@ -89,7 +101,7 @@ if AVAILABLE:
 
     @njit(inline="always", fastmath=True)
     def _exp2(t: float) -> float:  # pragma: no cover - compiled
-        t = t if t > np.float32(-125.0) else np.float32(-125.0)
+        t = t if t > np.float32(-FLOOR_EXPONENT) else np.float32(-FLOOR_EXPONENT)
         n = np.rint(t)
         f = t - n  # in [-1/2, 1/2]
         p = np.float32(9.57007e-3)
@@ -232,9 +244,45 @@ if AVAILABLE:
         return out
 
 
-def shift_offsets(
-    queries: np.ndarray, points: np.ndarray, weights: np.ndarray | None, kernel: str
-) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class PackedPoints:
+    """A point set laid out for the compiled kernels: built once, used by many shift calls.
+
+    Attributes
+    ----------
+    columns : ndarray of float32, shape (d, padded)
+        Coordinates (scaled by ``scale``), one contiguous row per dimension, padded
+        with zero-weight points to a multiple of ``PAD``.
+    weights : ndarray of float32, shape (padded,)
+    kernel : str
+    scale : float
+    floor_density : float
+        Density of a query whose every weight sits at ``WEIGHT_FLOOR`` (Gaussian), or 0.
+        A density at most twice this means the query saw no point within 9.4
+        bandwidths and its compiled result is not to be trusted.
+    """
+
+    columns: np.ndarray
+    weights: np.ndarray
+    kernel: str
+    scale: float
+    floor_density: float
+
+
+def pack_points(points: np.ndarray, weights: np.ndarray | None, kernel: str) -> PackedPoints:
+    """Lay out ``points`` (n, d, bandwidth units) and their weights for :func:`shift_offsets`."""
+    n, d = points.shape
+    padded = -(-n // PAD) * PAD
+    scale = GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
+    columns = np.zeros((d, padded), dtype=np.float32)  # padding: weight 0 at the origin
+    columns[:, :n] = points.T * scale
+    w = np.zeros(padded, dtype=np.float32)
+    w[:n] = 1.0 if weights is None else weights
+    floor = WEIGHT_FLOOR * float(w.sum(dtype=np.float64)) if kernel == "gaussian" else 0.0
+    return PackedPoints(columns, w, kernel, scale, floor)
+
+
+def shift_offsets(queries: np.ndarray, points: PackedPoints) -> tuple[np.ndarray, np.ndarray]:
     """Kernel-weighted mean offset of each query to the points, and its density.
 
     Parameters
@@ -242,9 +290,8 @@ def shift_offsets(
     queries : ndarray, shape (m, d)
         In bandwidth units, near the points' origin (float32 resolves about 1e-7
         of the coordinates' magnitude).
-    points : ndarray, shape (n, d)
-    weights : ndarray, shape (n,), or None
-    kernel : {"gaussian", "flat", "epanechnikov"}
+    points : PackedPoints
+        From :func:`pack_points`.
 
     Returns
     -------
@@ -253,18 +300,12 @@ def shift_offsets(
     density : ndarray, shape (m,)
     """
     m, d = queries.shape
-    scale = GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
-    transposed = np.ascontiguousarray(points.T * scale, dtype=np.float32)
-    w = (
-        np.ones(points.shape[0], dtype=np.float32)
-        if weights is None
-        else np.ascontiguousarray(weights, dtype=np.float32)
-    )
-    q = np.ascontiguousarray(queries * scale, dtype=np.float64)
+    scale = points.scale
+    q = np.ascontiguousarray(queries * scale if scale != 1.0 else queries, dtype=np.float64)
     out = np.empty((m, d), dtype=np.float64)
     density = np.empty(m, dtype=np.float64)
     function = _shift_2d if d == 2 else _shift_3d if d == 3 else _shift_nd
-    function(q, transposed, w, KERNEL_CODES[kernel], out, density)
+    function(q, points.columns, points.weights, KERNEL_CODES[points.kernel], out, density)
     if scale != 1.0:
         out /= scale
     return out, density

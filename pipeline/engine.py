@@ -14,10 +14,14 @@ is the default, the threaded scheduler otherwise.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,8 +239,8 @@ class _Prepared:
     span: float  # largest extent of the bounding box
 
 
-def _check_array(points: da.Array, weights: da.Array | None) -> da.Array:
-    """Check shape and dtype (no data read); return the points with whole rows per chunk."""
+def _check_shape(points: Any, weights: Any) -> None:
+    """Check shape and dtype of points (and weights) without reading them."""
     if points.ndim != 2:
         raise InputDataError(f"points must be a 2-D array (n, d); got {points.ndim} dimension(s)")
     n, d = points.shape
@@ -246,17 +250,24 @@ def _check_array(points: da.Array, weights: da.Array | None) -> da.Array:
         raise InputDataError(f"points must be real numbers; got dtype {points.dtype}")
     if weights is not None and weights.shape != (n,):
         raise ParameterError(f"weights must have shape ({n},); got {weights.shape}")
-    if points.numblocks[1] != 1:
-        points = points.rechunk({1: -1})
-    return points
 
 
-def _check_weights(weights: da.Array) -> float:
-    """Refuse negative or non-finite weights; return the smallest weight."""
-    low, finite = dask.compute(weights.min(), da.isfinite(weights).all())
+def _check_weights(weights: Any) -> float:
+    """Refuse negative or non-finite weights (NumPy or dask); return the smallest weight."""
+    low, finite = dask.compute(weights.min(), np.isfinite(weights).all())
     if not finite or low < 0:
         raise InputDataError("weights must be finite and non-negative")
     return float(low)
+
+
+def _bounds(summaries: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+    """Midpoint and largest extent of the bounding box, from ``_summary_block`` rows."""
+    d = (summaries.shape[1] - 1) // 2
+    bad_rows = int(summaries[:, 0].sum())
+    if bad_rows:
+        raise InputDataError(f"{bad_rows} of {n} rows hold NaN or Inf values")
+    low, high = summaries[:, 1 : d + 1].min(axis=0), summaries[:, d + 1 :].max(axis=0)
+    return low / 2 + high / 2, float(np.max(high / 2 - low / 2)) * 2
 
 
 def _prepare(points: da.Array, weights: da.Array | None) -> _Prepared:
@@ -266,12 +277,7 @@ def _prepare(points: da.Array, weights: da.Array | None) -> _Prepared:
     summary = points.map_blocks(
         _summary_block, chunks=((1,) * points.numblocks[0], (2 * d + 1,)), dtype=np.float64
     ).compute()
-    bad_rows = int(summary[:, 0].sum())
-    if bad_rows:
-        raise InputDataError(f"{bad_rows} of {n} rows hold NaN or Inf values")
-    low, high = summary[:, 1 : d + 1].min(axis=0), summary[:, d + 1 :].max(axis=0)
-    origin = low / 2 + high / 2
-    span = float(np.max(high / 2 - low / 2)) * 2
+    origin, span = _bounds(summary, n)
     if weights is not None:
         weights = weights.astype(np.float64).rechunk((points.chunks[0],)).persist()
         _check_weights(weights)
@@ -329,11 +335,51 @@ def _histogram_entropy(counts: np.ndarray) -> float:
 class _Iterated:
     """Per-seed state after the shift loop: columns = mode (d), density, then extras."""
 
-    state: da.Array
+    state: Any  # dask or NumPy array
     n_iter: int
     shifts: list[float]
     converged: bool
     reason: str
+
+
+class _BlurringStop:
+    """The blurring stop rule, fed one iteration's ``_iteration_stats`` rows at a time.
+
+    Stops when every point moved at most ``tol`` (bandwidths) or when the entropy of
+    the histogram of shift lengths stops changing; the rows' split does not matter.
+    """
+
+    def __init__(
+        self, params: MeanShiftParams, bandwidth: float, progress: ProgressCallback | None
+    ):
+        self.tol = params.tol
+        self.bandwidth = bandwidth
+        self.progress = progress
+        self.shifts: list[float] = []
+        self.previous_entropy: float | None = None
+        self.converged = False
+        self.reason = f"reached max_iter={params.max_iter}"
+
+    def done(self, stats: np.ndarray) -> bool:
+        """Record one iteration; whether the loop should stop."""
+        max_moved, n_moving = stats[:, 0].max(), int(stats[:, 1].sum())
+        entropy = _histogram_entropy(stats[:, 2:].sum(axis=0))
+        self.shifts.append(float(max_moved) * self.bandwidth)
+        if self.progress is not None:
+            self.progress(len(self.shifts), self.shifts[-1], n_moving)
+        if max_moved <= self.tol:
+            self.converged = True
+            self.reason = f"every point moved at most tol={self.tol} bandwidths"
+        elif (
+            self.previous_entropy is not None and abs(entropy - self.previous_entropy) < ENTROPY_TOL
+        ):
+            self.converged = True
+            self.reason = "the distribution of shift lengths stopped changing"
+        self.previous_entropy = entropy
+        return self.converged
+
+    def result(self, state: Any) -> _Iterated:
+        return _Iterated(state, len(self.shifts), self.shifts, self.converged, self.reason)
 
 
 def _blurring(
@@ -349,10 +395,7 @@ def _blurring(
     d = z.shape[1]
     positions = z
     state: da.Array | None = None
-    shifts: list[float] = []
-    previous_entropy: float | None = None
-    reason = f"reached max_iter={params.max_iter}"
-    converged = False
+    stop = _BlurringStop(params, bandwidth, progress)
     for iteration in range(1, params.max_iter + 1):
         new = positions.map_blocks(
             _blurring_block,
@@ -370,22 +413,10 @@ def _blurring(
             dtype=np.float64,
         )
         new, stats = dask.persist(new, stats)  # one graph per iteration
-        stats = stats.compute()
-        max_moved, n_moving = stats[:, 0].max(), int(stats[:, 1].sum())
-        entropy = _histogram_entropy(stats[:, 2:].sum(axis=0))
         state, positions = new, new[:, :d]
-        shifts.append(float(max_moved) * bandwidth)
-        if progress is not None:
-            progress(iteration, shifts[-1], n_moving)
-        if max_moved <= params.tol:
-            converged, reason = True, f"every point moved at most tol={params.tol} bandwidths"
+        if stop.done(stats.compute()):
             break
-        if previous_entropy is not None and abs(entropy - previous_entropy) < ENTROPY_TOL:
-            converged, reason = True, "the distribution of shift lengths stopped changing"
-            break
-        previous_entropy = entropy
-    assert state is not None
-    return _Iterated(state, len(shifts), shifts, converged, reason)
+    return stop.result(state)
 
 
 def _standard(
@@ -409,6 +440,12 @@ def _standard(
         name="meanshift-converge-" + dask.base.tokenize(seeds, z, params),
     ).persist()
     n_iter, all_converged = dask.compute(state[:, d + 1].max(), state[:, d + 2].min())
+    return _standard_result(state, n_iter, all_converged, params)
+
+
+def _standard_result(
+    state: Any, n_iter: Any, all_converged: Any, params: MeanShiftParams
+) -> _Iterated:
     converged = bool(all_converged)
     reason = (
         f"every seed moved at most tol={params.tol} bandwidths"
@@ -426,23 +463,31 @@ def _seed_array(
     bandwidth: float,
 ) -> da.Array | None:
     """Seeds in bandwidth units, or None when the points themselves are the seeds."""
+    seeds = _seeds_in_data_units(data.points, data.weights, seeds, params, bandwidth)
+    if seeds is None:
+        return None
     d = z.shape[1]
+    return da.from_array((seeds - data.origin) / bandwidth, chunks=(_seed_chunks(len(seeds), z), d))
+
+
+def _seeds_in_data_units(
+    points: Any, weights: Any, seeds: np.ndarray | None, params: MeanShiftParams, bandwidth: float
+) -> np.ndarray | None:
+    """The given seeds, bin seeds (``bin_seeding``), or None: the points are the seeds."""
     if seeds is None and params.bin_seeding:
-        seeds = bin_seeds(data.points, bandwidth, params.min_bin_freq, data.weights)
+        seeds = bin_seeds(points, bandwidth, params.min_bin_freq, weights)
         if seeds is None:
             warnings.warn(
                 f"binning with bin size {bandwidth:g} gave a bin per point; "
                 "using the points as seeds",
-                stacklevel=3,
+                stacklevel=4,
             )
             return None
         if len(seeds) == 0:
             raise InputDataError(
                 f"no bin holds min_bin_freq={params.min_bin_freq} points; lower it or the bandwidth"
             )
-    if seeds is None:
-        return None
-    return da.from_array((seeds - data.origin) / bandwidth, chunks=(_seed_chunks(len(seeds), z), d))
+    return seeds
 
 
 def _check_seeds(seeds: Any, d: int, params: MeanShiftParams) -> np.ndarray | None:
@@ -466,7 +511,11 @@ def _find_centers(state: da.Array, d: int, params: MeanShiftParams, bandwidth: f
     parts = dask.compute(
         *[dask.delayed(_candidates_block)(block, d, cell) for block in state.to_delayed().ravel()]
     )
-    candidates, _ = merge.combine_candidates(list(parts), cell)
+    return _merge_candidates(list(parts), params, bandwidth)
+
+
+def _merge_candidates(parts: list[Any], params: MeanShiftParams, bandwidth: float) -> np.ndarray:
+    candidates, _ = merge.combine_candidates(parts, max(params.tol, 1e-9))
     if len(candidates) == 0:
         raise InputDataError(
             f"no point was within bandwidth={bandwidth:g} of any seed; "
@@ -512,39 +561,75 @@ def _number_by_size(
         new_axis=1,
         dtype=np.float64,
     )
-    sizes = np.rint(np.asarray(counted.sum(axis=0).compute())).astype(np.int64)
+    renumber, centers, sizes = _size_numbering(np.asarray(counted.sum(axis=0).compute()), centers)
+    labels = raw.map_blocks(_renumber_block, renumber, dtype=np.int32)
+    return labels, centers, sizes
+
+
+def _size_numbering(
+    summed: np.ndarray, centers: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(new number of each cluster, centres and sizes in the new order) from summed sizes."""
+    sizes = np.rint(summed).astype(np.int64)
     renumber = merge.size_order(sizes, centers)
     order = np.argsort(renumber)
-    labels = raw.map_blocks(_renumber_block, renumber, dtype=np.int32)
-    return labels, centers[order], sizes[order]
+    return renumber, centers[order], sizes[order]
+
+
+def rows_per_chunk(n: int) -> int:
+    """Rows per chunk when in-memory input goes through Dask: about 4 chunks, >= 1024 rows."""
+    return max(1, min(n, max(1024, -(-n // 4))))
 
 
 def mean_shift(
-    points: da.Array,
+    points: Any,
     params: MeanShiftParams,
     seeds: np.ndarray | None = None,
-    weights: da.Array | None = None,
+    weights: Any = None,
     progress: ProgressCallback | None = None,
+    n_threads: int | None = None,
 ) -> MeanShiftResult:
-    """Cluster points with mean shift on the active Dask scheduler.
+    """Cluster points with mean shift.
+
+    A dask array runs on the active Dask scheduler (a ``distributed.Client`` if one
+    is the default, the threaded scheduler otherwise). A NumPy array is clustered in
+    this process with ``n_threads`` threads and no task graph (methods ``exact`` and
+    ``grid``; ``binned`` goes through Dask). Both give the same result.
 
     Parameters
     ----------
-    points : dask.array.Array, shape (n, d)
-        Any float or integer dtype; chunked by rows (column chunks are merged).
+    points : dask.array.Array or numpy.ndarray, shape (n, d)
+        Any float or integer dtype; a dask array chunked by rows (column chunks are merged).
     params : MeanShiftParams
     seeds : numpy.ndarray, shape (m, d), optional
         Starting points for standard mean shift (overrides ``bin_seeding``).
-    weights : dask.array.Array, shape (n,), optional
+    weights : dask.array.Array or numpy.ndarray, shape (n,), optional
         Multiplicity of each point (None: 1 each).
     progress : callable, optional
         Called after each blurring iteration.
+    n_threads : int, optional
+        Threads for NumPy input (default: one per CPU).
 
     Returns
     -------
     MeanShiftResult
+        Labels (and modes) are dask arrays for dask input, NumPy arrays otherwise.
     """
-    points = _check_array(points, weights)
+    if not isinstance(points, da.Array):
+        points = np.asarray(points)
+        weights = None if weights is None else np.asarray(weights)
+        _check_shape(points, weights)
+        method = resolve_method(*points.shape, params)
+        if method != "binned":
+            return _mean_shift_in_memory(
+                points, params, method, seeds, weights, progress, n_threads
+            )
+        points = da.from_array(points, chunks=(rows_per_chunk(len(points)), points.shape[1]))
+    _check_shape(points, weights)
+    if points.numblocks[1] != 1:
+        points = points.rechunk({1: -1})
+    if weights is not None and not isinstance(weights, da.Array):
+        weights = da.from_array(np.asarray(weights), chunks=(points.chunks[0],))
     method = resolve_method(*points.shape, params)
     if method == "binned":
         return _binned(points, params, seeds, weights, progress)
@@ -601,17 +686,38 @@ def _mean_shift_points(
     labels, centers, sizes = _label(queries, z, data.weights, centers, params, backend)
     timings["label_s"] = time.perf_counter() - clock
 
+    return _points_result(
+        labels, centers, sizes, modes, data.origin, bandwidth, estimated, iterated, n_seeds,
+        timings, method,
+    )  # fmt: skip
+
+
+def _points_result(
+    labels: Any,
+    centers: np.ndarray,
+    sizes: np.ndarray,
+    modes: Any,
+    origin: np.ndarray,
+    bandwidth: float,
+    estimated: bool,
+    iterated: _Iterated,
+    n_seeds: int,
+    timings: dict[str, float],
+    method: str,
+) -> MeanShiftResult:
+    """The result in data units (warns when the clusters are nearly as many as the points)."""
+    n = labels.shape[0]
     if n > 10 and len(centers) > n // 2:
         warnings.warn(
             f"{len(centers)} clusters for {n} points: "
             f"the bandwidth {bandwidth:g} is probably too small",
-            stacklevel=2,
+            stacklevel=4,
         )
     return MeanShiftResult(
         labels=labels,
-        centers=centers * bandwidth + data.origin,
+        centers=centers * bandwidth + origin,
         sizes=sizes,
-        modes=None if modes is None else modes * bandwidth + data.origin,
+        modes=None if modes is None else modes * bandwidth + origin,
         bandwidth=bandwidth,
         bandwidth_estimated=estimated,
         n_iter=iterated.n_iter,
@@ -622,6 +728,114 @@ def _mean_shift_points(
         timings=timings,
         method=method,
     )
+
+
+# --------------------------------------------------------------------------- in memory
+
+MIN_ROWS_PER_THREAD = 256
+"""Fewest query rows worth handing to another thread (NumPy input)."""
+
+
+def _map_rows(
+    pool: ThreadPoolExecutor | None,
+    threads: int,
+    function: Callable[..., Any],
+    rows: tuple[np.ndarray, ...],
+    *args: Any,
+) -> Any:
+    """``function(*rows, *args)`` over matching row slices of ``rows`` on the pool's
+    threads, concatenated.
+
+    Every row is computed independently by the block functions, so the split does
+    not change the result.
+    """
+    parts = min(threads, len(rows[0]) // MIN_ROWS_PER_THREAD)
+    if parts <= 1:
+        return function(*rows, *args)
+    bounds = np.linspace(0, len(rows[0]), parts + 1).astype(int)
+    pieces = [[r[a:b] for r in rows] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    others = [pool.submit(function, *piece, *args) for piece in pieces[1:]]
+    first = function(*pieces[0], *args)  # this thread takes a share too
+    return np.concatenate([first] + [future.result() for future in others])
+
+
+def _mean_shift_in_memory(
+    points: np.ndarray,
+    params: MeanShiftParams,
+    method: str,
+    seeds: np.ndarray | None,
+    weights: np.ndarray | None,
+    progress: ProgressCallback | None,
+    n_threads: int | None,
+) -> MeanShiftResult:
+    """Methods exact and grid on a NumPy array: the block functions of the Dask path,
+    called directly on row slices by a thread pool (no task graph)."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    backend = resolve_backend(params.backend)
+    points = np.asarray(points, dtype=np.float64)
+    n, d = points.shape
+    origin, span = _bounds(_summary_block(points), n)
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        _check_weights(weights)
+    seeds = _check_seeds(seeds, d, params)
+    bandwidth, estimated = _resolve_bandwidth(points, params)
+    _check_span(span, bandwidth)
+    timings["bandwidth_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    z = _normalise_block(points, origin, bandwidth)
+    kernel, block_bytes = params.kernel, params.block_bytes
+    threads = n_threads or os.cpu_count() or 1
+    with ThreadPoolExecutor(threads - 1) if threads > 1 else contextlib.nullcontext() as pool:
+        run = functools.partial(_map_rows, pool, threads)
+        if params.blurring:
+            stop = _BlurringStop(params, bandwidth, progress)
+            state = positions = z
+            for _ in range(params.max_iter):
+                point_set = _build_point_set(method, kernel, block_bytes, weights, positions)
+                state = run(_blurring_block, (positions,), point_set, backend)
+                positions = state[:, :d]
+                if stop.done(_iteration_stats(state, d, params.tol)):
+                    break
+            iterated = stop.result(state)
+            seed_rows: np.ndarray | None = None
+        else:
+            point_set = _build_point_set(method, kernel, block_bytes, weights, z)
+            seed_rows = _seeds_in_data_units(points, weights, seeds, params, bandwidth)
+            if seed_rows is not None:
+                seed_rows = (seed_rows - origin) / bandwidth
+            state = run(
+                _converge_block,
+                (z if seed_rows is None else seed_rows,),
+                point_set,
+                params.tol,
+                params.max_iter,
+                backend,
+            )
+            iterated = _standard_result(state, state[:, d + 1].max(), state[:, d + 2].min(), params)
+        timings["iterate_s"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        centers = _merge_candidates([(None, state[:, :d], state[:, d])], params, bandwidth)
+        if not params.blurring:
+            centers = _polish_centers(centers, point_set, params.max_iter, backend)
+        timings["merge_s"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        modes = state[:, :d] if seed_rows is None else None
+        queries = modes if (modes is not None and params.labels_from_modes(method)) else z
+        raw = run(_label_block, (queries, z), centers, params.cluster_all, backend, block_bytes)
+    renumber, centers, sizes = _size_numbering(
+        _weighted_bincount(raw, weights, len(centers))[0], centers
+    )
+    labels = _renumber_block(raw, renumber)
+    timings["label_s"] = time.perf_counter() - clock
+    return _points_result(
+        labels, centers, sizes, modes, origin, bandwidth, estimated, iterated,
+        n if seed_rows is None else len(seed_rows), timings, method,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- binned method

@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backend import namespace_of, to_host
 from .cluster import dask_client
-from .engine import mean_shift
+from .engine import mean_shift, rows_per_chunk
 from .kernels import nearest
 from .params import DEFAULT_BLOCK_BYTES, make_params
 
@@ -39,7 +39,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
     cluster_all : bool, default True
         When False, points farther than ``bandwidth`` from their centre get -1.
     n_jobs : int, optional
-        Threads of the in-process scheduler (no effect on a Dask cluster).
+        Threads for in-memory input (default: one per CPU; no effect on a Dask cluster).
     max_iter : int, default 300
     kernel : {"flat", "gaussian", "epanechnikov"}, default "flat"
     blurring : bool, default False
@@ -49,7 +49,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
     backend : {"auto", "numpy", "cupy"}, default "auto"
     scheduler : str, optional
         Address of a Dask scheduler to run on. Without it, dask input runs on the
-        active Dask scheduler and in-memory input in this process.
+        active Dask scheduler and in-memory input in this process, without a task
+        graph (methods exact and grid).
     n_workers : int, optional
         Start an embedded local Dask cluster with this many worker processes for the fit.
     bandwidth_rule : {"knn", "scott", "silverman"}, default "knn"
@@ -155,20 +156,30 @@ class MeanShift(ClusterMixin, BaseEstimator):
             bin_fraction=self.bin_fraction,
         )
 
+    @property
+    def _on_cluster(self) -> bool:
+        return self.scheduler is not None or self.n_workers is not None
+
+    @property
+    def _threads(self) -> int | None:
+        return self.n_jobs if self.n_jobs and self.n_jobs > 0 else None
+
     @contextlib.contextmanager
     def _compute_context(self, in_memory: bool) -> Iterator[None]:
-        if self.scheduler is not None or self.n_workers is not None:
+        if self._on_cluster:
             with dask_client(self.scheduler, self.n_workers):
                 yield
         elif in_memory:
-            workers = self.n_jobs if self.n_jobs and self.n_jobs > 0 else None
-            with dask.config.set(scheduler="threads", num_workers=workers):
+            with dask.config.set(scheduler="threads", num_workers=self._threads):
                 yield
         else:
             yield
 
-    def _as_dask(self, X: Any, reset: bool) -> tuple[da.Array, str | None, bool]:
-        """Validate input; return (dask array, array module name of the input, in-memory?)."""
+    def _validate(self, X: Any, reset: bool) -> tuple[Any, str | None, bool]:
+        """Validate input; return (dask or NumPy array, array module of the input, in memory?).
+
+        In-memory input stays a NumPy array unless the fit runs on a Dask cluster.
+        """
         if isinstance(X, da.Array):
             if X.ndim != 2:
                 raise ValueError(f"Expected a 2-D array, got a {X.ndim}-D dask array")
@@ -180,16 +191,13 @@ class MeanShift(ClusterMixin, BaseEstimator):
                     f"{self.n_features_in_} features as input"
                 )
             return X, None, False
-        if namespace_of(X).__name__ == "cupy":
-            host = to_host(X)
-            array = validate_data(self, host, dtype=[np.float64, np.float32], reset=reset)
-            return (
-                da.from_array(array, chunks=(_rows_per_chunk(array), array.shape[1])),
-                "cupy",
-                True,
-            )
-        array = validate_data(self, X, dtype=[np.float64, np.float32], reset=reset)
-        return da.from_array(array, chunks=(_rows_per_chunk(array), array.shape[1])), None, True
+        module = "cupy" if namespace_of(X).__name__ == "cupy" else None
+        array = validate_data(
+            self, to_host(X) if module else X, dtype=[np.float64, np.float32], reset=reset
+        )
+        if self._on_cluster:
+            array = da.from_array(array, chunks=(rows_per_chunk(len(array)), array.shape[1]))
+        return array, module, True
 
     def fit(self, X: Any, y: Any = None) -> MeanShift:
         """Cluster ``X`` (NumPy, CuPy or dask array of shape (n, d)).
@@ -204,13 +212,13 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self
         """
         params = self._params()
-        points, module, in_memory = self._as_dask(X, reset=True)
+        points, module, in_memory = self._validate(X, reset=True)
         seeds = None
         if self.seeds is not None:
             seeds = np.asarray(to_host(self.seeds), dtype=np.float64)
         with self._compute_context(in_memory):
-            result = mean_shift(points, params, seeds=seeds)
-            labels = result.labels.compute() if in_memory else result.labels.persist()
+            result = mean_shift(points, params, seeds=seeds, n_threads=self._threads)
+            labels = np.asarray(result.labels) if in_memory else result.labels.persist()
         self.bandwidth_ = result.bandwidth
         self.cluster_centers_ = result.centers
         self.cluster_sizes_ = result.sizes
@@ -236,14 +244,16 @@ class MeanShift(ClusterMixin, BaseEstimator):
         """
         check_is_fitted(self)
         centers = np.asarray(to_host(self.cluster_centers_), dtype=np.float64)
-        points, module, in_memory = self._as_dask(X, reset=False)
-        labels = points.map_blocks(
-            _predict_block, centers, self.block_bytes, drop_axis=1, dtype=np.int32
-        )
-        if not in_memory:
-            return labels
-        with dask.config.set(scheduler="sync"):
-            out = labels.compute()
+        points, module, in_memory = self._validate(X, reset=False)
+        if isinstance(points, da.Array):
+            labels = points.map_blocks(
+                _predict_block, centers, self.block_bytes, drop_axis=1, dtype=np.int32
+            )
+            if not in_memory:
+                return labels
+            with dask.config.set(scheduler="sync"):
+                return labels.compute()
+        out = _predict_block(points, centers, self.block_bytes)
         if module == "cupy":
             import cupy
 
@@ -254,8 +264,3 @@ class MeanShift(ClusterMixin, BaseEstimator):
 def _predict_block(block: np.ndarray, centers: np.ndarray, block_bytes: int) -> np.ndarray:
     index, _ = nearest(np.asarray(block, dtype=np.float64), centers, np, block_bytes)
     return index.astype(np.int32)
-
-
-def _rows_per_chunk(array: np.ndarray) -> int:
-    """In-memory input is split in a few row chunks for the threaded scheduler."""
-    return max(1, min(len(array), max(1024, -(-len(array) // 4))))

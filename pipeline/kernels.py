@@ -128,6 +128,7 @@ def shift_points(
     xp: ModuleType,
     block_bytes: int,
     points_largest: float | None = None,
+    packed: Any = None,
 ) -> tuple[Any, Any]:
     """One mean shift step: move each query to the kernel-weighted mean of the points.
 
@@ -146,6 +147,9 @@ def shift_points(
         Bound on the pairwise intermediates held at once.
     points_largest : float, optional
         :func:`largest_coordinate` of ``points``, when the caller already knows it.
+    packed : callable, optional
+        Returns ``points`` and ``weights`` already packed for the compiled kernels
+        (called only when they are used).
 
     Returns
     -------
@@ -158,8 +162,14 @@ def shift_points(
     if _use_compiled(queries, points, kernel, xp, points_largest):
         from . import compiled
 
-        offsets, density = compiled.shift_offsets(queries, points, weights, kernel)
-        return queries + offsets, density
+        layout = packed() if packed is not None else compiled.pack_points(points, weights, kernel)
+        offsets, density = compiled.shift_offsets(queries, layout)
+        shifted = queries + offsets
+        isolated = np.flatnonzero(density <= 2 * layout.floor_density)
+        if len(isolated):  # no point within 9.4 bandwidths: compiled weights all at the floor
+            exact = blocked_shift(queries[isolated], points, weights, kernel, xp, block_bytes)
+            shifted[isolated], density[isolated] = exact
+        return shifted, density
     return blocked_shift(queries, points, weights, kernel, xp, block_bytes)
 
 
@@ -244,6 +254,17 @@ class DensePointSet(_OnDevice):
         self.points, self.weights, self.kernel = points, weights, kernel
         self.xp, self.block_bytes = xp, block_bytes
         self.largest = largest_coordinate(points)  # once, not on every step
+        self._packed: Any = None
+        if xp is np and kernel in COMPILED_KERNELS and self.largest <= COMPILED_MAX_COORDINATE:
+            self._packed_points()  # now, not in each of the threads that will share the set
+
+    def _packed_points(self) -> Any:
+        """The points laid out for the compiled kernels, built on first use only."""
+        if self._packed is None:
+            from . import compiled
+
+            self._packed = compiled.pack_points(self.points, self.weights, self.kernel)
+        return self._packed
 
     def shift(self, queries: Any) -> tuple[Any, Any]:
         """One mean shift step of ``queries`` (see :func:`shift_points`)."""
@@ -255,6 +276,7 @@ class DensePointSet(_OnDevice):
             self.xp,
             self.block_bytes,
             self.largest,
+            self._packed_points,
         )
 
 

@@ -57,9 +57,17 @@ def mode_candidates(
     keys = np.floor(modes / cell)
     if len(keys) == 0:
         return keys, modes, density
-    _, first = np.unique(keys, axis=0, return_index=True)
-    first.sort()
+    first = first_of_each_row(keys)
     return keys[first], modes[first], density[first]
+
+
+def first_of_each_row(rows: np.ndarray) -> np.ndarray:
+    """Ascending indices of the first occurrence of each distinct row."""
+    order = np.lexsort(rows.T[::-1])  # stable: equal rows keep their order
+    ordered = rows[order]
+    starts = np.ones(len(rows), dtype=bool)
+    starts[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
+    return np.sort(order[starts])
 
 
 def combine_candidates(
@@ -89,11 +97,14 @@ def suppress(positions: np.ndarray, radius: float) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     alive = np.ones(len(positions), dtype=bool)
     tree = cKDTree(positions)
-    for i in range(len(positions)):
-        if alive[i]:
-            within = np.asarray(tree.query_ball_point(positions[i], radius), dtype=np.int64)
-            alive[within[within > i]] = False
-    return np.flatnonzero(alive)
+    i = 0
+    while True:
+        within = np.asarray(tree.query_ball_point(positions[i], radius), dtype=np.int64)
+        alive[within[within > i]] = False
+        later = alive[i + 1 :]
+        if not later.any():
+            return np.flatnonzero(alive)
+        i += 1 + int(later.argmax())  # the next survivor
 
 
 def assign_labels(

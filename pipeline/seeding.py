@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dask
 import dask.array as da
 import numpy as np
@@ -33,19 +35,19 @@ def combine_bin_counts(
 
 
 def bin_seeds(
-    points: da.Array, bin_size: float, min_bin_freq: int, weights: da.Array | None = None
+    points: Any, bin_size: float, min_bin_freq: int, weights: Any = None
 ) -> np.ndarray | None:
     """Seeds at the centres of grid bins holding at least ``min_bin_freq`` points.
 
     Parameters
     ----------
-    points : dask.array.Array, shape (n, d)
+    points : dask.array.Array or numpy.ndarray, shape (n, d)
         Points in data units.
     bin_size : float
         Side of the grid cells (scikit-learn uses the bandwidth).
     min_bin_freq : int
         Fewest points (sum of weights) a bin needs.
-    weights : dask.array.Array, shape (n,), optional
+    weights : dask.array.Array or numpy.ndarray, shape (n,), optional
         Multiplicity of each point, chunked like ``points``.
 
     Returns
@@ -55,6 +57,10 @@ def bin_seeds(
         seeds as points (binning did not help: use the points themselves, as
         scikit-learn does).
     """
+    if not isinstance(points, da.Array):
+        keys, counts = bin_counts(points, bin_size, weights)
+        kept = keys[counts >= min_bin_freq]
+        return None if len(kept) == points.shape[0] else kept * bin_size
     blocks = points.to_delayed().ravel()
     weight_blocks = [None] * len(blocks) if weights is None else weights.to_delayed().ravel()
     parts = dask.compute(

@@ -21,7 +21,7 @@ def warm_up() -> None:
     if compiled.AVAILABLE:
         points = np.zeros((4, 2))
         for kernel in ("gaussian", "epanechnikov"):
-            compiled.shift_offsets(points, points, None, kernel)
+            compiled.shift_offsets(points, compiled.pack_points(points, None, kernel))
 
 
 def dask_setup(worker: Any = None) -> None:

@@ -278,3 +278,64 @@ def test_equivariant_to_translation_and_scaling_together(kernel, blurring, offse
     np.testing.assert_allclose(
         (moved.centers - offset * scale) / scale, base.centers, rtol=0, atol=1e-6
     )
+
+
+IN_MEMORY_CASES = [
+    dict(kernel="gaussian", blurring=True, method="exact"),
+    dict(kernel="gaussian", blurring=True, method="grid"),
+    dict(kernel="flat", method="exact"),
+    dict(kernel="flat", method="grid", bin_seeding=True),
+    dict(kernel="epanechnikov", method="exact", cluster_all=False),
+    dict(kernel="gaussian", method="grid", label_by="mode"),
+]
+
+
+@pytest.mark.parametrize("config", IN_MEMORY_CASES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_numpy_input_runs_in_process_with_the_dask_result(seed_data, config, weighted):
+    points, _, _ = seed_data
+    weights = np.random.default_rng(1).integers(1, 4, len(points)).astype(float)
+    weights = weights if weighted else None
+    params = make_params(bandwidth=2.5, **config)
+    with dask.config.set(scheduler="threads"):
+        on_dask = mean_shift(
+            da.from_array(points, chunks=(400, 2)),
+            params,
+            weights=None if weights is None else da.from_array(weights, chunks=400),
+        )
+        labels_dask = on_dask.labels.compute()
+    outcomes = [mean_shift(points, params, weights=weights, n_threads=t) for t in (1, 3)]
+    for in_memory in outcomes:
+        assert isinstance(in_memory.labels, np.ndarray)  # no task graph
+        np.testing.assert_array_equal(in_memory.labels, labels_dask)
+        np.testing.assert_array_equal(in_memory.centers, on_dask.centers)
+        np.testing.assert_array_equal(in_memory.sizes, on_dask.sizes)
+        assert in_memory.n_iter == on_dask.n_iter
+        assert in_memory.stop_reason == on_dask.stop_reason
+    if on_dask.modes is not None:
+        np.testing.assert_array_equal(outcomes[0].modes, on_dask.modes.compute())
+
+
+def test_numpy_input_with_binned_method_goes_through_dask(seed_data):
+    points, truth, _ = seed_data
+    result = mean_shift(points, make_params(bandwidth=2.5, kernel="gaussian", method="binned"))
+    assert result.method == "binned" and result.n_cells is not None
+    assert adjusted_rand_score(truth, np.asarray(result.labels)) >= 0.99
+
+
+def test_numpy_input_is_checked_like_dask_input():
+    from pipeline.errors import InputDataError, ParameterError
+
+    points = np.zeros((100, 2))
+    points[[3, 50]] = [np.nan, 1.0]
+    params = make_params(bandwidth=1.0)
+    with pytest.raises(InputDataError, match="2 of 100 rows hold NaN or Inf"):
+        mean_shift(points, params)
+    with pytest.raises(InputDataError, match="2-D"):
+        mean_shift(np.zeros(5), params)
+    with pytest.raises(InputDataError, match="empty"):
+        mean_shift(np.zeros((0, 2)), params)
+    with pytest.raises(InputDataError, match="finite and non-negative"):
+        mean_shift(np.ones((10, 2)), params, weights=-np.ones(10))
+    with pytest.raises(ParameterError, match="weights must have shape"):
+        mean_shift(np.ones((10, 2)), params, weights=np.ones(3))

@@ -60,7 +60,8 @@ def test_compiled_kernels_match_reference(dims, kernel):
     rng = np.random.default_rng(dims)
     points = rng.normal(0, 2, (3000, dims))
     weights = rng.uniform(0.5, 2, 3000)
-    offsets, density = compiled.shift_offsets(points[:300], points, weights, kernel)
+    packed = compiled.pack_points(points, weights, kernel)
+    offsets, density = compiled.shift_offsets(points[:300], packed)
     expected, expected_density = reference_shift(points[:300], points, weights, kernel)
     if kernel == "flat":  # float32 can flip pairs at distance ~1: compare away from the edge
         d2 = ((points[:300, None] - points[None]) ** 2).sum(-1)
@@ -72,10 +73,11 @@ def test_compiled_kernels_match_reference(dims, kernel):
 
 
 def test_compiled_exp_error_bound():
-    d2 = np.linspace(0, 169, 400_001)
+    d2 = np.linspace(0, 88, 400_001)  # up to 9.38 bandwidths; the floor starts at 9.42
     relative = np.abs(compiled.exp_weights(d2) / np.exp(-0.5 * d2) - 1)
     assert relative.max() <= compiled.EXP_RELATIVE_ERROR
-    assert compiled.exp_weights(np.array([400.0]))[0] <= 2.0**-125  # far tails: tiny, finite
+    far = compiled.exp_weights(np.array([400.0]))[0]  # far tails: held at the floor
+    assert far == pytest.approx(compiled.WEIGHT_FLOOR, rel=compiled.EXP_RELATIVE_ERROR)
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "flat", "epanechnikov"])
@@ -178,3 +180,39 @@ def test_pairwise_memory_stays_within_the_block_budget():
     tracemalloc.stop()
     # inputs are not counted (allocated before); allow the outputs and small per-block vectors
     assert peak < budget + 4 * points.nbytes
+
+
+def test_queries_beyond_the_weight_floor_are_computed_exactly():
+    # every point of the set is over 9.4 bandwidths from these seeds: all compiled weights
+    # sit at the floor, so the exact float64 path takes over (the nearest points dominate)
+    rng = np.random.default_rng(3)
+    points = np.concatenate([rng.normal(0, 0.3, (500, 2)), rng.normal([0, 30], 0.3, (500, 2))])
+    queries = np.array([[0.0, 11.0], [12.0, 0.0], [0.0, 0.5]])
+    expected, expected_density = reference_shift(queries, points, None, "gaussian")
+    shifted, density = shift_points(queries, points, None, "gaussian", np, 2**20)
+    np.testing.assert_allclose(shifted, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(density, expected_density, rtol=1e-5)
+    assert shifted[0, 1] < 5  # towards the near blob, not the middle of both
+
+
+def test_wide_vector_preference_can_be_turned_off():
+    import subprocess
+    import sys
+
+    probe = (
+        "import pipeline.compiled as c; from numba.core import config; "
+        "print(c.WIDE_VECTORS, config.CPU_FEATURES is not None)"
+    )
+
+    def run(**env):
+        import os
+
+        environment = {k: v for k, v in os.environ.items() if k != "NUMBA_CPU_FEATURES"}
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=environment | env, capture_output=True, text=True
+        )
+        return out.stdout.split()
+
+    assert run(MEANSHIFT_WIDE_VECTORS="0") == ["False", "False"]
+    wide, features_set = run()
+    assert wide == features_set  # set exactly when the CPU has AVX-512
