@@ -86,6 +86,9 @@ EXP_RELATIVE_ERROR = 1e-5
 """Bound on the relative error of the compiled Gaussian weight for d² < 88 (2.7e-6 from
 the polynomial, the rest from rounding the scaled d² to float32)."""
 
+FLAT_FASTMATH = {"reassoc", "nsz", "nnan", "ninf", "arcp"}
+"""Vectorisable sums, but no contraction into fused multiply-adds (``contract``)."""
+
 KERNEL_CODES = {"gaussian": 0, "flat": 1, "epanechnikov": 2}
 
 if AVAILABLE:
@@ -235,6 +238,44 @@ if AVAILABLE:
             for k in range(d):
                 out[i, k] = acc[k] / den if den > 0.0 else 0.0
 
+    @njit(nogil=True, fastmath=FLAT_FASTMATH, cache=True)
+    def _shift_flat(q, pt, w, out, dens):  # pragma: no cover - compiled
+        # float64 throughout; d² is summed without fused multiply-adds, in dimension
+        # order, so "within the bandwidth" is decided as the float64 array path decides it
+        d, n = pt.shape
+        buf = np.empty(BLOCK, np.float64)
+        acc = np.empty(d, np.float64)
+        for i in range(q.shape[0]):
+            acc[:] = 0.0
+            den = 0.0
+            for b in range(0, n, BLOCK):
+                m = min(BLOCK, n - b)
+                for j in range(m):
+                    buf[j] = 0.0
+                for k in range(d):
+                    qk = q[i, k]
+                    pk = pt[k, b : b + m]
+                    for j in range(m):
+                        t = pk[j] - qk
+                        buf[j] += t * t
+                wb = w[b : b + m]
+                sw = 0.0
+                for j in range(m):
+                    x = wb[j] if buf[j] <= 1.0 else 0.0
+                    buf[j] = x
+                    sw += x
+                den += sw
+                for k in range(d):
+                    qk = q[i, k]
+                    pk = pt[k, b : b + m]
+                    s = 0.0
+                    for j in range(m):
+                        s += buf[j] * (pk[j] - qk)
+                    acc[k] += s
+            dens[i] = den
+            for k in range(d):
+                out[i, k] = acc[k] / den if den > 0.0 else 0.0
+
     @njit(nogil=True, cache=True)
     def exp_weights(d2):  # pragma: no cover - compiled
         """The compiled Gaussian weight exp(-d2/2), elementwise (for tests)."""
@@ -250,7 +291,7 @@ class PackedPoints:
 
     Attributes
     ----------
-    columns : ndarray of float32, shape (d, padded)
+    columns : ndarray of float32 (float64 for the flat kernel), shape (d, padded)
         Coordinates (scaled by ``scale``), one contiguous row per dimension, padded
         with zero-weight points to a multiple of ``PAD``.
     weights : ndarray of float32, shape (padded,)
@@ -274,9 +315,10 @@ def pack_points(points: np.ndarray, weights: np.ndarray | None, kernel: str) -> 
     n, d = points.shape
     padded = -(-n // PAD) * PAD
     scale = GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
-    columns = np.zeros((d, padded), dtype=np.float32)  # padding: weight 0 at the origin
+    dtype = np.float64 if kernel == "flat" else np.float32
+    columns = np.zeros((d, padded), dtype=dtype)  # padding: weight 0 at the origin
     columns[:, :n] = points.T * scale
-    w = np.zeros(padded, dtype=np.float32)
+    w = np.zeros(padded, dtype=dtype)
     w[:n] = 1.0 if weights is None else weights
     floor = WEIGHT_FLOOR * float(w.sum(dtype=np.float64)) if kernel == "gaussian" else 0.0
     return PackedPoints(columns, w, kernel, scale, floor)
@@ -304,8 +346,11 @@ def shift_offsets(queries: np.ndarray, points: PackedPoints) -> tuple[np.ndarray
     q = np.ascontiguousarray(queries * scale if scale != 1.0 else queries, dtype=np.float64)
     out = np.empty((m, d), dtype=np.float64)
     density = np.empty(m, dtype=np.float64)
-    function = _shift_2d if d == 2 else _shift_3d if d == 3 else _shift_nd
-    function(q, points.columns, points.weights, KERNEL_CODES[points.kernel], out, density)
+    if points.kernel == "flat":
+        _shift_flat(q, points.columns, points.weights, out, density)
+    else:
+        function = _shift_2d if d == 2 else _shift_3d if d == 3 else _shift_nd
+        function(q, points.columns, points.weights, KERNEL_CODES[points.kernel], out, density)
     if scale != 1.0:
         out /= scale
     return out, density

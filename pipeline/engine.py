@@ -34,7 +34,7 @@ from .backend import get_namespace, resolve_backend, to_host
 from .bandwidth import estimate_bandwidth
 from .errors import InputDataError, ParameterError
 from .kernels import DensePointSet, GridPointSet, PointSet, converge_seeds, row_major_strides
-from .params import GRID_MAX_DIMS, MeanShiftParams, resolve_method
+from .params import EXACT_MAX_POINTS, GRID_MAX_DIMS, MeanShiftParams, resolve_method
 from .seeding import bin_seeds
 
 ProgressCallback = Callable[[int, float, int], None]
@@ -894,6 +894,10 @@ def _sum_by_key(
     return unique, summed, np.stack(columns, axis=1)
 
 
+CELLS_IN_PROCESS_MAX = EXACT_MAX_POINTS
+"""Up to this many weighted cells, the binned method's mean shift runs in this process
+(the cells are already here); more go to the workers as a shared set."""
+
 FIXED_POINT = 2.0**20
 """Resolution of a point's position inside its cell in the binned method (cell / 2^20)."""
 
@@ -1097,17 +1101,22 @@ def _binned(
             "cluster_all": True,
         }
     )
-    rows = max(1, -(-len(centroids) // max(1, points.numblocks[0])))
-    inner = _mean_shift_points(
-        da.from_array(centroids, chunks=(rows, d)),
-        inner_params,
-        inner_method,
-        seeds,
-        da.from_array(counts, chunks=(rows,)),
-        progress,
-    )
-    cell_labels = inner.labels.compute()
-    cell_modes = None if inner.modes is None else inner.modes.compute()
+    if len(centroids) <= CELLS_IN_PROCESS_MAX:  # small: no round trips to the workers
+        inner = _mean_shift_in_memory(
+            centroids, inner_params, inner_method, seeds, counts, progress, None
+        )
+    else:
+        rows = max(1, -(-len(centroids) // max(1, points.numblocks[0])))
+        inner = _mean_shift_points(
+            da.from_array(centroids, chunks=(rows, d)),
+            inner_params,
+            inner_method,
+            seeds,
+            da.from_array(counts, chunks=(rows,)),
+            progress,
+        )
+    cell_labels = np.asarray(inner.labels)
+    cell_modes = None if inner.modes is None else np.asarray(inner.modes)
     for stage in ("iterate_s", "merge_s", "label_s"):
         timings[stage] = inner.timings[stage]
 

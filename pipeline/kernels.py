@@ -91,9 +91,10 @@ def _weighted_offsets(w: Any, block: Any, part: Any, xp: ModuleType) -> Any:
     return w @ part - w.sum(axis=1)[:, None] * block
 
 
-COMPILED_KERNELS = ("gaussian", "epanechnikov")
-"""Kernels with a compiled CPU path. The flat kernel stays on the float64 path, so that
-whether a point lies exactly within the bandwidth is decided as scikit-learn decides it."""
+COMPILED_KERNELS = ("gaussian", "epanechnikov", "flat")
+"""Kernels with a compiled CPU path (float32 for gaussian/epanechnikov; float64 for flat,
+so that whether a point lies within the bandwidth is decided in float64, as on the
+array path)."""
 
 COMPILED_MAX_COORDINATE = 150.0
 """Largest coordinate magnitude (bandwidths) the float32 compiled path takes (error <= 1e-5)."""
@@ -115,6 +116,8 @@ def _use_compiled(
         return False
     if queries.shape[0] == 0 or points.shape[0] == 0:
         return False
+    if kernel == "flat":  # float64: no range limit
+        return True
     if points_largest is None:
         points_largest = largest_coordinate(points)
     return max(largest_coordinate(queries), points_largest) <= COMPILED_MAX_COORDINATE
@@ -165,10 +168,11 @@ def shift_points(
         layout = packed() if packed is not None else compiled.pack_points(points, weights, kernel)
         offsets, density = compiled.shift_offsets(queries, layout)
         shifted = queries + offsets
-        isolated = np.flatnonzero(density <= 2 * layout.floor_density)
-        if len(isolated):  # no point within 9.4 bandwidths: compiled weights all at the floor
-            exact = blocked_shift(queries[isolated], points, weights, kernel, xp, block_bytes)
-            shifted[isolated], density[isolated] = exact
+        if layout.floor_density > 0:  # Gaussian: redo queries with every weight at the floor
+            isolated = np.flatnonzero(density <= 2 * layout.floor_density)
+            if len(isolated):  # (no point within 9.4 bandwidths)
+                exact = blocked_shift(queries[isolated], points, weights, kernel, xp, block_bytes)
+                shifted[isolated], density[isolated] = exact
         return shifted, density
     return blocked_shift(queries, points, weights, kernel, xp, block_bytes)
 
@@ -255,7 +259,7 @@ class DensePointSet(_OnDevice):
         self.xp, self.block_bytes = xp, block_bytes
         self.largest = largest_coordinate(points)  # once, not on every step
         self._packed: Any = None
-        if xp is np and kernel in COMPILED_KERNELS and self.largest <= COMPILED_MAX_COORDINATE:
+        if _use_compiled(points[:1], points, kernel, xp, self.largest):
             self._packed_points()  # now, not in each of the threads that will share the set
 
     def _packed_points(self) -> Any:
