@@ -276,6 +276,50 @@ if AVAILABLE:
             for k in range(d):
                 out[i, k] = acc[k] / den if den > 0.0 else 0.0
 
+    @njit(nogil=True, fastmath=True, cache=True)
+    def _shift_spans(q, pt, w, lo, hi, cell, kernel, buf, out, dens, floored):  # pragma: no cover
+        # Each query meets the points in its own spans [lo, hi) of the sorted points.
+        # Differences are taken in float64 (any distance from the origin), squared
+        # distances and weights kept in ``buf``'s precision; sums in float64.
+        d = pt.shape[0]
+        acc = np.empty(d, np.float64)
+        for i in range(q.shape[0]):
+            acc[:] = 0.0
+            den = 0.0
+            heaviest = 0.0
+            c = cell[i]
+            for s in range(lo.shape[1]):
+                for b in range(lo[c, s], hi[c, s], BLOCK):
+                    m = min(BLOCK, hi[c, s] - b)
+                    for j in range(m):
+                        buf[j] = 0.0
+                    for k in range(d):
+                        qk = q[i, k]
+                        pk = pt[k, b : b + m]
+                        for j in range(m):
+                            t = pk[j] - qk
+                            buf[j] += t * t
+                    wb = w[b : b + m]
+                    sw = 0.0
+                    for j in range(m):
+                        v = _weight(buf[j], kernel)
+                        heaviest = max(heaviest, v)
+                        x = v * wb[j]
+                        buf[j] = x
+                        sw += x
+                    den += sw
+                    for k in range(d):
+                        qk = q[i, k]
+                        pk = pt[k, b : b + m]
+                        s_k = 0.0
+                        for j in range(m):
+                            s_k += buf[j] * (pk[j] - qk)
+                        acc[k] += s_k
+            dens[i] = den
+            floored[i] = kernel == 0 and den > 0.0 and heaviest <= 2.0 * WEIGHT_FLOOR
+            for k in range(d):
+                out[i, k] = acc[k] / den if den > 0.0 else 0.0
+
     @njit(nogil=True, cache=True)
     def exp_weights(d2):  # pragma: no cover - compiled
         """The compiled Gaussian weight exp(-d2/2), elementwise (for tests)."""
@@ -322,6 +366,60 @@ def pack_points(points: np.ndarray, weights: np.ndarray | None, kernel: str) -> 
     w[:n] = 1.0 if weights is None else weights
     floor = WEIGHT_FLOOR * float(w.sum(dtype=np.float64)) if kernel == "gaussian" else 0.0
     return PackedPoints(columns, w, kernel, scale, floor)
+
+
+def shift_spans(
+    queries: np.ndarray,
+    columns: np.ndarray,
+    weights: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    cell: np.ndarray,
+    kernel: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean shift offsets of queries against given spans of sorted points (grid method).
+
+    Parameters
+    ----------
+    queries : ndarray, shape (m, d)
+        Bandwidth units, scaled by ``GAUSSIAN_SCALE`` for the Gaussian kernel.
+    columns : ndarray of float64, shape (d, n)
+        The points sorted by cell, one row per dimension, scaled like the queries.
+    weights : ndarray of float64, shape (n,)
+    lo, hi : ndarray of int64, shape (c, s)
+        The spans of ``columns`` that each of ``c`` query cells meets (``lo == hi``: empty).
+    cell : ndarray of int64, shape (m,)
+        Row of ``lo``/``hi`` for each query.
+    kernel : {"gaussian", "flat", "epanechnikov"}
+
+    Returns
+    -------
+    offsets : ndarray, shape (m, d)
+        In the scaled units of the inputs.
+    density : ndarray, shape (m,)
+    floored : ndarray of bool, shape (m,)
+        Gaussian queries whose every weight sat at ``WEIGHT_FLOOR`` (nothing within
+        9.4 bandwidths): not to be trusted, to be recomputed exactly.
+    """
+    m, d = queries.shape
+    out = np.empty((m, d), dtype=np.float64)
+    density = np.empty(m, dtype=np.float64)
+    floored = np.zeros(m, dtype=np.bool_)
+    buffer = np.empty(BLOCK, dtype=np.float64 if kernel == "flat" else np.float32)
+    _shift_spans(
+        np.ascontiguousarray(queries, dtype=np.float64),
+        columns,
+        weights,
+        lo,
+        hi,
+        cell,
+        KERNEL_CODES[kernel],
+        buffer,
+        out,
+        density,
+        floored,
+    )
+    return out, density, floored
 
 
 def shift_offsets(queries: np.ndarray, points: PackedPoints) -> tuple[np.ndarray, np.ndarray]:

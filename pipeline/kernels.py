@@ -105,14 +105,18 @@ def largest_coordinate(points: Any) -> float:
     return float(abs(points).max()) if points.size else 0.0
 
 
-def _use_compiled(
-    queries: Any, points: Any, kernel: str, xp: ModuleType, points_largest: float | None
-) -> bool:
+def _compiled_available(kernel: str, xp: ModuleType) -> bool:
     if xp is not np or kernel not in COMPILED_KERNELS:
         return False
     from . import compiled  # numba loads on first use only
 
-    if not compiled.AVAILABLE:
+    return compiled.AVAILABLE
+
+
+def _use_compiled(
+    queries: Any, points: Any, kernel: str, xp: ModuleType, points_largest: float | None
+) -> bool:
+    if not _compiled_available(kernel, xp):
         return False
     if queries.shape[0] == 0 or points.shape[0] == 0:
         return False
@@ -233,6 +237,7 @@ class _OnDevice:
     """Moving a point set's arrays to another array module."""
 
     _arrays: tuple[str, ...] = ()
+    _host_only: tuple[str, ...] = ()
     xp: ModuleType
 
     def on(self, xp: ModuleType) -> Any:
@@ -243,6 +248,8 @@ class _OnDevice:
         for name in self._arrays:
             value = getattr(self, name)
             setattr(clone, name, None if value is None else xp.asarray(value))
+        for name in self._host_only:  # compiled-kernel layouts stay behind
+            setattr(clone, name, None)
         clone.xp = xp
         return clone
 
@@ -251,6 +258,7 @@ class DensePointSet(_OnDevice):
     """The shared point set, every query meeting every point (exact, O(n) per query)."""
 
     _arrays = ("points", "weights")
+    _host_only = ("_packed",)
 
     def __init__(
         self, points: Any, weights: Any | None, kernel: str, xp: ModuleType, block_bytes: int
@@ -294,6 +302,7 @@ class GridPointSet(_OnDevice):
     """
 
     _arrays = ("points", "weights", "keys", "low", "high", "strides", "offsets")
+    _host_only = ("_columns", "_weights")
 
     def __init__(
         self, points: Any, weights: Any | None, kernel: str, xp: ModuleType, block_bytes: int
@@ -318,16 +327,65 @@ class GridPointSet(_OnDevice):
         self.weights = None if weights is None else weights[order]
         offsets = np.array(list(itertools.product((-1, 0, 1), repeat=n_dims)), dtype=np.int64)
         self.offsets = xp.asarray(offsets @ strides)
+        self._columns: Any = None  # the compiled kernel's layout (NumPy)
+        if _compiled_available(kernel, xp) and len(self.points):
+            from . import compiled
+
+            scale = compiled.GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
+            self._columns = np.ascontiguousarray(self.points.T * scale)
+            self._weights = (
+                np.ones(len(self.points)) if self.weights is None else self.weights.astype(float)
+            )
 
     def shift(self, queries: Any) -> tuple[Any, Any]:
         """One mean shift step of ``queries`` against their neighbouring cells."""
+        if self._columns is None:
+            return self._shift_by_neighbourhood(queries)
+        return self._shift_compiled(queries)
+
+    def _query_cells(self, queries: Any) -> tuple[Any, Any]:
+        """Rows of the queries inside the padded grid, and their cell keys."""
         xp = self.xp
-        shifted = queries.copy()
-        density = xp.zeros(queries.shape[0], dtype=queries.dtype)
         cells = xp.floor(queries / self.radius).astype(xp.int64)
         inside = ((cells > self.low) & (cells < self.high)).all(axis=1)
         rows = xp.flatnonzero(inside)
-        keys = ((cells[rows] - self.low) * self.strides).sum(axis=1)
+        return rows, ((cells[rows] - self.low) * self.strides).sum(axis=1)
+
+    def _shift_compiled(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The compiled path: each query cell's neighbours as runs of the sorted points.
+
+        The 3 cells adjacent along the last dimension have consecutive keys, so
+        their points form one run: 3^(d-1) runs per query cell.
+        """
+        from . import compiled
+
+        shifted = queries.copy()
+        density = np.zeros(queries.shape[0], dtype=queries.dtype)
+        rows, keys = self._query_cells(queries)
+        if len(rows) == 0:
+            return shifted, density
+        unique, cell = np.unique(keys, return_inverse=True)
+        wanted = unique[:, None] + self.offsets[None, :]
+        lo = np.searchsorted(self.keys, wanted[:, 0::3], side="left")
+        hi = np.searchsorted(self.keys, wanted[:, 2::3], side="right")
+        scale = compiled.GAUSSIAN_SCALE if self.kernel == "gaussian" else 1.0
+        local = queries[rows]
+        offsets, dens, floored = compiled.shift_spans(
+            local * scale, self._columns, self._weights, lo, hi, cell.ravel(), self.kernel
+        )
+        shifted[rows] = local + offsets / scale
+        density[rows] = dens
+        if floored.any():  # nothing within 9.4 bandwidths: the exact array path decides
+            again = rows[floored]
+            shifted[again], density[again] = self._shift_by_neighbourhood(queries[again])
+        return shifted, density
+
+    def _shift_by_neighbourhood(self, queries: Any) -> tuple[Any, Any]:
+        """The array path (NumPy or CuPy): one shift call per occupied query cell."""
+        xp = self.xp
+        shifted = queries.copy()
+        density = xp.zeros(queries.shape[0], dtype=queries.dtype)
+        rows, keys = self._query_cells(queries)
         order = xp.argsort(keys, kind="stable")
         rows, keys = rows[order], keys[order]
         unique, starts = xp.unique(keys, return_index=True)

@@ -216,3 +216,33 @@ def test_wide_vector_preference_can_be_turned_off():
     assert run(MEANSHIFT_WIDE_VECTORS="0") == ["False", "False"]
     wide, features_set = run()
     assert wide == features_set  # set exactly when the CPU has AVX-512
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "flat", "epanechnikov"])
+@pytest.mark.parametrize("dims", [2, 3, 5])
+def test_compiled_grid_matches_the_array_grid(kernel, dims):
+    # far from the origin too: differences are taken in float64 before rounding
+    rng = np.random.default_rng(dims)
+    points = rng.normal(0, 3, (4000, dims)) + 1e5
+    weights = rng.uniform(0.5, 2, 4000)
+    queries = np.concatenate([points[:500], rng.normal(0, 4, (100, dims)) + 1e5])
+    grid = GridPointSet(points, weights, kernel, np, 2**24)
+    assert grid._columns is not None  # the compiled layout exists for NumPy point sets
+    compiled_step = grid.shift(queries)
+    array_step = grid._shift_by_neighbourhood(queries)
+    np.testing.assert_allclose(compiled_step[0], array_step[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(compiled_step[1], array_step[1], rtol=1e-5, atol=1e-12)
+
+
+def test_compiled_grid_redoes_queries_that_only_see_floored_weights():
+    # Gaussian grid cells are 5 bandwidths wide: the query at (0, 14.9) meets both blobs,
+    # A at 9.5 and B at 9.9 bandwidths, every weight below the compiled floor
+    rng = np.random.default_rng(2)
+    blob_a = rng.normal([0.0, 5.4], 0.03, (300, 2))
+    blob_b = rng.normal([9.9, 14.9], 0.03, (300, 2))
+    grid = GridPointSet(np.concatenate([blob_a, blob_b]), None, "gaussian", np, 2**20)
+    queries = np.array([[0.0, 14.9]])
+    shifted, density = grid.shift(queries)
+    expected, expected_density = grid._shift_by_neighbourhood(queries)
+    np.testing.assert_allclose(shifted, expected, atol=1e-6)
+    assert shifted[0, 0] < 1.0  # towards the nearer blob A, not to the middle of both
