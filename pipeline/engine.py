@@ -994,37 +994,63 @@ def _tree_reduce(parts: list[Any], combine: Callable[..., Any], split_every: int
     return parts[0]
 
 
+DENSE_TABLE_MIN_CELLS = 2**20
+DENSE_TABLE_CELLS_PER_KEY = 8
+"""A cell table indexes its whole bounding box directly when the box has at most
+``DENSE_TABLE_MIN_CELLS`` cells, or this many per occupied cell; binary search otherwise."""
+
+
 @dataclass(frozen=True)
 class _CellTable:
-    """Occupied cells numbered by a linear key, to find a point's cell by binary search."""
+    """Occupied cells numbered by a linear key over their bounding box, to find a
+    point's cell: a direct index of the box when it is small, binary search otherwise."""
 
     cell: float
     low: np.ndarray
+    extent: np.ndarray
     strides: np.ndarray
     linear: np.ndarray  # sorted linear keys of the cells
     order: np.ndarray  # cell index of each sorted key
+    dense: np.ndarray | None  # cell index at each linear key of the box (-1: empty)
 
     @classmethod
     def build(cls, keys: np.ndarray, cell: float) -> _CellTable:
         low = keys.min(axis=0)
         extent = keys.max(axis=0) - low + 1
-        if float(np.prod(extent.astype(float))) >= 2.0**62:
+        total = float(np.prod(extent.astype(float)))
+        if total >= 2.0**62:
             raise ParameterError(
                 "too many cells for the binned method; use method 'grid' or 'exact'"
             )
         strides = row_major_strides(extent)
         linear = ((keys - low) * strides).sum(axis=1)
         order = np.argsort(linear)
-        return cls(cell, low, strides, linear[order], order)
+        dense = None
+        if total <= max(DENSE_TABLE_MIN_CELLS, DENSE_TABLE_CELLS_PER_KEY * len(keys)):
+            dense = np.full(int(total), -1, dtype=np.int64)
+            dense[linear] = np.arange(len(keys))
+        return cls(cell, low, extent, strides, linear[order], order, dense)
 
     def lookup(self, block: np.ndarray) -> np.ndarray:
         """Cell index of each point of a chunk (every point lies in an occupied cell)."""
-        keys = np.floor(np.asarray(block, dtype=np.float64) / self.cell).astype(np.int64)
-        linear = ((keys - self.low) * self.strides).sum(axis=1)
-        index = np.minimum(np.searchsorted(self.linear, linear), len(self.linear) - 1)
-        if not np.array_equal(self.linear[index], linear):
+        block = np.asarray(block)
+        linear = np.zeros(len(block), dtype=np.int64)
+        inside = np.ones(len(block), dtype=bool)
+        for k in range(block.shape[1]):  # column by column: no (m, d) temporaries
+            coordinate = block[:, k].astype(np.float64)  # as the binning pass rounds it
+            column = np.floor(coordinate / self.cell).astype(np.int64) - self.low[k]
+            inside &= (column >= 0) & (column < self.extent[k])
+            linear += column * self.strides[k]
+        if self.dense is not None:
+            index = self.dense[np.where(inside, linear, 0)]
+            found = inside & (index >= 0)
+        else:
+            at = np.minimum(np.searchsorted(self.linear, linear), len(self.linear) - 1)
+            found = inside & (self.linear[at] == linear)
+            index = self.order[at]
+        if not found.all():
             raise InputDataError("the input changed between the binning and labelling passes")
-        return self.order[index]
+        return index
 
 
 def _cell_values_block(block: np.ndarray, table: _CellTable, values: np.ndarray) -> np.ndarray:
