@@ -34,6 +34,7 @@ from .backend import get_namespace, resolve_backend, to_host
 from .bandwidth import estimate_bandwidth
 from .errors import InputDataError, ParameterError
 from .kernels import DensePointSet, GridPointSet, PointSet, converge_seeds, row_major_strides
+from .naming import task_name
 from .params import EXACT_MAX_POINTS, GRID_MAX_DIMS, MeanShiftParams, resolve_method
 from .seeding import bin_seeds
 
@@ -103,8 +104,9 @@ def _stack(*blocks: np.ndarray) -> np.ndarray:
 
 def _share(array: da.Array) -> Any:
     """One graph node holding the whole array, fetched once by each worker that needs it."""
-    name = "meanshift-shared-" + dask.base.tokenize(array)
-    return dask.delayed(_stack, name=name, pure=True)(*array.to_delayed().ravel())
+    return dask.delayed(_stack, name=task_name("shared", array), pure=True)(
+        *array.to_delayed().ravel()
+    )
 
 
 def _build_point_set(
@@ -121,10 +123,14 @@ def _build_point_set(
 
 def _share_point_set(array: da.Array, weights: Any, method: str, params: MeanShiftParams) -> Any:
     """The shared point set as one graph node: built once per computation, fetched by workers."""
-    name = f"meanshift-{method}-set-" + dask.base.tokenize(array, weights, method, params)
+    name = task_name(f"{method}set", array, weights, method, params)
     return dask.delayed(_build_point_set, name=name, pure=True)(
         method, params.kernel, params.block_bytes, weights, *array.to_delayed().ravel()
     )
+
+
+def _as_float64(block: np.ndarray) -> np.ndarray:
+    return np.asarray(block, dtype=np.float64)
 
 
 def _summary_block(block: np.ndarray) -> np.ndarray:
@@ -273,9 +279,14 @@ def _bounds(summaries: np.ndarray, n: int) -> tuple[np.ndarray, float]:
 def _prepare(points: da.Array, weights: da.Array | None) -> _Prepared:
     """Read the points once (kept in worker memory as float64) and check their values."""
     n, d = points.shape
-    points = points.astype(np.float64).persist()
+    points = points.map_blocks(
+        _as_float64, dtype=np.float64, name=task_name("read", points)
+    ).persist()
     summary = points.map_blocks(
-        _summary_block, chunks=((1,) * points.numblocks[0], (2 * d + 1,)), dtype=np.float64
+        _summary_block,
+        chunks=((1,) * points.numblocks[0], (2 * d + 1,)),
+        dtype=np.float64,
+        name=task_name("check", points),
     ).compute()
     origin, span = _bounds(summary, n)
     if weights is not None:
@@ -403,7 +414,7 @@ def _blurring(
             backend,
             chunks=(positions.chunks[0], (d + 2,)),
             dtype=np.float64,
-            name=f"meanshift-blur-{iteration}-" + dask.base.tokenize(positions, params),
+            name=task_name("blur", iteration, positions, params),
         )
         stats = new.map_blocks(
             _iteration_stats,
@@ -411,6 +422,7 @@ def _blurring(
             params.tol,
             chunks=((1,) * new.numblocks[0], (len(ENTROPY_BINS) + 1,)),
             dtype=np.float64,
+            name=task_name("stats", new),
         )
         new, stats = dask.persist(new, stats)  # one graph per iteration
         state, positions = new, new[:, :d]
@@ -437,7 +449,7 @@ def _standard(
         backend,
         chunks=(seeds.chunks[0], (d + 3,)),
         dtype=np.float64,
-        name="meanshift-converge-" + dask.base.tokenize(seeds, z, params),
+        name=task_name("converge", seeds, z, params),
     ).persist()
     n_iter, all_converged = dask.compute(state[:, d + 1].max(), state[:, d + 2].min())
     return _standard_result(state, n_iter, all_converged, params)
@@ -467,7 +479,10 @@ def _seed_array(
     if seeds is None:
         return None
     d = z.shape[1]
-    return da.from_array((seeds - data.origin) / bandwidth, chunks=(_seed_chunks(len(seeds), z), d))
+    seeds = (seeds - data.origin) / bandwidth
+    return da.from_array(
+        seeds, chunks=(_seed_chunks(len(seeds), z), d), name=task_name("seeds", seeds)
+    )
 
 
 def _seeds_in_data_units(
@@ -509,7 +524,10 @@ def _find_centers(state: da.Array, d: int, params: MeanShiftParams, bandwidth: f
     """Merge converged modes into centres (bandwidth units, canonical order)."""
     cell = max(params.tol, 1e-9)
     parts = dask.compute(
-        *[dask.delayed(_candidates_block)(block, d, cell) for block in state.to_delayed().ravel()]
+        *[
+            dask.delayed(_candidates_block, name=task_name("candidates", i, block))(block, d, cell)
+            for i, block in enumerate(state.to_delayed().ravel())
+        ]
     )
     return _merge_candidates(list(parts), params, bandwidth)
 
@@ -543,6 +561,7 @@ def _label(
         params.block_bytes,
         drop_axis=1,
         dtype=np.int32,
+        name=task_name("label", queries, z, centers, params),
     ).persist()
     return _number_by_size(raw, weights, centers)
 
@@ -560,9 +579,13 @@ def _number_by_size(
         chunks=((1,) * raw.numblocks[0], (k,)),
         new_axis=1,
         dtype=np.float64,
+        name=task_name("sizes", raw, weights),
     )
-    renumber, centers, sizes = _size_numbering(np.asarray(counted.sum(axis=0).compute()), centers)
-    labels = raw.map_blocks(_renumber_block, renumber, dtype=np.int32)
+    summed = np.asarray(counted.compute()).sum(axis=0)
+    renumber, centers, sizes = _size_numbering(summed, centers)
+    labels = raw.map_blocks(
+        _renumber_block, renumber, dtype=np.int32, name=task_name("number", raw, renumber)
+    )
     return labels, centers, sizes
 
 
@@ -624,12 +647,19 @@ def mean_shift(
             return _mean_shift_in_memory(
                 points, params, method, seeds, weights, progress, n_threads
             )
-        points = da.from_array(points, chunks=(rows_per_chunk(len(points)), points.shape[1]))
+        points = da.from_array(
+            points,
+            chunks=(rows_per_chunk(len(points)), points.shape[1]),
+            name=task_name("input", points),
+        )
     _check_shape(points, weights)
     if points.numblocks[1] != 1:
         points = points.rechunk({1: -1})
     if weights is not None and not isinstance(weights, da.Array):
-        weights = da.from_array(np.asarray(weights), chunks=(points.chunks[0],))
+        weights = np.asarray(weights)
+        weights = da.from_array(
+            weights, chunks=(points.chunks[0],), name=task_name("weights", weights)
+        )
     method = resolve_method(*points.shape, params)
     if method == "binned":
         return _binned(points, params, seeds, weights, progress)
@@ -656,7 +686,13 @@ def _mean_shift_points(
     timings["bandwidth_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    z = data.points.map_blocks(_normalise_block, data.origin, bandwidth, dtype=np.float64)
+    z = data.points.map_blocks(
+        _normalise_block,
+        data.origin,
+        bandwidth,
+        dtype=np.float64,
+        name=task_name("normalise", data.points, data.origin, bandwidth),
+    )
     z = z.persist()
     shared_weights = None if data.weights is None else _share(data.weights).persist()
     if params.blurring:
@@ -675,7 +711,7 @@ def _mean_shift_points(
     centers = _find_centers(iterated.state, d, params, bandwidth)
     if not params.blurring:
         point_set = _share_point_set(z, shared_weights, method, params)
-        centers = dask.delayed(_polish_centers)(
+        centers = dask.delayed(_polish_centers, name=task_name("polish", centers, point_set))(
             centers, point_set, params.max_iter, backend
         ).compute()
     timings["merge_s"] = time.perf_counter() - clock
@@ -986,8 +1022,7 @@ def _tree_reduce(parts: list[Any], combine: Callable[..., Any], split_every: int
         parts = [
             dask.delayed(
                 combine,
-                name=f"meanshift-bins-{level}-{i}-"
-                + dask.base.tokenize(*parts[i : i + split_every]),
+                name=task_name("combine", level, i, *parts[i : i + split_every]),
             )(*parts[i : i + split_every])
             for i in range(0, len(parts), split_every)
         ]
@@ -1053,6 +1088,11 @@ class _CellTable:
         return index
 
 
+def _shared_value(value: Any, stage: str) -> Any:
+    """``value`` as one named graph key (sent once to each worker that needs it)."""
+    return dask.delayed(value, pure=True, traverse=False, name=task_name(stage, value))
+
+
 def _cell_values_block(block: np.ndarray, table: _CellTable, values: np.ndarray) -> np.ndarray:
     """Per point, the value of its cell (a label, or a mode row)."""
     return values[table.lookup(block)]
@@ -1102,7 +1142,7 @@ def _binned(
     blocks = points.to_delayed().ravel()
     weight_blocks = [None] * len(blocks) if weights is None else list(weights.to_delayed().ravel())
     parts = [
-        dask.delayed(_bin_block)(block, w, cell)
+        dask.delayed(_bin_block, name=task_name("bin", block, w, cell))(block, w, cell)
         for block, w in zip(blocks, weight_blocks, strict=True)
     ]
     bad, low, high, keys, counts, sums = _tree_reduce(parts, _combine_bins).compute()
@@ -1134,11 +1174,11 @@ def _binned(
     else:
         rows = max(1, -(-len(centroids) // max(1, points.numblocks[0])))
         inner = _mean_shift_points(
-            da.from_array(centroids, chunks=(rows, d)),
+            da.from_array(centroids, chunks=(rows, d), name=task_name("cells", centroids)),
             inner_params,
             inner_method,
             seeds,
-            da.from_array(counts, chunks=(rows,)),
+            da.from_array(counts, chunks=(rows,), name=task_name("counts", counts)),
             progress,
         )
     cell_labels = np.asarray(inner.labels)
@@ -1148,14 +1188,15 @@ def _binned(
 
     clock = time.perf_counter()
     by_cell = params.labels_from_modes("binned") and seeds_are_cells
-    table = dask.delayed(table, pure=True, traverse=False)  # one graph key, fetched once per worker
+    table = _shared_value(table, "celltable")  # one graph key, fetched once per worker
     if by_cell and params.cluster_all:
         labels = points.map_blocks(
             _cell_values_block,
             table,
-            dask.delayed(cell_labels, pure=True, traverse=False),
+            _shared_value(cell_labels, "celllabels"),
             drop_axis=1,
             meta=np.empty(0, dtype=np.int32),
+            name=task_name("label", points, table),
         )
         centers, sizes = inner.centers, inner.sizes
     else:
@@ -1164,7 +1205,7 @@ def _binned(
         raw = points.map_blocks(
             _point_labels_block,
             table if by_cell else None,
-            dask.delayed(cell_modes, pure=True, traverse=False) if by_cell else None,
+            _shared_value(cell_modes, "cellmodes") if by_cell else None,
             origin,
             bandwidth,
             centers_z,
@@ -1173,6 +1214,7 @@ def _binned(
             params.block_bytes,
             drop_axis=1,
             meta=np.empty(0, dtype=np.int32),
+            name=task_name("label", points, table, centers_z, params),
         )
         labels, centers, sizes = _number_by_size(raw, weights, inner.centers)
 
@@ -1181,8 +1223,9 @@ def _binned(
         modes = points.map_blocks(
             _cell_values_block,
             table,
-            dask.delayed(cell_modes, pure=True, traverse=False),
+            _shared_value(cell_modes, "cellmodes"),
             meta=np.empty((0, 0), dtype=np.float64),
+            name=task_name("modes", points, table),
         )
     timings["label_s"] += time.perf_counter() - clock
     return MeanShiftResult(

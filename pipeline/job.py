@@ -14,6 +14,7 @@ import numpy as np
 from . import store
 from .cluster import dask_client
 from .engine import MeanShiftResult, ProgressCallback, mean_shift
+from .naming import job_tag
 from .params import MeanShiftParams
 from .worker import warm_up
 
@@ -74,6 +75,12 @@ def result_attributes(
     }
 
 
+def default_job_name(output_url: str) -> str:
+    """A job's name from its output: the last path element without its extension."""
+    last = output_url.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+    return last.rsplit(".", 1)[0] or "meanshift"
+
+
 def run_job(
     input_url: str,
     output_url: str,
@@ -89,6 +96,7 @@ def run_job(
     dashboard: bool = False,
     on_cluster_ready: Any = None,
     connect_timeout: float = 30.0,
+    name: str | None = None,
 ) -> JobReport:
     """Cluster a Zarr point set and write the result to a Zarr group.
 
@@ -118,6 +126,9 @@ def run_job(
         Called with the ``distributed.Client`` once connected.
     connect_timeout : float
         Seconds to wait for ``scheduler``.
+    name : str, optional
+        Prefix of the job's task names on the dashboard (default: the output's folder
+        name without extension).
     """
     opened = time.perf_counter()
     source = store.open_points(input_url, array, storage_options)
@@ -133,11 +144,12 @@ def run_job(
             link = client.dashboard_link if dashboard else None
             if on_cluster_ready is not None:
                 on_cluster_ready(client)
-            result = mean_shift(store.points_as_dask(source), params, progress=progress)
-            clock = time.perf_counter()
-            store.write_per_point(group, "labels", result.labels, source.row_chunk)
-            if write_modes and result.modes is not None:
-                store.write_per_point(group, "modes", result.modes, source.row_chunk)
+            with job_tag(name or default_job_name(output_url)):
+                result = mean_shift(store.points_as_dask(source), params, progress=progress)
+                clock = time.perf_counter()
+                store.write_per_point(group, "labels", result.labels, source.row_chunk)
+                if write_modes and result.modes is not None:
+                    store.write_per_point(group, "modes", result.modes, source.row_chunk)
             timings = dict(result.timings)
             timings["write_s"] = time.perf_counter() - clock
             timings["cluster_start_s"] = cluster_start  # includes loading this process's kernels

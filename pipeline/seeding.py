@@ -8,6 +8,8 @@ import dask
 import dask.array as da
 import numpy as np
 
+from .naming import task_name
+
 
 def bin_counts(
     block: np.ndarray, bin_size: float, weights: np.ndarray | None = None
@@ -65,7 +67,9 @@ def bin_seeds(
     weight_blocks = [None] * len(blocks) if weights is None else weights.to_delayed().ravel()
     parts = dask.compute(
         *[
-            dask.delayed(bin_counts)(block, bin_size, w)
+            dask.delayed(bin_counts, name=task_name("seedbins", block, bin_size, w))(
+                block, bin_size, w
+            )
             for block, w in zip(blocks, weight_blocks, strict=True)
         ]
     )

@@ -25,6 +25,7 @@ import zarr
 import zarr.errors
 
 from .errors import InputDataError, OutputError
+from .naming import task_name
 
 STATUS_RUNNING = "running"
 STATUS_COMPLETE = "complete"
@@ -117,7 +118,8 @@ def points_as_dask(info: InputInfo) -> da.Array:
     """The input as a dask array: whole Zarr chunks (or shards) of rows per block, all columns."""
     n, d = info.array.shape
     rows = rows_per_task(n, d, info.row_chunk)
-    return da.from_array(info.array, chunks=(rows, d), lock=False, asarray=True)
+    name = task_name("read", info.url, info.name, info.array.shape, info.array.dtype.str, rows)
+    return da.from_array(info.array, chunks=(rows, d), lock=False, asarray=True, name=name)
 
 
 def existing_attributes(url: str) -> dict[str, Any] | None:
@@ -196,7 +198,7 @@ def create_output(
 
 
 def write_per_point(group: zarr.Group, name: str, values: da.Array, row_chunk: int) -> None:
-    """Write a per-point dask array into the group (created if absent).
+    """Write a per-point dask array into the group (created if absent), one task per block.
 
     Dask chunks must cover whole Zarr chunks, so no two tasks write the same chunk;
     values whose chunks do not are rechunked to the Zarr chunks first.
@@ -210,7 +212,22 @@ def write_per_point(group: zarr.Group, name: str, values: da.Array, row_chunk: i
     size = target.chunks[0]
     if any(rows % size for rows in values.chunks[0][:-1]):
         values = values.rechunk({0: size})
-    da.store(values, target, lock=False)
+    written = values.map_blocks(
+        _write_block,
+        target,
+        chunks=((1,) * values.numblocks[0],),
+        drop_axis=list(range(1, values.ndim)),
+        dtype=np.int64,
+        name=task_name(f"write{name}", values, str(target.store_path)),
+    )
+    written.compute()
+
+
+def _write_block(block: np.ndarray, target: zarr.Array, block_info: Any = None) -> np.ndarray:
+    """Store one block at its rows of ``target``; returns the number of rows written."""
+    start, stop = block_info[0]["array-location"][0]
+    target[start:stop] = block
+    return np.array([stop - start])
 
 
 def write_summary(
