@@ -159,9 +159,22 @@ def _run_options(func: Any) -> Any:
             help="Workers of the embedded cluster [default: one per core, at most 8].",
         ),
         click.option(
-            "--dashboard",
-            is_flag=True,
-            help="Print the Dask dashboard address (embedded clusters use a free port).",
+            "--tls-ca-file",
+            default=None,
+            metavar="FILE",
+            help="CA certificate for a tls:// scheduler (or Dask config distributed.comm.tls).",
+        ),
+        click.option("--tls-cert", default=None, metavar="FILE", help="Client certificate."),
+        click.option(
+            "--tls-key",
+            default=None,
+            metavar="FILE",
+            help="Client private key (if not in the cert).",
+        ),
+        click.option(
+            "--name",
+            default=None,
+            help="Job name, the prefix of its task names on the dashboard [default: output name].",
         ),
         click.option(
             "--quiet", "-q", is_flag=True, help="No progress bar or summary; errors only."
@@ -181,10 +194,14 @@ def _execute(
     quiet: bool,
     scheduler: str | None,
     n_workers: int | None,
-    dashboard: bool,
     connect_timeout: float = 30.0,
+    tls_ca_file: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    name: str | None = None,
     **values: Any,
 ):
+    from .cluster import tls_security
     from .job import run_job
 
     if isinstance(values.get("bandwidth"), str):
@@ -209,8 +226,10 @@ def _execute(
             bar.update(1)
             bar.set_postfix(max_shift=f"{shift:.3g}", moving=moving)
 
+    security = tls_security(tls_ca_file, tls_cert, tls_key)
+
     def announce(client: Any) -> None:
-        if not quiet and dashboard:
+        if not quiet:
             click.echo(f"dashboard: {client.dashboard_link}", err=True)
 
     try:
@@ -224,9 +243,11 @@ def _execute(
             overwrite=overwrite,
             write_modes=modes,
             progress=progress,
-            dashboard=dashboard,
+            dashboard=not quiet,
             on_cluster_ready=announce,
             connect_timeout=connect_timeout,
+            name=name,
+            security=security,
         )
     finally:
         if bar is not None:
@@ -330,7 +351,7 @@ def demo(output_dir: str | None, plot_path: str, n_workers: int, seed: int, quie
             quiet,
             None,
             n_workers,
-            False,
+            name="seed_demo",
             bandwidth=2.5,
             kernel="gaussian",
             blurring=True,

@@ -8,8 +8,39 @@ import os
 from collections.abc import Iterator
 
 from distributed import Client, LocalCluster
+from distributed.security import Security
 
-from .errors import ClusterError
+from .errors import ClusterError, ParameterError
+
+
+def tls_security(
+    ca_file: str | None, cert_file: str | None, key_file: str | None
+) -> Security | None:
+    """Dask TLS settings from certificate files (None: none given, Dask's config applies).
+
+    Parameters
+    ----------
+    ca_file : str
+        Certificate authority that signed the scheduler's and workers' certificates.
+    cert_file, key_file : str
+        This client's certificate and private key (the key may sit in ``cert_file``).
+    """
+    given = {"CA": ca_file, "certificate": cert_file, "key": key_file}
+    if not any(given.values()):
+        return None
+    if ca_file is None or cert_file is None:
+        raise ParameterError(
+            "TLS needs at least a CA file and a certificate (--tls-ca-file, --tls-cert)"
+        )
+    for what, path in given.items():
+        if path is not None and not os.path.isfile(path):
+            raise ParameterError(f"TLS {what} file not found: {path}")
+    return Security(
+        tls_ca_file=ca_file,
+        tls_client_cert=cert_file,
+        tls_client_key=key_file,
+        require_encryption=True,
+    )
 
 
 def default_workers() -> int:
@@ -24,6 +55,7 @@ def dask_client(
     threads_per_worker: int = 1,
     processes: bool = True,
     timeout: float = 30.0,
+    security: Security | None = None,
 ) -> Iterator[Client]:
     """A Dask client for the duration of a job.
 
@@ -39,12 +71,23 @@ def dask_client(
         Embedded workers as processes (True) or threads of this process.
     timeout : float
         Seconds to wait for a remote scheduler.
+    security : distributed.security.Security, optional
+        TLS settings for a remote scheduler (default: Dask's configuration,
+        ``distributed.comm.tls.*``).
     """
     if scheduler is not None:
+        if scheduler.startswith("tls://"):
+            settings = security or Security()  # default: Dask's distributed.comm.tls config
+            if settings.get_connection_args("client").get("ssl_context") is None:
+                raise ClusterError(
+                    f"{scheduler} needs TLS: give --tls-ca-file and --tls-cert "
+                    "(or set distributed.comm.tls in the Dask config)"
+                )
         try:
-            client = Client(scheduler, timeout=timeout, set_as_default=True)
+            client = Client(scheduler, timeout=timeout, set_as_default=True, security=security)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise ClusterError(f"cannot reach Dask scheduler {scheduler}: {exc}") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ClusterError(f"cannot reach Dask scheduler {scheduler}: {reason}") from None
         with client:
             yield client
         return

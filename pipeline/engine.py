@@ -104,8 +104,8 @@ def _stack(*blocks: np.ndarray) -> np.ndarray:
 
 def _share(array: da.Array) -> Any:
     """One graph node holding the whole array, fetched once by each worker that needs it."""
-    return dask.delayed(_stack, name=task_name("shared", array), pure=True)(
-        *array.to_delayed().ravel()
+    return dask.delayed(_stack, pure=True)(
+        *array.to_delayed().ravel(), dask_key_name=task_name("shared", array)
     )
 
 
@@ -123,10 +123,11 @@ def _build_point_set(
 
 def _share_point_set(array: da.Array, weights: Any, method: str, params: MeanShiftParams) -> Any:
     """The shared point set as one graph node: built once per computation, fetched by workers."""
-    name = task_name(f"{method}set", array, weights, method, params)
-    return dask.delayed(_build_point_set, name=name, pure=True)(
-        method, params.kernel, params.block_bytes, weights, *array.to_delayed().ravel()
-    )
+    name = task_name("pointset", array, weights, method, params)
+    return dask.delayed(_build_point_set, pure=True)(
+        method, params.kernel, params.block_bytes, weights, *array.to_delayed().ravel(),
+        dask_key_name=name,
+    )  # fmt: skip
 
 
 def _as_float64(block: np.ndarray) -> np.ndarray:
@@ -449,7 +450,7 @@ def _standard(
         backend,
         chunks=(seeds.chunks[0], (d + 3,)),
         dtype=np.float64,
-        name=task_name("converge", seeds, z, params),
+        name=task_name("standard", seeds, z, params),
     ).persist()
     n_iter, all_converged = dask.compute(state[:, d + 1].max(), state[:, d + 2].min())
     return _standard_result(state, n_iter, all_converged, params)
@@ -525,7 +526,9 @@ def _find_centers(state: da.Array, d: int, params: MeanShiftParams, bandwidth: f
     cell = max(params.tol, 1e-9)
     parts = dask.compute(
         *[
-            dask.delayed(_candidates_block, name=task_name("candidates", i, block))(block, d, cell)
+            dask.delayed(_candidates_block)(
+                block, d, cell, dask_key_name=task_name("candidates", i, block)
+            )
             for i, block in enumerate(state.to_delayed().ravel())
         ]
     )
@@ -711,8 +714,12 @@ def _mean_shift_points(
     centers = _find_centers(iterated.state, d, params, bandwidth)
     if not params.blurring:
         point_set = _share_point_set(z, shared_weights, method, params)
-        centers = dask.delayed(_polish_centers, name=task_name("polish", centers, point_set))(
-            centers, point_set, params.max_iter, backend
+        centers = dask.delayed(_polish_centers)(
+            centers,
+            point_set,
+            params.max_iter,
+            backend,
+            dask_key_name=task_name("polish", centers, point_set),
         ).compute()
     timings["merge_s"] = time.perf_counter() - clock
 
@@ -1020,10 +1027,10 @@ def _tree_reduce(parts: list[Any], combine: Callable[..., Any], split_every: int
     while len(parts) > 1:
         level += 1
         parts = [
-            dask.delayed(
-                combine,
-                name=task_name("combine", level, i, *parts[i : i + split_every]),
-            )(*parts[i : i + split_every])
+            dask.delayed(combine)(
+                *parts[i : i + split_every],
+                dask_key_name=task_name("combine", level, i, *parts[i : i + split_every]),
+            )
             for i in range(0, len(parts), split_every)
         ]
     return parts[0]
@@ -1142,7 +1149,7 @@ def _binned(
     blocks = points.to_delayed().ravel()
     weight_blocks = [None] * len(blocks) if weights is None else list(weights.to_delayed().ravel())
     parts = [
-        dask.delayed(_bin_block, name=task_name("bin", block, w, cell))(block, w, cell)
+        dask.delayed(_bin_block)(block, w, cell, dask_key_name=task_name("bin", block, w, cell))
         for block, w in zip(blocks, weight_blocks, strict=True)
     ]
     bad, low, high, keys, counts, sums = _tree_reduce(parts, _combine_bins).compute()

@@ -97,6 +97,7 @@ def run_job(
     on_cluster_ready: Any = None,
     connect_timeout: float = 30.0,
     name: str | None = None,
+    security: Any = None,
 ) -> JobReport:
     """Cluster a Zarr point set and write the result to a Zarr group.
 
@@ -129,6 +130,8 @@ def run_job(
     name : str, optional
         Prefix of the job's task names on the dashboard (default: the output's folder
         name without extension).
+    security : distributed.security.Security, optional
+        TLS settings for ``scheduler`` (see :func:`pipeline.cluster.tls_security`).
     """
     opened = time.perf_counter()
     source = store.open_points(input_url, array, storage_options)
@@ -138,7 +141,9 @@ def run_job(
         before_cluster = time.perf_counter()
         warming = threading.Thread(target=warm_up, daemon=True)  # while the cluster starts
         warming.start()
-        with dask_client(scheduler, n_workers, timeout=connect_timeout) as client:
+        with dask_client(
+            scheduler, n_workers, timeout=connect_timeout, security=security
+        ) as client:
             warming.join()
             cluster_start = time.perf_counter() - before_cluster
             link = client.dashboard_link if dashboard else None

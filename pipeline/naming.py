@@ -43,6 +43,11 @@ def current_tag() -> str:
 
 
 def task_name(stage: str, *parts: Any) -> str:
-    """``<tag>-<stage>-<token of parts and tag>``: one key name per distinct input."""
+    """``<tag>-<stage>-<token of parts and tag>``: one key name per distinct input.
+
+    ``stage`` must be alphabetic and not 8 letters starting with a-f, which
+    ``key_split`` takes for a hash and drops from the prefix.
+    """
     tag = _tag.get()
     return f"{tag}-{stage}-{dask.base.tokenize(tag, *parts)}"
+

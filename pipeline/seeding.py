@@ -67,8 +67,8 @@ def bin_seeds(
     weight_blocks = [None] * len(blocks) if weights is None else weights.to_delayed().ravel()
     parts = dask.compute(
         *[
-            dask.delayed(bin_counts, name=task_name("seedbins", block, bin_size, w))(
-                block, bin_size, w
+            dask.delayed(bin_counts)(
+                block, bin_size, w, dask_key_name=task_name("seedbins", block, bin_size, w)
             )
             for block, w in zip(blocks, weight_blocks, strict=True)
         ]

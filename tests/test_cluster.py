@@ -1,0 +1,176 @@
+"""Jobs submitted to standing Dask clusters: a real `dask scheduler` and two `dask worker`
+processes on 127.0.0.1, over plain TCP and over TLS with certificates made here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from distributed import Client
+from sklearn.metrics import adjusted_rand_score
+
+from pipeline.cluster import tls_security
+from pipeline.engine import mean_shift
+from pipeline.params import make_params
+
+from .support import write_tls_files
+
+DASK = os.path.join(os.path.dirname(sys.executable), "dask")
+
+
+class StandingCluster:
+    """A scheduler and two single-threaded workers, each its own process."""
+
+    def __init__(self, folder: str, tls: tuple[str, str, str] | None = None) -> None:
+        self.tls = tls
+        self.tls_args = []
+        if tls is not None:
+            self.tls_args = ["--tls-ca-file", tls[0], "--tls-cert", tls[1], "--tls-key", tls[2]]
+        scheduler_file = os.path.join(folder, "scheduler.json")
+        protocol = ["--protocol", "tls"] if tls else []
+        self.processes = [
+            subprocess.Popen(
+                [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                 "--dashboard-address", "127.0.0.1:0", "--scheduler-file", scheduler_file,
+                 *protocol, *self.tls_args],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        ]  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not os.path.exists(scheduler_file) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)  # the file is written whole, but give the writer a moment
+        with open(scheduler_file) as handle:
+            self.address = json.load(handle)["address"]
+        for i in range(2):
+            self.processes.append(
+                subprocess.Popen(
+                    [DASK, "worker", self.address, "--nworkers", "1", "--nthreads", "1",
+                     "--no-dashboard", "--preload", "pipeline.worker",
+                     "--local-directory", os.path.join(folder, f"worker-{i}"), *self.tls_args],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        with self.client() as client:
+            client.wait_for_workers(2, timeout=120)
+
+    def client(self) -> Client:
+        security = None if self.tls is None else tls_security(*self.tls)
+        return Client(self.address, security=security, timeout=30)
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="module")
+def plain_cluster(tmp_path_factory):
+    cluster = StandingCluster(str(tmp_path_factory.mktemp("plain-cluster")))
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tls-cluster"))
+    cluster = StandingCluster(folder, tls=write_tls_files(folder))
+    yield cluster
+    cluster.close()
+
+
+def meanshift(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pipeline.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+JOBS = {  # name: (CLI options, the same parameters for the in-process reference)
+    "job_blur": (
+        ["--kernel", "gaussian", "--blurring", "--bandwidth", "2.5"],
+        dict(kernel="gaussian", blurring=True, bandwidth=2.5),
+    ),
+    "job_flat": (["--kernel", "flat", "--bandwidth", "3"], dict(kernel="flat", bandwidth=3.0)),
+    "job_binned": (
+        ["--kernel", "gaussian", "--method", "binned", "--bandwidth", "2.5"],
+        dict(kernel="gaussian", method="binned", bandwidth=2.5),
+    ),
+}
+STAGES = {"job_blur": "blur", "job_flat": "standard", "job_binned": "bin"}
+
+
+def test_concurrent_jobs_on_a_standing_cluster(plain_cluster, seed_store, seed_data, tmp_path):
+    points, truth, _ = seed_data
+    launched = {}
+    for name, (options, _) in JOBS.items():
+        out = str(tmp_path / f"{name}.zarr")
+        where = ["--scheduler", plain_cluster.address, "--name", name, "--quiet"]
+        command = [sys.executable, "-m", "pipeline.cli", "run", "-i", seed_store, "-o", out]
+        command += where + options
+        launched[name] = (out, subprocess.Popen(command, stderr=subprocess.PIPE, text=True))
+    for name, (out, process) in launched.items():
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        result = zarr.open_group(out, mode="r")
+        assert result.attrs["status"] == "complete"
+        labels = np.asarray(result["labels"][...])
+        # each output is its own job's: equal to the same parameters run in process
+        reference = mean_shift(points, make_params(**JOBS[name][1]))
+        np.testing.assert_array_equal(labels, np.asarray(reference.labels))
+        np.testing.assert_allclose(result["centers"][...], reference.centers, atol=1e-9)
+        assert adjusted_rand_score(truth, labels) >= 0.99
+    with plain_cluster.client() as client:
+        prefixes = client.run_on_scheduler(
+            lambda dask_scheduler: list(dask_scheduler.task_prefixes)
+        )
+    for name, stage in STAGES.items():
+        shown = " ".join(sorted(prefixes))
+        assert f"{name}-{stage}" in prefixes, shown  # each job recognisable on the dashboard
+        assert f"{name}-read" in prefixes  # workers read the input themselves
+
+
+def test_tls_cluster_runs_jobs_and_refuses_clients_without_the_certificate(
+    tls_cluster, seed_store, seed_data, tmp_path
+):
+    assert tls_cluster.address.startswith("tls://")
+    ca, cert, key = tls_cluster.tls
+    out = str(tmp_path / "tls.zarr")
+    options = ["--kernel", "gaussian", "--blurring", "--bandwidth", "2.5", "--quiet"]
+    tls = ["--tls-ca-file", ca, "--tls-cert", cert, "--tls-key", key]
+    done = meanshift(
+        "run", "-i", seed_store, "-o", out, "--scheduler", tls_cluster.address, *tls, *options
+    )
+    assert done.returncode == 0, done.stderr
+    labels = zarr.open_group(out, mode="r")["labels"][...]
+    assert adjusted_rand_score(seed_data[1], labels) >= 0.99
+
+    refused_out = str(tmp_path / "refused.zarr")
+    refused = meanshift("run", "-i", seed_store, "-o", refused_out, "--scheduler",
+                        tls_cluster.address, "--connect-timeout", "5", *options)  # fmt: skip
+    assert refused.returncode == 5
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs TLS" in lines[0], refused.stderr
+    assert zarr.open_group(refused_out, mode="r").attrs["status"] == "failed"
+
+
+def test_tls_cluster_refuses_a_certificate_from_another_authority(
+    tls_cluster, seed_store, tmp_path
+):
+    ca = tls_cluster.tls[0]
+    _, rogue_cert, rogue_key = write_tls_files(str(tmp_path))  # signed by a different CA
+    out = str(tmp_path / "rogue.zarr")
+    refused = meanshift("run", "-i", seed_store, "-o", out, "--scheduler", tls_cluster.address,
+                        "--tls-ca-file", ca, "--tls-cert", rogue_cert, "--tls-key", rogue_key,
+                        "--connect-timeout", "5", "--bandwidth", "2.5", "--quiet")  # fmt: skip
+    assert refused.returncode == 5
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach Dask scheduler" in lines[0], refused.stderr
