@@ -230,7 +230,7 @@ def _execute(
 
     def announce(client: Any) -> None:
         if not quiet:
-            click.echo(f"dashboard: {client.dashboard_link}", err=True)
+            click.echo(f"dashboard: {client.dashboard_link}")
 
     try:
         report = run_job(
