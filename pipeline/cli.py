@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .errors import PipelineError
-from .params import KERNELS, make_params
+from .params import KERNELS
 
 RULES = {"auto": "knn", "knn": "knn", "scott": "scott", "silverman": "silverman"}
 
@@ -153,6 +153,13 @@ def _run_options(func: Any) -> Any:
             help="Seconds to wait for --scheduler.",
         ),
         click.option(
+            "--cluster",
+            type=click.Choice(["local", "local-cuda"]),
+            default="local",
+            show_default=True,
+            help="Embedded cluster: CPU worker processes, or one worker per GPU (dask-cuda).",
+        ),
+        click.option(
             "--n-workers",
             default=None,
             type=click.IntRange(min=1),
@@ -186,27 +193,18 @@ def _run_options(func: Any) -> Any:
 
 
 def _execute(
-    input_url: str,
-    output: str,
-    array: str,
-    overwrite: bool,
-    modes: bool,
+    spec_file: str | None,
+    given: dict[str, Any],
     quiet: bool,
-    scheduler: str | None,
-    n_workers: int | None,
-    connect_timeout: float = 30.0,
-    tls_ca_file: str | None = None,
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
-    name: str | None = None,
-    **values: Any,
+    run_id: str | None = None,
+    skip_complete: bool = False,
 ):
-    from .cluster import tls_security
-    from .job import run_job
+    """Run one job from a spec file and/or command-line options (those the user gave)."""
+    from .spec import load_spec, make_run_id
+    from .workflow import run_spec, spec_with_options
 
-    if isinstance(values.get("bandwidth"), str):
-        values["bandwidth_rule"] = values.pop("bandwidth")
-    params = make_params(**values)
+    spec = spec_with_options(None if spec_file is None else load_spec(spec_file), given)
+    params = spec.mean_shift_params()
     bar = None
     progress = None
     if not quiet:
@@ -226,32 +224,25 @@ def _execute(
             bar.update(1)
             bar.set_postfix(max_shift=f"{shift:.3g}", moving=moving)
 
-    security = tls_security(tls_ca_file, tls_cert, tls_key)
-
     def announce(client: Any) -> None:
         if not quiet:
             click.echo(f"dashboard: {client.dashboard_link}")
 
     try:
-        report = run_job(
-            input_url,
-            output,
-            params,
-            array=array,
-            scheduler=scheduler,
-            n_workers=n_workers,
-            overwrite=overwrite,
-            write_modes=modes,
+        report = run_spec(
+            spec,
+            run_id,
             progress=progress,
-            dashboard=not quiet,
             on_cluster_ready=announce,
-            connect_timeout=connect_timeout,
-            name=name,
-            security=security,
+            dashboard=not quiet,
+            skip_complete=skip_complete,
         )
     finally:
         if bar is not None:
             bar.close()
+    if report is None:
+        click.echo(f"already complete: {spec.output_path(run_id or make_run_id())}")
+        return None
     if not quiet:
         click.echo(format_summary(report, params))
     return report
@@ -289,9 +280,22 @@ def format_summary(report: Any, params: Any) -> str:
 
 @cli.command()
 @click.option(
-    "--input", "-i", "input_url", required=True, help="Zarr group (or array) holding the points."
+    "--spec",
+    "spec_file",
+    default=None,
+    metavar="FILE",
+    help="Workflow spec (YAML); the options given here override its values.",
 )
-@click.option("--output", "-o", required=True, help="Zarr group to write the clusters to.")
+@click.option(
+    "--run-id",
+    default=None,
+    metavar="YYYYMMDDTHHMMSSZ",
+    help="Fills {run_id} and {date} in the output path [default: now, UTC].",
+)
+@click.option(
+    "--input", "-i", "input_url", default=None, help="Zarr group (or array) holding the points."
+)
+@click.option("--output", "-o", default=None, help="Zarr group to write the clusters to.")
 @click.option(
     "--array",
     default="points",
@@ -300,12 +304,120 @@ def format_summary(report: Any, params: Any) -> str:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--modes", is_flag=True, help="Also write where every point converged.")
+@click.option(
+    "--skip-complete",
+    is_flag=True,
+    help="Leave a complete output alone (exit 0); replace a partial or failed one.",
+)
 @_run_options
+@click.pass_context
 def run(
-    input_url: str, output: str, array: str, overwrite: bool, modes: bool, **options: Any
+    ctx: click.Context,
+    spec_file: str | None,
+    run_id: str | None,
+    skip_complete: bool,
+    quiet: bool,
+    **options: Any,
 ) -> None:
-    """Cluster an (n, d) Zarr point set and write labels, centres and sizes to a Zarr group."""
-    _execute(input_url, output, array, overwrite, modes, **options)
+    """Cluster an (n, d) Zarr point set and write labels, centres and sizes to a Zarr group.
+
+    The job comes from the options, or from a workflow spec (--spec) with the options
+    given here taking precedence.
+    """
+    given = {
+        name: value
+        for name, value in options.items()
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    }
+    _execute(spec_file, given, quiet, run_id, skip_complete)
+
+
+@cli.command()
+@click.argument("locations", nargs=-1, required=True, metavar="SPEC_OR_FOLDER...")
+@click.option(
+    "--state-dir",
+    default=".meanshift",
+    show_default=True,
+    help="Where the schedule's job store and run history live (one SQLite file).",
+)
+@click.option(
+    "--max-parallel",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Runs (of different jobs) at the same time.",
+)
+def schedule(locations: tuple[str, ...], state_dir: str, max_parallel: int) -> None:
+    """Run the specs' schedules until stopped (Ctrl-C or SIGTERM); logs one JSON line per event.
+
+    Each run is `meanshift run --spec SPEC --run-id <scheduled time> --skip-complete`.
+    """
+    import logging
+    import signal
+    import threading
+
+    from .schedule import LOG, JsonFormatter, serve
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    for logger in (LOG, logging.getLogger("apscheduler")):
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO if logger is LOG else logging.WARNING)
+        logger.propagate = False
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        serve(list(locations), state_dir, max_parallel, stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@cli.command()
+@click.option("--state-dir", default=".meanshift", show_default=True)
+@click.option("--name", default=None, help="Only this job.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+def history(state_dir: str, name: str | None, limit: int, as_json: bool) -> None:
+    """List scheduled runs, latest first: when, job, run id, attempt, status, duration, output."""
+    import dataclasses
+    import json
+
+    from .schedule import STATE_FILE, History
+
+    path = os.path.join(state_dir, STATE_FILE)
+    if not os.path.exists(path):
+        raise click.ClickException(f"no schedule state in {state_dir}")
+    runs = History(path).runs(name, limit)
+    for entry in runs:
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(entry)))
+            continue
+        duration = "" if entry.duration_s is None else f"{entry.duration_s:.1f} s"
+        click.echo(
+            f"{entry.started_at[:19]}  {entry.name:<16} {entry.run_id}  #{entry.attempt}  "
+            f"{entry.status:<8} {duration:>8}  {entry.output or ''}"
+            + (f"  ({entry.error})" if entry.error else "")
+        )
+
+
+@cli.command()
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+def validate(specs: tuple[str, ...]) -> None:
+    """Check workflow spec files; exit 0 only if every one is valid."""
+    from .spec import load_spec
+
+    failed = 0
+    for path in specs:
+        try:
+            spec = load_spec(path)
+        except PipelineError as exc:
+            click.echo(f"meanshift: error: {exc}", err=True)
+            failed += 1
+            continue
+        when = f", schedule '{spec.schedule.cron}'" if spec.schedule else ""
+        click.echo(f"{path}: ok (job {spec.name}{when})")
+    if failed:
+        sys.exit(2)
 
 
 @cli.command()
@@ -342,20 +454,9 @@ def demo(output_dir: str | None, plot_path: str, n_workers: int, seed: int, quie
         write_blobs(data, 6, 250, 5.0, 2, seed, overwrite=True)
         if not quiet:
             click.echo(f"generated 1,500 points (6 blobs) in {data}")
-        report = _execute(
-            data,
-            out,
-            "points",
-            True,
-            True,
-            quiet,
-            None,
-            n_workers,
-            name="seed_demo",
-            bandwidth=2.5,
-            kernel="gaussian",
-            blurring=True,
-        )
+        job = dict(input_url=data, output=out, overwrite=True, modes=True, n_workers=n_workers)
+        job.update(name="seed_demo", bandwidth=2.5, kernel="gaussian", blurring=True)
+        report = _execute(None, job, quiet)
         import numpy as np
         import zarr
 

@@ -56,6 +56,7 @@ def dask_client(
     processes: bool = True,
     timeout: float = 30.0,
     security: Security | None = None,
+    kind: str = "local",
 ) -> Iterator[Client]:
     """A Dask client for the duration of a job.
 
@@ -74,6 +75,9 @@ def dask_client(
     security : distributed.security.Security, optional
         TLS settings for a remote scheduler (default: Dask's configuration,
         ``distributed.comm.tls.*``).
+    kind : {"local", "local-cuda", "remote"}
+        Embedded cluster type: ``local`` (CPU worker processes) or ``local-cuda``
+        (dask-cuda ``LocalCUDACluster``, one worker per GPU). Ignored with ``scheduler``.
     """
     if scheduler is not None:
         if scheduler.startswith("tls://"):
@@ -91,6 +95,12 @@ def dask_client(
         with client:
             yield client
         return
+    if kind == "remote":
+        raise ClusterError("a remote cluster needs a scheduler address")
+    if kind == "local-cuda":
+        with _cuda_cluster(n_workers) as client:
+            yield client
+        return
     workers = default_workers() if n_workers is None else n_workers
     if workers < 1:
         raise ClusterError("the embedded cluster needs at least 1 worker")
@@ -102,6 +112,31 @@ def dask_client(
         silence_logs=logging.ERROR,
         preload=["pipeline.worker"],
     )
+    try:
+        with Client(cluster, set_as_default=True) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+@contextlib.contextmanager
+def _cuda_cluster(n_workers: int | None) -> Iterator[Client]:
+    """dask-cuda's LocalCUDACluster: one worker process per visible GPU."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        raise ClusterError(
+            "--cluster local-cuda needs dask-cuda: pip install 'meanshift-pipeline[gpu]'"
+        ) from None
+    try:
+        cluster = LocalCUDACluster(
+            n_workers=n_workers,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+            preload=["pipeline.worker"],
+        )
+    except Exception as exc:  # no GPU, no driver
+        raise ClusterError(f"cannot start a local CUDA cluster: {exc}") from None
     try:
         with Client(cluster, set_as_default=True) as client:
             yield client

@@ -98,6 +98,8 @@ def run_job(
     connect_timeout: float = 30.0,
     name: str | None = None,
     security: Any = None,
+    cluster_kind: str = "local",
+    run_id: str | None = None,
 ) -> JobReport:
     """Cluster a Zarr point set and write the result to a Zarr group.
 
@@ -132,6 +134,11 @@ def run_job(
         name without extension).
     security : distributed.security.Security, optional
         TLS settings for ``scheduler`` (see :func:`pipeline.cluster.tls_security`).
+    cluster_kind : {"local", "local-cuda", "remote"}
+        Embedded cluster type when no ``scheduler`` is given (``local-cuda``: one
+        worker per GPU, dask-cuda).
+    run_id : str, optional
+        Recorded in the output's attributes (workflow runs).
     """
     opened = time.perf_counter()
     source = store.open_points(input_url, array, storage_options)
@@ -142,7 +149,7 @@ def run_job(
         warming = threading.Thread(target=warm_up, daemon=True)  # while the cluster starts
         warming.start()
         with dask_client(
-            scheduler, n_workers, timeout=connect_timeout, security=security
+            scheduler, n_workers, timeout=connect_timeout, security=security, kind=cluster_kind
         ) as client:
             warming.join()
             cluster_start = time.perf_counter() - before_cluster
@@ -161,6 +168,7 @@ def run_job(
             timings["pipeline_s"] = time.perf_counter() - opened - cluster_start
             attributes = result_attributes(result, params, source, n)
             attributes["timings"] = timings
+            attributes["job"] = {"name": name or default_job_name(output_url), "run_id": run_id}
             store.write_summary(group, result.centers, result.sizes, attributes)
     except BaseException as exc:
         store.mark_failed(group, f"{type(exc).__name__}: {exc}")

@@ -50,4 +50,3 @@ def task_name(stage: str, *parts: Any) -> str:
     """
     tag = _tag.get()
     return f"{tag}-{stage}-{dask.base.tokenize(tag, *parts)}"
-

@@ -32,6 +32,7 @@ class StandingCluster:
         self.tls_args = []
         if tls is not None:
             self.tls_args = ["--tls-ca-file", tls[0], "--tls-cert", tls[1], "--tls-key", tls[2]]
+        os.makedirs(folder, exist_ok=True)
         scheduler_file = os.path.join(folder, "scheduler.json")
         protocol = ["--protocol", "tls"] if tls else []
         self.processes = [

@@ -1,0 +1,300 @@
+"""Scheduled workflow runs: APScheduler with a persistent job store, and a run history.
+
+``meanshift schedule workflows/`` loads every spec with a ``schedule`` and runs it on its
+cron expression, each run in its own ``meanshift run --spec`` process. State lives in
+one SQLite file (``--state-dir``, default ``.meanshift``): APScheduler's job store
+(next run times, pending retries) and the history of runs.
+
+Policies
+--------
+- Run id: the scheduled time (UTC, ``YYYYMMDDTHHMMSSZ``), so a run is the same run
+  however late it starts. A run whose output is already complete is not redone; a
+  partial or failed one is replaced (``--skip-complete``).
+- Retries: a failed run is retried ``schedule.retries`` times, ``retry_delay_s`` apart,
+  as one-off jobs in the persistent store (a restart keeps them).
+- Missed runs: if the scheduler was not running at a fire time, the run happens once
+  when it comes back within ``misfire_grace_s`` of that time (several missed fire
+  times coalesce into one run, the latest); later than that, it is skipped and logged.
+- At most one run of a job at a time; a fire time reached while the previous run still
+  works is skipped (logged as missed).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import glob
+import json
+import logging
+import os
+import queue
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ParameterError
+from .spec import WorkflowSpec, cron_trigger, load_spec, make_run_id
+
+LOG = logging.getLogger("meanshift.schedule")
+STATE_FILE = "schedule.sqlite"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, event and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": _dt.datetime.fromtimestamp(record.created, _dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        return json.dumps(entry, default=str)
+
+
+def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    LOG.log(level, event, extra={"fields": fields})
+
+
+@dataclass
+class Run:
+    """One attempt of a scheduled run, as the history records it."""
+
+    name: str
+    run_id: str
+    attempt: int
+    status: str  # running | complete | skipped | failed
+    started_at: str
+    finished_at: str | None
+    duration_s: float | None
+    output: str | None
+    error: str | None
+    spec: str
+
+
+class History:
+    """The run history, a table in the scheduler's SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS runs (name TEXT, run_id TEXT, attempt INTEGER,"
+                " status TEXT, started_at TEXT, finished_at TEXT, duration_s REAL,"
+                " output TEXT, error TEXT, spec TEXT, PRIMARY KEY (name, run_id, attempt))"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30)
+
+    def record(self, run: Run) -> None:
+        with self._lock, self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run.name, run.run_id, run.attempt, run.status, run.started_at,
+                 run.finished_at, run.duration_s, run.output, run.error, run.spec),
+            )  # fmt: skip
+
+    def runs(self, name: str | None = None, limit: int = 50) -> list[Run]:
+        """The latest runs first (of one job, or all)."""
+        query = "SELECT * FROM runs"
+        args: tuple[Any, ...] = ()
+        if name is not None:
+            query += " WHERE name = ?"
+            args = (name,)
+        query += " ORDER BY started_at DESC LIMIT ?"
+        with self._connect() as db:
+            rows = db.execute(query, (*args, limit)).fetchall()
+        return [Run(*row) for row in rows]
+
+
+def state_path(state_dir: str) -> str:
+    os.makedirs(state_dir, exist_ok=True)
+    return os.path.join(os.path.abspath(state_dir), STATE_FILE)
+
+
+def find_specs(locations: list[str]) -> list[str]:
+    """Spec files named directly or found (``*.yaml``, ``*.yml``) in the given folders."""
+    found: list[str] = []
+    for location in locations:
+        if os.path.isdir(location):
+            found += sorted(
+                glob.glob(os.path.join(location, "*.yaml"))
+                + glob.glob(os.path.join(location, "*.yml"))
+            )
+        elif os.path.isfile(location):
+            found.append(location)
+        else:
+            raise ParameterError(f"no spec file or folder at {location}")
+    return [os.path.abspath(path) for path in found]
+
+
+def scheduled_time(spec: WorkflowSpec, now: _dt.datetime) -> _dt.datetime:
+    """The latest fire time of the spec's schedule at or before ``now``."""
+    assert spec.schedule is not None
+    trigger = cron_trigger(spec.schedule.cron, spec.schedule.timezone)
+    start = now - _dt.timedelta(seconds=spec.schedule.misfire_grace_s + 1)
+    latest = start
+    fire = trigger.get_next_fire_time(None, start)
+    while fire is not None and fire <= now:
+        latest = fire
+        fire = trigger.get_next_fire_time(fire, fire + _dt.timedelta(microseconds=1))
+    return latest
+
+
+def run_scheduled(spec_file: str, state: str, run_id: str | None = None, attempt: int = 1) -> None:
+    """One scheduled run (APScheduler calls this): run the spec in a child process, record it,
+    schedule a retry on failure."""
+    history = History(state)
+    try:
+        spec = load_spec(spec_file)
+    except ParameterError as exc:
+        log_event("spec_invalid", logging.ERROR, spec=spec_file, error=str(exc))
+        return
+    now = _dt.datetime.now(_dt.UTC)
+    run_id = run_id or make_run_id(scheduled_time(spec, now))
+    output = spec.output_path(run_id)
+    run = Run(spec.name, run_id, attempt, "running", now.isoformat(), None, None, output, None,
+              spec_file)  # fmt: skip
+    history.record(run)
+    log_event("run_started", job=spec.name, run_id=run_id, attempt=attempt, output=output)
+    command = [sys.executable, "-m", "pipeline.cli", "run", "--spec", spec_file,
+               "--run-id", run_id, "--skip-complete", "--quiet"]  # fmt: skip
+    clock = time.monotonic()
+    # its own session: a signal to the scheduler's process group does not cut a run short
+    done = subprocess.run(command, capture_output=True, text=True, start_new_session=True)
+    run.duration_s = round(time.monotonic() - clock, 3)
+    run.finished_at = _dt.datetime.now(_dt.UTC).isoformat()
+    skipped = "already complete" in done.stdout
+    if done.returncode == 0:
+        run.status = "skipped" if skipped else "complete"
+        history.record(run)
+        log_event(f"run_{run.status}", job=spec.name, run_id=run_id, attempt=attempt,
+                  output=output, duration_s=run.duration_s)  # fmt: skip
+        return
+    lines = done.stderr.strip().splitlines()
+    run.status, run.error = "failed", lines[-1] if lines else f"exit code {done.returncode}"
+    history.record(run)
+    log_event("run_failed", logging.ERROR, job=spec.name, run_id=run_id, attempt=attempt,
+              exit_code=done.returncode, error=run.error, duration_s=run.duration_s)  # fmt: skip
+    assert spec.schedule is not None
+    if attempt <= spec.schedule.retries:
+        when = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=spec.schedule.retry_delay_s)
+        _retries.put((spec.name, spec_file, state, run_id, attempt + 1, when))
+
+
+_retries: queue.Queue = queue.Queue()
+"""Retries asked for by finished runs; the scheduler's own thread adds them as jobs."""
+
+
+def _add_retries(scheduler: Any) -> None:
+    while True:
+        try:
+            name, spec_file, state, run_id, attempt, when = _retries.get_nowait()
+        except queue.Empty:
+            return
+        scheduler.add_job(
+            run_scheduled,
+            "date",
+            run_date=when,
+            args=[spec_file, state, run_id, attempt],
+            id=f"{name}-retry-{run_id}-{attempt}",
+            replace_existing=True,
+            misfire_grace_time=None,  # a retry runs however late
+        )
+        log_event("retry_scheduled", job=name, run_id=run_id, attempt=attempt,
+                  at=when.isoformat())  # fmt: skip
+
+
+def _on_missed(event: Any) -> None:
+    """Fire times that did not run: too late (past the grace time) or the job still busy."""
+    from apscheduler.events import EVENT_JOB_MISSED
+
+    if event.code == EVENT_JOB_MISSED:
+        reason, when = "past the grace time", [event.scheduled_run_time]
+    else:
+        reason, when = "previous run still working", event.scheduled_run_times
+    log_event("run_missed", logging.WARNING, job=event.job_id, reason=reason,
+              scheduled=[str(t) for t in when])  # fmt: skip
+
+
+def serve(
+    locations: list[str], state_dir: str, max_parallel: int = 2, stop: threading.Event | None = None
+) -> None:
+    """Run the schedules of the specs found at ``locations`` until ``stop`` is set (or Ctrl-C).
+
+    Jobs already in the persistent store with the same schedule keep their next run
+    time (so runs missed while the scheduler was down are honoured); new or changed
+    schedules are (re)registered; jobs whose spec is gone are removed.
+    """
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    specs = {}
+    for path in find_specs(locations):
+        spec = load_spec(path)
+        if spec.schedule is not None:
+            specs[spec.name] = (path, spec)
+    if not specs:
+        raise ParameterError("no spec with a schedule found")
+    state = state_path(state_dir)
+    History(state)
+    scheduler = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{state}")},
+        executors={"default": ThreadPoolExecutor(max_parallel)},
+        job_defaults={"coalesce": True, "max_instances": 1},
+        timezone="UTC",
+    )
+    scheduler.add_listener(_on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+    scheduler.start(paused=True)
+    try:
+        for job in scheduler.get_jobs():
+            name = job.id.split("-retry-")[0]
+            if name not in specs:
+                scheduler.remove_job(job.id)
+                log_event("job_removed", job=job.id)
+        for name, (path, spec) in specs.items():
+            assert spec.schedule is not None
+            trigger = cron_trigger(spec.schedule.cron, spec.schedule.timezone)
+            existing = scheduler.get_job(name)
+            grace = int(spec.schedule.misfire_grace_s)
+            same = (
+                existing is not None
+                and str(existing.trigger) == str(trigger)
+                and list(existing.args) == [path, state]
+                and existing.misfire_grace_time == grace
+            )
+            if not same:
+                scheduler.add_job(
+                    run_scheduled,
+                    trigger,
+                    args=[path, state],
+                    id=name,
+                    name=name,
+                    replace_existing=True,
+                    misfire_grace_time=grace,
+                )
+            job = scheduler.get_job(name)
+            upcoming = job.next_run_time.isoformat() if job.next_run_time else None
+            log_event("job_scheduled", job=name, spec=path, cron=spec.schedule.cron,
+                      next_run=upcoming)  # fmt: skip
+        scheduler.resume()
+        stop = stop or threading.Event()
+        while not stop.wait(0.2):
+            _add_retries(scheduler)
+        _add_retries(scheduler)
+    finally:
+        log_event("scheduler_stopping")
+        scheduler.shutdown(wait=True)  # lets running runs finish
+        while not _retries.empty():  # asked for during the shutdown: cannot be stored now
+            name, _, _, run_id, attempt, _ = _retries.get_nowait()
+            log_event("retry_dropped", logging.WARNING, job=name, run_id=run_id, attempt=attempt)
+        log_event("scheduler_stopped")

@@ -1,0 +1,254 @@
+"""Workflow specs: one YAML file describes one job (input, parameters, cluster, output, schedule).
+
+Example (``workflows/seed-demo.yaml``)::
+
+    name: seed_demo
+    input: {url: data/seed.zarr, array: points}
+    params: {bandwidth: 2.5, kernel: gaussian, blurring: true}
+    cluster: {kind: local, n_workers: 2}
+    output: {path: "out/seed-{run_id}.zarr"}
+    schedule: {cron: "0 3 * * *", retries: 2}
+
+Relative paths are relative to the spec file. Unknown keys and wrong types are refused
+with one line naming the field. The output path may use ``{name}``, ``{date}`` (UTC,
+YYYY-MM-DD) and ``{run_id}`` (UTC, YYYYMMDDTHHMMSSZ of the run, or of the scheduled
+time for scheduled runs).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import string
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ParameterError
+from .params import MeanShiftParams, describe_validation_error
+
+PLACEHOLDERS = ("name", "date", "run_id")
+ESTIMATES = {"auto": "knn", "knn": "knn", "scott": "scott", "silverman": "silverman"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """Where the points are: a Zarr group (or array) path or fsspec URL."""
+
+    url: str
+    array: str = "points"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TLSSpec(_Strict):
+    """Client certificate files for a ``tls://`` scheduler."""
+
+    ca_file: str
+    cert: str
+    key: str | None = None
+
+
+class ClusterSpec(_Strict):
+    """Where the job runs: an embedded cluster (CPU or one worker per GPU) or a scheduler."""
+
+    kind: Literal["local", "local-cuda", "remote"] = "local"
+    n_workers: int | None = Field(default=None, ge=1)
+    scheduler: str | None = None
+    tls: TLSSpec | None = None
+    connect_timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _remote_needs_scheduler(self) -> ClusterSpec:
+        if self.kind == "remote" and self.scheduler is None:
+            raise ValueError("scheduler is required for kind 'remote'")
+        return self
+
+
+class OutputSpec(_Strict):
+    """Where the clusters go; ``path`` may hold {name}, {date}, {run_id}."""
+
+    path: str
+    overwrite: bool = False
+    modes: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        for _, field, _, _ in string.Formatter().parse(value):
+            if field is not None and field not in PLACEHOLDERS:
+                raise ValueError(
+                    f"unknown placeholder {{{field}}}; use {{name}}, {{date}}, {{run_id}}"
+                )
+        return value
+
+
+class ScheduleSpec(_Strict):
+    """When to run: a cron expression (5 fields, or 6 with seconds first) and the retry policy."""
+
+    cron: str
+    timezone: str = "UTC"
+    retries: int = Field(default=0, ge=0)
+    retry_delay_s: float = Field(default=60.0, ge=0)
+    misfire_grace_s: float = Field(default=3600.0, gt=0)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        cron_trigger(value, "UTC")  # raises ValueError naming what is wrong
+        return value
+
+
+class WorkflowSpec(_Strict):
+    """One job: input, parameters, cluster, output and an optional schedule."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_.]*$")
+    input: InputSpec
+    params: dict[str, Any] = Field(default_factory=dict)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    output: OutputSpec
+    schedule: ScheduleSpec | None = None
+    _source: str | None = PrivateAttr(default=None)  # the spec file (set by load_spec)
+
+    @property
+    def source(self) -> str | None:
+        """The spec file this was read from."""
+        return self._source
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        values = params_values(value)
+        MeanShiftParams(**values)  # unknown names and bad values fail here, as params.<field>
+        return value
+
+    def mean_shift_params(self, overrides: dict[str, Any] | None = None) -> MeanShiftParams:
+        """The parameters, ``overrides`` (in :class:`MeanShiftParams` names) applied."""
+        values = params_values(self.params) | (overrides or {})
+        try:
+            return MeanShiftParams(**values)
+        except ValidationError as exc:
+            raise ParameterError(describe_validation_error(exc)) from None
+
+    def resolve(self, path: str) -> str:
+        """A path of the spec, relative to its file's folder (URLs, absolute paths: as is)."""
+        if "://" in path or os.path.isabs(path) or self.source is None:
+            return path
+        return os.path.join(os.path.dirname(os.path.abspath(self.source)), path)
+
+    def output_path(self, run_id: str) -> str:
+        """The output path of the run ``run_id`` (placeholders filled, relative to the spec)."""
+        when = parse_run_id(run_id)
+        filled = self.output.path.format(
+            name=self.name, date=when.date().isoformat(), run_id=run_id
+        )
+        return self.resolve(filled)
+
+
+def params_values(params: dict[str, Any]) -> dict[str, Any]:
+    """Spec parameters in :class:`MeanShiftParams` names (``bandwidth: auto`` -> a rule)."""
+    values = dict(params)
+    bandwidth = values.get("bandwidth")
+    if isinstance(bandwidth, str):
+        if bandwidth.lower() not in ESTIMATES:
+            raise ValueError(
+                f"bandwidth: {bandwidth!r} is neither a number nor auto/scott/silverman"
+            )
+        values["bandwidth"] = None
+        values["bandwidth_rule"] = ESTIMATES[bandwidth.lower()]
+    return values
+
+
+def cron_trigger(cron: str, timezone: str) -> Any:
+    """An APScheduler ``CronTrigger`` from 5 fields (minute..weekday) or 6 (second first)."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = cron.split()
+    if len(fields) not in (5, 6):
+        raise ValueError(f"cron {cron!r} needs 5 fields (or 6 with seconds first)")
+    if len(fields) == 5:
+        fields = ["0", *fields]
+    second, minute, hour, day, month, day_of_week = fields
+    try:
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=day_of_week,
+            timezone=timezone,
+        )
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"cron {cron!r}: {exc}") from None
+
+
+RUN_ID_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def make_run_id(when: _dt.datetime | None = None) -> str:
+    """The run id of a run started (or scheduled) at ``when`` (default: now), in UTC."""
+    when = when or _dt.datetime.now(_dt.UTC)
+    return when.astimezone(_dt.UTC).strftime(RUN_ID_FORMAT)
+
+
+def parse_run_id(run_id: str) -> _dt.datetime:
+    """The UTC time a run id stands for."""
+    try:
+        return _dt.datetime.strptime(run_id, RUN_ID_FORMAT).replace(tzinfo=_dt.UTC)
+    except ValueError:
+        raise ParameterError(f"run id {run_id!r} is not of the form 20261128T030000Z") from None
+
+
+def load_spec(path: str) -> WorkflowSpec:
+    """Read and validate a spec file.
+
+    Raises
+    ------
+    ParameterError
+        One line: the file, the field and what is wrong with it.
+    """
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ParameterError(f"spec file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        reason = str(exc).replace("\n", " ")
+        raise ParameterError(f"spec {path}: not readable YAML: {reason}") from None
+    if not isinstance(data, dict):
+        raise ParameterError(f"spec {path}: expected a mapping of keys, got {type(data).__name__}")
+    try:
+        spec = WorkflowSpec(**data)
+    except ValidationError as exc:
+        raise ParameterError(f"spec {path}: {describe_spec_error(exc)}") from None
+    spec._source = path
+    return spec
+
+
+def describe_spec_error(exc: ValidationError) -> str:
+    """The first validation error of a spec as one line naming the field."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "value_error" and "params" in first["loc"]:
+        cause = first.get("ctx", {}).get("error")
+        if isinstance(cause, ValidationError):
+            inner = cause.errors()[0]
+            field = ".".join(str(part) for part in inner["loc"])
+            detail = "unknown parameter" if inner["type"] == "extra_forbidden" else inner["msg"]
+            return f"params.{field}: {detail}"
+    return f"{where}: {message}" if where else message

@@ -1,0 +1,144 @@
+"""Run a workflow spec: the one door behind ``meanshift run`` (with or without ``--spec``) and
+scheduled runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import store
+from .cluster import tls_security
+from .engine import ProgressCallback
+from .errors import ParameterError
+from .job import JobReport, default_job_name, run_job
+from .naming import clean_tag
+from .spec import WorkflowSpec, describe_spec_error, make_run_id
+
+CLI_TO_SPEC = {
+    "input_url": ("input", "url"),
+    "array": ("input", "array"),
+    "output": ("output", "path"),
+    "overwrite": ("output", "overwrite"),
+    "modes": ("output", "modes"),
+    "n_workers": ("cluster", "n_workers"),
+    "connect_timeout": ("cluster", "connect_timeout"),
+    "cluster": ("cluster", "kind"),
+}
+"""Command-line options and where they land in a spec (the rest are parameters)."""
+
+NOT_PARAMS = {"scheduler", "tls_ca_file", "tls_cert", "tls_key", "name", "quiet", "spec", "run_id"}
+
+
+def spec_with_options(spec: WorkflowSpec | None, options: dict[str, Any]) -> WorkflowSpec:
+    """A spec with command-line options applied over it (or built from them alone).
+
+    Parameters
+    ----------
+    spec : WorkflowSpec or None
+        The spec file's contents; None: the options describe the whole job.
+    options : dict
+        Command-line option names and values; only those the user gave.
+
+    Raises
+    ------
+    ParameterError
+        The result is not a valid job (one line naming the field).
+    """
+    data: dict[str, Any] = (
+        spec.model_dump(exclude_none=True)
+        if spec is not None
+        else {"input": {}, "output": {}, "params": {}, "cluster": {}}
+    )
+    for part in ("input", "output", "params", "cluster"):
+        data.setdefault(part, {})
+    for option, value in options.items():
+        if option in CLI_TO_SPEC:
+            part, key = CLI_TO_SPEC[option]
+            data[part][key] = value
+        elif option == "scheduler":
+            data["cluster"].update(kind="remote", scheduler=value)
+        elif option in ("tls_ca_file", "tls_cert", "tls_key"):
+            key = {"tls_ca_file": "ca_file", "tls_cert": "cert", "tls_key": "key"}[option]
+            data["cluster"].setdefault("tls", {})[key] = value
+        elif option == "name":
+            data["name"] = value
+        elif option not in NOT_PARAMS:
+            data["params"][option] = value
+    if "name" not in data:
+        output = data["output"].get("path")
+        data["name"] = clean_tag(default_job_name(output)) if output else "meanshift"
+    if spec is None:
+        for part, flag in (("input", "url"), ("output", "path")):
+            if part in data and flag not in data[part]:
+                option = "--input" if part == "input" else "--output"
+                raise ParameterError(f"missing option {option} (or give --spec FILE)")
+    try:
+        merged = WorkflowSpec(**data)
+    except ValidationError as exc:
+        where = f"spec {spec.source}: " if spec is not None and spec.source else ""
+        raise ParameterError(where + describe_spec_error(exc)) from None
+    merged._source = None if spec is None else spec.source
+    return merged
+
+
+def run_spec(
+    spec: WorkflowSpec,
+    run_id: str | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    on_cluster_ready: Any = None,
+    dashboard: bool = False,
+    skip_complete: bool = False,
+) -> JobReport | None:
+    """Run one job described by ``spec``.
+
+    Parameters
+    ----------
+    spec : WorkflowSpec
+    run_id : str, optional
+        Fills ``{run_id}`` and ``{date}`` in the output path (default: now, UTC).
+    progress, on_cluster_ready, dashboard
+        As for :func:`pipeline.run_job`.
+    skip_complete : bool
+        Scheduled runs: an output already complete is left alone (returns None); one
+        left running or failed by an earlier attempt of the same run is replaced.
+
+    Returns
+    -------
+    JobReport or None
+        None when ``skip_complete`` found the run already done.
+    """
+    run_id = run_id or make_run_id()
+    output = spec.output_path(run_id)
+    overwrite = spec.output.overwrite
+    if skip_complete:
+        status = (store.existing_attributes(output) or {}).get("status")
+        if status == store.STATUS_COMPLETE:
+            return None
+        overwrite = overwrite or status is not None  # our own partial output of this run
+    cluster = spec.cluster
+    security = None
+    if cluster.tls is not None:
+        tls = cluster.tls
+        key = None if tls.key is None else spec.resolve(tls.key)
+        security = tls_security(spec.resolve(tls.ca_file), spec.resolve(tls.cert), key)
+    return run_job(
+        spec.resolve(spec.input.url),
+        output,
+        spec.mean_shift_params(),
+        array=spec.input.array,
+        storage_options=spec.input.storage_options or None,
+        scheduler=cluster.scheduler if cluster.kind == "remote" else None,
+        cluster_kind=cluster.kind,
+        n_workers=cluster.n_workers,
+        connect_timeout=cluster.connect_timeout,
+        overwrite=overwrite,
+        write_modes=spec.output.modes,
+        progress=progress,
+        dashboard=dashboard,
+        on_cluster_ready=on_cluster_ready,
+        name=spec.name,
+        security=security,
+        run_id=run_id,
+    )

@@ -1,0 +1,134 @@
+"""Scheduled runs through a real `meanshift schedule` process (APScheduler, SQLite job store)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+import zarr
+from sklearn.metrics import adjusted_rand_score
+
+from pipeline.schedule import STATE_FILE, History, run_scheduled
+from pipeline.spec import parse_run_id
+
+
+def write_spec(folder, name, cron, input_url, **schedule):
+    spec = {
+        "name": name,
+        "input": {"url": input_url},
+        "params": {"bandwidth": 2.5, "kernel": "gaussian", "blurring": True},
+        "cluster": {"kind": "local", "n_workers": 1},
+        "output": {"path": f"out/{name}-{{run_id}}.zarr"},
+        "schedule": {"cron": cron, **schedule},
+    }
+    path = os.path.join(folder, f"{name}.yaml")
+    with open(path, "w") as handle:
+        yaml.safe_dump(spec, handle)
+    return path
+
+
+def start_scheduler(folder, state):
+    command = [sys.executable, "-m", "pipeline.cli", "schedule", folder, "--state-dir", state]
+    log = open(os.path.join(state + ".log"), "a")
+    return subprocess.Popen(command, stderr=log, start_new_session=True), log
+
+
+def stop_scheduler(process, log):
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=120)
+    log.close()
+    return code
+
+
+def wait_for(condition, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting")
+
+
+@pytest.fixture
+def workdir(tmp_path, seed_store):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    return str(specs), str(tmp_path / "state"), seed_store
+
+
+def test_schedule_fires_retries_and_keeps_history(workdir, seed_data):
+    specs, state, store = workdir
+    write_spec(specs, "every3s", "*/3 * * * * *", store)
+    write_spec(specs, "broken", "*/3 * * * * *", "/nonexistent/points.zarr",
+               retries=1, retry_delay_s=1)  # fmt: skip
+    process, log = start_scheduler(specs, state)
+    try:
+        history = wait_for(lambda: os.path.exists(os.path.join(state, STATE_FILE)) and History(
+            os.path.join(state, STATE_FILE)))  # fmt: skip
+        good = wait_for(lambda: [r for r in history.runs("every3s") if r.status == "complete"])
+        retried = wait_for(lambda: [r for r in history.runs("broken") if r.attempt == 2])
+    finally:
+        assert stop_scheduler(process, log) == 0
+    run = good[-1]
+    result = zarr.open_group(run.output, mode="r")
+    assert result.attrs["status"] == "complete"
+    assert result.attrs["job"] == {"name": "every3s", "run_id": run.run_id}
+    assert adjusted_rand_score(seed_data[1], result["labels"][...]) >= 0.99
+    assert parse_run_id(run.run_id).second % 3 == 0  # the run id is the scheduled time
+    # the broken job failed with the input error, was retried once, and the retry failed too
+    failed = [r for r in history.runs("broken") if r.status == "failed"]
+    assert {r.attempt for r in failed} >= {1, 2} and retried
+    assert "input not found" in failed[0].error
+    # structured log lines
+    with open(state + ".log") as handle:
+        events = [json.loads(line)["event"] for line in handle if line.startswith("{")]
+    assert {"job_scheduled", "run_started", "run_complete", "run_failed", "retry_scheduled"} <= set(
+        events
+    )
+    assert events[-1] == "scheduler_stopped"
+    # the history command lists the runs
+    listed = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "history", "--state-dir", state, "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert any(r["name"] == "every3s" and r["status"] == "complete" for r in rows)
+    # a finished run is not redone: the same run id again is recorded as skipped
+    run_scheduled(os.path.join(specs, "every3s.yaml"), os.path.join(state, STATE_FILE), run.run_id)
+    latest = History(os.path.join(state, STATE_FILE)).runs("every3s", limit=1)[0]
+    assert latest.run_id == run.run_id and latest.status == "skipped"
+
+
+def test_a_run_missed_while_the_scheduler_was_down_runs_once_on_restart(workdir):
+    specs, state, store = workdir
+    write_spec(specs, "every15s", "*/15 * * * * *", store)
+    process, log = start_scheduler(specs, state)
+    try:
+        history = wait_for(lambda: os.path.exists(os.path.join(state, STATE_FILE)) and History(
+            os.path.join(state, STATE_FILE)))  # fmt: skip
+        first = wait_for(lambda: [r for r in history.runs() if r.status == "complete"], 60)[0]
+    finally:
+        assert stop_scheduler(process, log) == 0
+    # stay down across the next fire time (at most 15 s away), then come back
+    missed = parse_run_id(first.run_id) + dt.timedelta(seconds=15)
+    while dt.datetime.now(dt.UTC) < missed + dt.timedelta(seconds=1):
+        time.sleep(0.2)
+    restarted = dt.datetime.now(dt.UTC)
+    process, log = start_scheduler(specs, state)
+    try:
+        again = wait_for(lambda: [r for r in history.runs() if r.run_id != first.run_id], 30)[0]
+    finally:
+        assert stop_scheduler(process, log) == 0
+    # the missed fire time ran (once) on restart, under its own run id, before the next one
+    assert parse_run_id(again.run_id) < restarted
+    started = dt.datetime.fromisoformat(again.started_at)
+    assert started - restarted < dt.timedelta(seconds=10)
+    assert len({r.run_id for r in history.runs()}) == 2

@@ -1,0 +1,144 @@
+"""Workflow specs: the shipped examples run, flags override spec values, bad specs are refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from sklearn.metrics import adjusted_rand_score
+
+from pipeline.spec import load_spec
+
+from .support import tree_digest
+
+WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "workflows")
+
+
+def meanshift(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pipeline.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def copy_example(name: str, folder) -> str:
+    target = os.path.join(folder, name)
+    shutil.copy(os.path.join(WORKFLOWS, name), target)
+    return target
+
+
+def test_every_shipped_spec_is_valid():
+    specs = sorted(f for f in os.listdir(WORKFLOWS) if f.endswith(".yaml"))
+    assert {"seed-demo.yaml", "large-binned.yaml", "cluster-job.yaml"} <= set(specs)
+    done = meanshift("validate", *[os.path.join(WORKFLOWS, s) for s in specs])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(": ok") == len(specs)
+
+
+def test_seed_demo_spec_runs_with_paths_relative_to_the_spec(tmp_path, seed_data):
+    spec = copy_example("seed-demo.yaml", tmp_path)
+    data = tmp_path / "data" / "seed.zarr"
+    assert meanshift("generate", "-o", str(data)).returncode == 0
+    digest = tree_digest(str(data))
+    done = meanshift("run", "--spec", spec, "--run-id", "20261128T030000Z", "--quiet",
+                     cwd="/")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = zarr.open_group(str(tmp_path / "out" / "seed-demo-20261128T030000Z.zarr"), mode="r")
+    assert out.attrs["status"] == "complete"
+    assert out.attrs["job"] == {"name": "seed_demo", "run_id": "20261128T030000Z"}
+    assert adjusted_rand_score(seed_data[1], out["labels"][...]) >= 0.99
+    assert "modes" in out  # output.modes: true
+    assert tree_digest(str(data)) == digest
+    # the same run again: refused without --overwrite, a no-op with --skip-complete
+    again = meanshift("run", "--spec", spec, "--run-id", "20261128T030000Z", "--quiet")
+    assert again.returncode == 4 and "already exists" in again.stderr
+    skipped = meanshift("run", "--spec", spec, "--run-id", "20261128T030000Z", "--skip-complete")
+    assert skipped.returncode == 0 and "already complete" in skipped.stdout
+
+
+def test_large_binned_spec_runs(tmp_path):
+    spec = copy_example("large-binned.yaml", tmp_path)
+    data = tmp_path / "data" / "large.zarr"
+    done = meanshift("generate", "-o", str(data), "--per-cluster", "20000", "--chunk", "16384")
+    assert done.returncode == 0
+    done = meanshift("run", "--spec", spec, "--run-id", "20261128T023000Z", "--n-workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert "method: binned" in done.stdout
+    out = zarr.open_group(str(tmp_path / "out" / "large-2026-11-28.zarr"), mode="r")
+    truth = zarr.open_group(str(data), mode="r")["truth"][...]
+    assert adjusted_rand_score(truth, out["labels"][...]) >= 0.999
+
+
+def test_cluster_spec_runs_with_flags_overriding_the_spec(tmp_path, seed_store, seed_data):
+    from .test_cluster import StandingCluster
+
+    spec = copy_example("cluster-job.yaml", tmp_path)
+    cluster = StandingCluster(str(tmp_path / "cluster"))
+    try:
+        out = str(tmp_path / "cluster-out.zarr")
+        done = meanshift("run", "--spec", spec, "-i", seed_store, "-o", out, "--scheduler",
+                         cluster.address, "--kernel", "gaussian", "--bandwidth", "2.5",
+                         "--quiet")  # fmt: skip
+    finally:
+        cluster.close()
+    assert done.returncode == 0, done.stderr
+    result = zarr.open_group(out, mode="r")
+    assert result.attrs["parameters"]["kernel"] == "gaussian"  # the flag, not the spec's flat
+    assert result.attrs["parameters"]["bandwidth"] == 2.5  # not the spec's auto
+    assert result.attrs["parameters"]["bin_seeding"] is True  # from the spec
+    assert result.attrs["job"]["name"] == "cluster_job"
+    assert adjusted_rand_score(seed_data[1], np.asarray(result["labels"][...])) >= 0.99
+
+
+BAD_SPECS = [
+    ({"colour": "blue"}, "colour: unknown key"),
+    ({"params": {"kernel": "cubic"}}, "params.kernel"),
+    ({"params": {"bandwidht": 2}}, "params.bandwidht: unknown key"),
+    ({"params": {"bandwidth": -1}}, "params.bandwidth"),
+    ({"output": {"path": "out/{when}.zarr"}}, "unknown placeholder {when}"),
+    ({"schedule": {"cron": "61 * * * *"}}, "schedule.cron"),
+    ({"schedule": {"cron": "* * *"}}, "needs 5 fields"),
+    ({"cluster": {"kind": "remote"}}, "scheduler is required"),
+    ({"cluster": {"n_workers": "two"}}, "cluster.n_workers"),
+    ({"input": {"url": 3}}, "input.url"),
+    ({"name": "9lives"}, "name"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_SPECS)
+def test_bad_specs_are_refused_in_one_line(tmp_path, change, message):
+    spec = {"name": "job", "input": {"url": "in.zarr"}, "output": {"path": "out.zarr"}}
+    for key, value in change.items():
+        spec[key] = value if not isinstance(value, dict) else {**spec.get(key, {}), **value}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    for command in (["validate", str(path)], ["run", "--spec", str(path)]):
+        done = meanshift(*command)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and str(path) in lines[0], done.stderr
+
+
+def test_unreadable_specs(tmp_path):
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "broken.yaml").write_text("name: [x\n")
+    for name, message in [("list.yaml", "expected a mapping"), ("broken.yaml", "not readable"),
+                          ("missing.yaml", "spec file not found")]:  # fmt: skip
+        done = meanshift("run", "--spec", str(tmp_path / name))
+        assert done.returncode == 2 and message in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_load_spec_fills_output_placeholders(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "nightly", "input": {"url": "in.zarr"},
+        "output": {"path": "out/{name}/{date}/{run_id}.zarr"},
+    }))  # fmt: skip
+    spec = load_spec(str(path))
+    expected = os.path.join(str(tmp_path), "out/nightly/2026-11-28/20261128T030000Z.zarr")
+    assert spec.output_path("20261128T030000Z") == expected
