@@ -482,6 +482,28 @@ def demo(output_dir: str | None, plot_path: str, n_workers: int, seed: int, quie
 
 @cli.command()
 @click.argument("output")
+@click.option(
+    "--folder",
+    "-d",
+    default=None,
+    help="Where to write the PNGs and index.html [default: <output>-report beside it].",
+)
+@click.option(
+    "--max-points",
+    default=50_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most points in the scatter plot (a uniform random sample of rows beyond).",
+)
+def report(output: str, folder: str | None, max_points: int) -> None:
+    """Write PNGs and an HTML page for a complete output: clusters, convergence, sizes, run."""
+    from .report import write_report
+
+    click.echo(f"report: {write_report(output, folder, max_points)}")
+
+
+@cli.command()
+@click.argument("output")
 def status(output: str) -> None:
     """Print the status of an output group (complete, running, failed); exit 0 only if complete."""
     import zarr
