@@ -215,7 +215,7 @@ def _execute(
             if bar is None:
                 bar = tqdm(
                     total=params.max_iter,
-                    desc="blurring",
+                    desc="blurring" if params.blurring else "mean shift",
                     unit="it",
                     file=sys.stderr,
                     leave=False,

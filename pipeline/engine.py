@@ -39,7 +39,9 @@ from .params import EXACT_MAX_POINTS, GRID_MAX_DIMS, MeanShiftParams, resolve_me
 from .seeding import bin_seeds
 
 ProgressCallback = Callable[[int, float, int], None]
-"""Called after each blurring iteration with (iteration, max shift in data units, points moving)."""
+"""Called after each iteration with (iteration, largest shift in data units, points or seeds
+still moving): every blurring iteration, and every step of standard mean shift run in
+process (the binned method's cells, NumPy input)."""
 
 ENTROPY_BINS = np.concatenate([[0.0], np.logspace(-8, 2, 81)])
 """Fixed edges (bandwidth units) of the histogram of update lengths (blurring stop rule)."""
@@ -802,6 +804,40 @@ def _map_rows(
     return np.concatenate([first] + [future.result() for future in others])
 
 
+def _shift_rows(rows: np.ndarray, point_set: PointSet, backend: str) -> np.ndarray:
+    xp = get_namespace(backend)
+    shifted, density = point_set.on(xp).shift(xp.asarray(rows))
+    return to_host(xp.concatenate([shifted, density[:, None]], axis=1))
+
+
+def _scaled(progress: ProgressCallback, bandwidth: float) -> ProgressCallback:
+    """A progress callback fed bandwidth units, reporting data units."""
+    return lambda step, moved, moving: progress(step, moved * bandwidth, moving)
+
+
+def _converge_in_memory(
+    seeds: np.ndarray,
+    point_set: PointSet,
+    params: MeanShiftParams,
+    backend: str,
+    run: Callable[..., Any],
+    progress: ProgressCallback | None,
+) -> np.ndarray:
+    """Standard mean shift of all seeds, each step spread over the threads (as
+    ``_converge_block`` returns it: mode, density, n_iter, converged)."""
+    d = seeds.shape[1]
+
+    def shift(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = run(_shift_rows, (rows,), point_set, backend)
+        return out[:, :d], out[:, d]
+
+    modes, density, n_iter, converged = converge_seeds(
+        seeds, point_set, params.tol, params.max_iter, np, shift=shift, progress=progress
+    )
+    extra = np.stack([density, n_iter.astype(np.float64), converged.astype(np.float64)], axis=1)
+    return np.concatenate([modes, extra], axis=1)
+
+
 def _mean_shift_in_memory(
     points: np.ndarray,
     params: MeanShiftParams,
@@ -849,14 +885,10 @@ def _mean_shift_in_memory(
             seed_rows = _seeds_in_data_units(points, weights, seeds, params, bandwidth)
             if seed_rows is not None:
                 seed_rows = (seed_rows - origin) / bandwidth
-            state = run(
-                _converge_block,
-                (z if seed_rows is None else seed_rows,),
-                point_set,
-                params.tol,
-                params.max_iter,
-                backend,
-            )
+            state = _converge_in_memory(
+                z if seed_rows is None else seed_rows, point_set, params, backend, run,
+                None if progress is None else _scaled(progress, bandwidth),
+            )  # fmt: skip
             iterated = _standard_result(state, state[:, d + 1].max(), state[:, d + 2].min(), params)
         timings["iterate_s"] = time.perf_counter() - clock
 

@@ -418,13 +418,22 @@ PointSet = DensePointSet | GridPointSet
 
 
 def converge_seeds(
-    seeds: Any, point_set: PointSet, tol: float, max_iter: int, xp: ModuleType
+    seeds: Any,
+    point_set: PointSet,
+    tol: float,
+    max_iter: int,
+    xp: ModuleType,
+    shift: Any = None,
+    progress: Any = None,
 ) -> tuple[Any, Any, Any, Any]:
     """Standard mean shift: move seeds against the fixed points until they stop.
 
     scikit-learn's loop: a seed stops after the step that moves it by at most
     ``tol`` (bandwidth units), or once it has completed ``max_iter`` iterations
     (at most ``max_iter + 1`` steps). Only seeds still moving are computed.
+
+    ``shift`` replaces ``point_set.shift`` (e.g. to spread each step over threads);
+    ``progress(step, largest move, seeds still moving)`` is called after each step.
 
     Returns
     -------
@@ -447,7 +456,7 @@ def converge_seeds(
         if active.shape[0] == 0:
             break
         current = modes[active]
-        shifted, dens = point_set.shift(current)
+        shifted, dens = (shift or point_set.shift)(current)
         moved = xp.sqrt(((shifted - current) ** 2).sum(axis=1))
         modes[active] = shifted
         density[active] = dens
@@ -455,6 +464,8 @@ def converge_seeds(
         stopped = moved <= tol
         converged[active[stopped]] = True
         active = active[~stopped]
+        if progress is not None:
+            progress(int(steps.max()), float(moved.max()), int(active.shape[0]))
     return modes, density, steps - 1, converged
 
 
