@@ -99,14 +99,16 @@ def test_images_install_the_project_like_the_readme(dockerfile, extras):
 
 
 def test_crontab_and_kubernetes_cronjob_run_existing_commands():
-    lines = [ln for ln in read("workflows", "crontab").splitlines() if ln and ln[0] != "#"]
+    lines = [
+        ln for ln in read("workflows", "deploy", "crontab").splitlines() if ln and ln[0] != "#"
+    ]
     assert lines
     for line in lines:
         fields = line.split(None, 5)
         cron_trigger(" ".join(fields[:5]), "UTC")
         for words in shell_commands(fields[5]):
             check_meanshift_command(words)
-    job = yaml.safe_load(read("workflows", "k8s-cronjob.yaml"))
+    job = yaml.safe_load(read("workflows", "deploy", "k8s-cronjob.yaml"))
     assert job["kind"] == "CronJob" and job["apiVersion"] == "batch/v1"
     cron_trigger(job["spec"]["schedule"], "UTC")
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
