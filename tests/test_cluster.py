@@ -154,6 +154,16 @@ def test_tls_cluster_runs_jobs_and_refuses_clients_without_the_certificate(
     labels = zarr.open_group(out, mode="r")["labels"][...]
     assert adjusted_rand_score(seed_data[1], labels) >= 0.99
 
+    # the same certificates from Dask's own configuration instead of flags
+    settings = {"CA_FILE": ca, "CLIENT__CERT": cert, "CLIENT__KEY": key}
+    env = os.environ | {f"DASK_DISTRIBUTED__COMM__TLS__{k}": v for k, v in settings.items()}
+    by_config = str(tmp_path / "tls-config.zarr")
+    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", seed_store, "-o", by_config,
+               "--scheduler", tls_cluster.address, *options]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert zarr.open_group(by_config, mode="r").attrs["status"] == "complete"
+
     refused_out = str(tmp_path / "refused.zarr")
     refused = meanshift("run", "-i", seed_store, "-o", refused_out, "--scheduler",
                         tls_cluster.address, "--connect-timeout", "5", *options)  # fmt: skip
