@@ -109,7 +109,7 @@ def dask_client(
         threads_per_worker=threads_per_worker,
         processes=processes,
         dashboard_address=":0",  # a free port: never collide with another cluster
-        silence_logs=logging.ERROR,
+        silence_logs=logging.CRITICAL,  # task errors reach the user as one line, not twice
         preload=["pipeline.worker"],
     )
     try:
@@ -132,7 +132,7 @@ def _cuda_cluster(n_workers: int | None) -> Iterator[Client]:
         cluster = LocalCUDACluster(
             n_workers=n_workers,
             dashboard_address=":0",
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,  # task errors reach the user as one line, not twice
             preload=["pipeline.worker"],
         )
     except Exception as exc:  # no GPU, no driver

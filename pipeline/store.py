@@ -96,7 +96,60 @@ def open_points(
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputDataError(f"'{array}' is empty (shape {arr.shape})")
     row_chunk = (arr.shards or arr.chunks)[0]
-    return InputInfo(array=arr, url=url, name=array, row_chunk=int(row_chunk))
+    info = InputInfo(array=arr, url=url, name=array, row_chunk=int(row_chunk))
+    check_chunks_present(info)
+    return info
+
+
+def check_chunks_present(info: InputInfo) -> None:
+    """Refuse an input with missing chunks (Zarr would read them as fill values, silently).
+
+    Raises
+    ------
+    InputDataError
+        Naming the first missing chunk (or shard) and its rows.
+    """
+    arr = info.array
+    try:
+        if arr.nchunks_initialized >= arr.nchunks:
+            return
+    except Exception:  # stores that cannot list keys: nothing to check against
+        return
+    from zarr.core.sync import sync
+
+    grid = arr.shards or arr.chunks
+    counts = [-(-size // step) for size, step in zip(arr.shape, grid, strict=True)]
+    for coords in np.ndindex(*counts):
+        key = arr.metadata.encode_chunk_key(coords)
+        if not sync(arr.store.exists(f"{arr.path}/{key}" if arr.path else key)):
+            first = coords[0] * grid[0]
+            last = min(arr.shape[0], first + grid[0]) - 1
+            raise InputDataError(
+                f"input {info.url} is missing chunk {key} of '{info.name}' (rows {first}-{last})"
+            )
+
+
+class CheckedReader:
+    """An input array whose read errors (a corrupt chunk, a vanished file) name the rows and
+    chunk, as an :class:`InputDataError`; what dask reads blocks from."""
+
+    def __init__(self, info: InputInfo) -> None:
+        self.info = info
+        self.shape, self.dtype, self.ndim = info.array.shape, info.array.dtype, info.array.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.info.array[key])
+        except Exception as exc:
+            rows = key[0] if isinstance(key, tuple) else key
+            start = rows.start or 0 if isinstance(rows, slice) else 0
+            stop = rows.stop if isinstance(rows, slice) and rows.stop else self.shape[0]
+            chunks = f"{start // self.info.row_chunk}-{(stop - 1) // self.info.row_chunk}"
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputDataError(
+                f"cannot read rows {start}-{stop - 1} of input {self.info.url} "
+                f"(row chunks {chunks}): {reason}"
+            ) from None
 
 
 TARGET_TASK_BYTES = 8 * 2**20
@@ -119,7 +172,15 @@ def points_as_dask(info: InputInfo) -> da.Array:
     n, d = info.array.shape
     rows = rows_per_task(n, d, info.row_chunk)
     name = task_name("read", info.url, info.name, info.array.shape, info.array.dtype.str, rows)
-    return da.from_array(info.array, chunks=(rows, d), lock=False, asarray=True, name=name)
+    reader = CheckedReader(info)
+    return da.from_array(
+        reader,
+        chunks=(rows, d),
+        lock=False,
+        asarray=True,
+        name=name,
+        meta=np.empty((0, 0), dtype=info.array.dtype),
+    )
 
 
 def existing_attributes(url: str) -> dict[str, Any] | None:

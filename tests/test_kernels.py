@@ -158,6 +158,9 @@ def test_shift_is_equivariant_to_translation(points, kernel, offset):
     base, density = shift_points(points, points, None, kernel, np, 2**20)
     moved, moved_density = shift_points(points + offset, points + offset, None, kernel, np, 2**20)
     keep = density > 0
+    if kernel == "flat":  # a pair at distance 1 within rounding may flip membership: skip it
+        gaps = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+        keep &= (np.abs(gaps - 1.0) > 1e-9).all(axis=1)
     # float64 path (flat) to rounding; float32 compiled path to ~1e-7 of the coordinates
     atol = 1e-7 if kernel == "flat" else 1e-4
     np.testing.assert_allclose(moved[keep], base[keep] + offset, atol=atol)

@@ -1,0 +1,122 @@
+"""Faults: broken inputs, lost workers. Real stores on disk, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from .support import tree_digest
+
+
+def meanshift(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+@pytest.fixture
+def chunked_store(tmp_path):
+    path = str(tmp_path / "in.zarr")
+    done = meanshift("generate", "-o", path, "--per-cluster", "1000", "--chunk", "1000")
+    assert done.returncode == 0
+    return path
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_broken_input_chunk_is_named_and_nothing_is_marked_complete(
+    chunked_store, tmp_path, damage
+):
+    chunk = os.path.join(chunked_store, "points", "c", "3", "0")
+    if damage == "missing":
+        os.remove(chunk)
+    else:
+        with open(chunk, "wb") as handle:
+            handle.write(b"not zstd data")
+    digest = tree_digest(chunked_store)
+    out = str(tmp_path / "out.zarr")
+    done = meanshift("run", "-i", chunked_store, "-o", out, "-b", "2.5", "--n-workers", "2")
+    assert done.returncode == 3
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "rows 3000-3999" in lines[0]
+    assert ("missing chunk c/3/0" if damage == "missing" else "row chunks 3-3") in lines[0]
+    assert tree_digest(chunked_store) == digest  # input untouched
+    status = meanshift("status", out)
+    assert status.returncode == 1 and status.stdout.strip() in ("missing", "failed")
+
+
+def test_killing_a_worker_mid_run_gives_the_undisturbed_result(tmp_path):
+    # standard Gaussian mean shift, every point a seed, exact: each task works for seconds
+    data = str(tmp_path / "in.zarr")
+    generated = meanshift("generate", "-o", data, "--per-cluster", "4000", "--chunk", "2000")
+    assert generated.returncode == 0
+    options = ["-b", "2.5", "--kernel", "gaussian", "--method", "exact", "--quiet"]
+    reference = str(tmp_path / "reference.zarr")
+    undisturbed = meanshift("run", "-i", data, "-o", reference, "--n-workers", "2", *options)
+    assert undisturbed.returncode == 0, undisturbed.stderr
+    out = str(tmp_path / "disturbed.zarr")
+    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", data, "-o", out,
+               "--n-workers", "2", *options]  # fmt: skip
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    killed = _kill_a_worker_when_busy(run.pid)
+    still_running = run.poll() is None
+    _, err = run.communicate(timeout=300)
+    assert killed and still_running, "no worker was killed while the job ran"
+    assert run.returncode == 0, err
+    a, b = zarr.open_group(reference, mode="r"), zarr.open_group(out, mode="r")
+    assert b.attrs["status"] == "complete"
+    np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
+    np.testing.assert_array_equal(a["centers"][...], b["centers"][...])
+    assert a.attrs["n_iter"] == b.attrs["n_iter"]
+
+
+def _kill_a_worker_when_busy(root: int, timeout: float = 120.0) -> bool:
+    """SIGKILL the first worker process of ``root``'s cluster seen using CPU after its start."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = [p for p in _descendants(root) if _is_worker(p)]
+        busy = [p for p in workers if _cpu_ticks(p) > 300]  # past start-up: computing
+        if len(workers) >= 2 and busy:
+            os.kill(busy[0], signal.SIGKILL)
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _descendants(pid: int) -> list[int]:
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    children = [int(c) for c in handle.read().split()]
+                found += children
+                queue += children
+        except OSError:
+            continue
+    return found
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"multiprocessing" in handle.read()
+    except OSError:
+        return False
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return 0
