@@ -15,7 +15,9 @@ tasks ever write the same chunk, and ``status: "complete"`` is written last.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,21 +289,39 @@ def write_per_point(group: zarr.Group, name: str, values: da.Array, row_chunk: i
 def _write_block(block: np.ndarray, target: zarr.Array, block_info: Any = None) -> np.ndarray:
     """Store one block at its rows of ``target``; returns the number of rows written."""
     start, stop = block_info[0]["array-location"][0]
-    target[start:stop] = block
+    with _output_errors(target):
+        target[start:stop] = block
     return np.array([stop - start])
 
 
 def write_summary(
     group: zarr.Group, centers: np.ndarray, sizes: np.ndarray, attributes: dict[str, Any]
 ) -> None:
-    """Write centres, sizes and the run's attributes, then mark the output complete."""
+    """Write centres, sizes and the run's attributes, then mark the output complete.
+
+    Raises
+    ------
+    OutputError
+        A write failed (disk full, file too large, permissions).
+    """
     k, d = centers.shape
-    group.create_array("centers", shape=(k, d), chunks=(max(k, 1), d), dtype="float64")[...] = (
-        centers
-    )
-    group.create_array("sizes", shape=(k,), chunks=(max(k, 1),), dtype="int64")[...] = sizes
-    group.update_attributes({**attributes, "status": STATUS_RUNNING})
-    group.update_attributes({"status": STATUS_COMPLETE})
+    with _output_errors(group):
+        group.create_array("centers", shape=(k, d), chunks=(max(k, 1), d), dtype="float64")[...] = (
+            centers
+        )
+        group.create_array("sizes", shape=(k,), chunks=(max(k, 1),), dtype="int64")[...] = sizes
+        group.update_attributes({**attributes, "status": STATUS_RUNNING})
+        group.update_attributes({"status": STATUS_COMPLETE})
+
+
+@contextlib.contextmanager
+def _output_errors(target: Any) -> Iterator[None]:
+    """Turn OS write failures into one-line :class:`OutputError` naming the output."""
+    try:
+        yield
+    except OSError as exc:
+        where = getattr(target, "store_path", target)
+        raise OutputError(f"cannot write output {where}: {exc.strerror or exc}") from None
 
 
 def mark_failed(group: zarr.Group, message: str) -> None:

@@ -120,3 +120,43 @@ def _cpu_ticks(pid: int) -> int:
         return int(fields[11]) + int(fields[12])  # utime + stime
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:  # in the child: writes past `limit` bytes fail with EFBIG
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize("limit", [1500, 600])  # fails while writing labels / the summary
+def test_a_full_disk_is_a_clear_error_and_leaves_the_input_alone(chunked_store, tmp_path, limit):
+    # a run without the limit first, so that numba's kernel cache is written already
+    warm = meanshift("run", "-i", chunked_store, "-o", str(tmp_path / "warm.zarr"), "-b", "2.5",
+                     "--quiet", "--n-workers", "1")  # fmt: skip
+    assert warm.returncode == 0, warm.stderr
+    digest = tree_digest(chunked_store)
+    out = str(tmp_path / "out.zarr")
+    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", chunked_store, "-o", out,
+               "-b", "2.5", "--quiet", "--n-workers", "1"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          preexec_fn=_limit_file_size(limit))  # fmt: skip
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write output" in lines[0] and "File too large" in lines[0]
+    assert tree_digest(chunked_store) == digest
+    assert meanshift("status", out).stdout.strip() != "complete"
+
+
+def test_an_unwritable_output_location_is_a_clear_error(chunked_store):
+    digest = tree_digest(chunked_store)
+    done = meanshift("run", "-i", chunked_store, "-o", "/proc/meanshift-out.zarr", "-b", "2.5")
+    assert done.returncode == 4
+    assert done.stderr.strip().splitlines() == [
+        "meanshift: error: cannot write output /proc/meanshift-out.zarr: No such file or directory"
+    ]
+    assert tree_digest(chunked_store) == digest
