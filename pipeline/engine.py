@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import dask
 import dask.array as da
@@ -78,6 +78,8 @@ class MeanShiftResult:
         The method used (``auto`` resolved).
     n_cells : int or None
         Weighted cells the binned method reduced the points to.
+    resumed_from_iteration : int
+        The saved iteration a blurring run continued from (0: it started afresh).
     """
 
     labels: da.Array
@@ -94,6 +96,7 @@ class MeanShiftResult:
     timings: dict[str, float] = field(default_factory=dict)
     method: str = "exact"
     n_cells: int | None = None
+    resumed_from_iteration: int = 0
 
 
 # --------------------------------------------------------------------------- tasks
@@ -354,6 +357,19 @@ class _Iterated:
     shifts: list[float]
     converged: bool
     reason: str
+    resumed_from: int = 0
+
+
+class Checkpoint(Protocol):
+    """Where blurring mean shift saves its state between iterations, and finds it again."""
+
+    def load(self) -> tuple[int, da.Array, list[float], float | None] | None:
+        """(iteration, positions in bandwidth units, shifts so far, last entropy), or None."""
+
+    def save(
+        self, iteration: int, positions: da.Array, shifts: list[float], entropy: float | None
+    ) -> None:
+        """Keep the state after ``iteration`` (the previous one stays valid until this ends)."""
 
 
 class _BlurringStop:
@@ -392,8 +408,10 @@ class _BlurringStop:
         self.previous_entropy = entropy
         return self.converged
 
-    def result(self, state: Any) -> _Iterated:
-        return _Iterated(state, len(self.shifts), self.shifts, self.converged, self.reason)
+    def result(self, state: Any, resumed_from: int = 0) -> _Iterated:
+        return _Iterated(
+            state, len(self.shifts), self.shifts, self.converged, self.reason, resumed_from
+        )
 
 
 def _blurring(
@@ -404,13 +422,23 @@ def _blurring(
     backend: str,
     bandwidth: float,
     progress: ProgressCallback | None,
+    checkpoint: Checkpoint | None = None,
 ) -> _Iterated:
-    """Iterate blurring mean shift, one Dask round trip per iteration."""
+    """Iterate blurring mean shift, one Dask round trip per iteration.
+
+    With a ``checkpoint``, the positions are saved after every iteration that does not
+    end the loop, and a saved state is continued from (the result is the same).
+    """
     d = z.shape[1]
     positions = z
     state: da.Array | None = None
     stop = _BlurringStop(params, bandwidth, progress)
-    for iteration in range(1, params.max_iter + 1):
+    resumed_from = 0
+    saved = None if checkpoint is None else checkpoint.load()
+    if saved is not None:
+        resumed_from, loaded, stop.shifts, stop.previous_entropy = saved
+        positions = loaded.rechunk((z.chunks[0], (d,)))
+    for iteration in range(resumed_from + 1, params.max_iter + 1):
         new = positions.map_blocks(
             _blurring_block,
             _share_point_set(positions, shared_weights, method, params),
@@ -431,7 +459,9 @@ def _blurring(
         state, positions = new, new[:, :d]
         if stop.done(stats.compute()):
             break
-    return stop.result(state)
+        if checkpoint is not None and iteration < params.max_iter:
+            checkpoint.save(iteration, positions, list(stop.shifts), stop.previous_entropy)
+    return stop.result(state, resumed_from)
 
 
 def _standard(
@@ -616,6 +646,7 @@ def mean_shift(
     weights: Any = None,
     progress: ProgressCallback | None = None,
     n_threads: int | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> MeanShiftResult:
     """Cluster points with mean shift.
 
@@ -637,6 +668,8 @@ def mean_shift(
         Called after each blurring iteration.
     n_threads : int, optional
         Threads for NumPy input (default: one per CPU).
+    checkpoint : Checkpoint, optional
+        Saves and resumes blurring iterations (dask input, methods exact and grid).
 
     Returns
     -------
@@ -668,7 +701,7 @@ def mean_shift(
     method = resolve_method(*points.shape, params)
     if method == "binned":
         return _binned(points, params, seeds, weights, progress)
-    return _mean_shift_points(points, params, method, seeds, weights, progress)
+    return _mean_shift_points(points, params, method, seeds, weights, progress, checkpoint)
 
 
 def _mean_shift_points(
@@ -678,6 +711,7 @@ def _mean_shift_points(
     seeds: np.ndarray | None,
     weights: da.Array | None,
     progress: ProgressCallback | None,
+    checkpoint: Checkpoint | None = None,
 ) -> MeanShiftResult:
     """Mean shift with the points themselves as the shared set (methods exact and grid)."""
     timings: dict[str, float] = {}
@@ -701,7 +735,9 @@ def _mean_shift_points(
     z = z.persist()
     shared_weights = None if data.weights is None else _share(data.weights).persist()
     if params.blurring:
-        iterated = _blurring(z, shared_weights, params, method, backend, bandwidth, progress)
+        iterated = _blurring(
+            z, shared_weights, params, method, backend, bandwidth, progress, checkpoint
+        )
         n_seeds, seeds_are_points = n, True
     else:
         seed_array = _seed_array(data, z, seeds, params, bandwidth)
@@ -772,6 +808,7 @@ def _points_result(
         stop_reason=iterated.reason,
         timings=timings,
         method=method,
+        resumed_from_iteration=iterated.resumed_from,
     )
 
 

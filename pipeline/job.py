@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -75,6 +77,16 @@ def result_attributes(
     }
 
 
+def job_fingerprint(source: store.InputInfo, params: MeanShiftParams) -> str:
+    """What makes two runs the same job: input, its shape and type, every parameter."""
+    described = {
+        "input": [source.url, source.name, list(source.array.shape), str(source.array.dtype)],
+        "parameters": params.model_dump(mode="json"),
+        "version": package_versions()["meanshift-pipeline"],
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
 def default_job_name(output_url: str) -> str:
     """A job's name from its output: the last path element without its extension."""
     last = output_url.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
@@ -143,7 +155,13 @@ def run_job(
     opened = time.perf_counter()
     source = store.open_points(input_url, array, storage_options)
     n, d = source.array.shape
-    group = store.create_output(output_url, n, source.row_chunk, overwrite, input_url=input_url)
+    fingerprint = job_fingerprint(source, params)
+    resuming = not overwrite and store.resumable(output_url, fingerprint)
+    if resuming:  # the same job stopped part way: continue from its saved state
+        group = store.reopen_output(output_url)
+    else:
+        group = store.create_output(output_url, n, source.row_chunk, overwrite, input_url=input_url)
+    checkpoint = store.ZarrCheckpoint(group, source.row_chunk, fingerprint)
     try:
         before_cluster = time.perf_counter()
         warming = threading.Thread(target=warm_up, daemon=True)  # while the cluster starts
@@ -157,7 +175,9 @@ def run_job(
             if on_cluster_ready is not None:
                 on_cluster_ready(client)
             with job_tag(name or default_job_name(output_url)):
-                result = mean_shift(store.points_as_dask(source), params, progress=progress)
+                result = mean_shift(
+                    store.points_as_dask(source), params, progress=progress, checkpoint=checkpoint
+                )
                 clock = time.perf_counter()
                 store.write_per_point(group, "labels", result.labels, source.row_chunk)
                 if write_modes and result.modes is not None:
@@ -169,6 +189,8 @@ def run_job(
             attributes = result_attributes(result, params, source, n)
             attributes["timings"] = timings
             attributes["job"] = {"name": name or default_job_name(output_url), "run_id": run_id}
+            attributes["resumed_from_iteration"] = result.resumed_from_iteration
+            checkpoint.clear()
             store.write_summary(group, result.centers, result.sizes, attributes)
     except BaseException as exc:
         store.mark_failed(group, f"{type(exc).__name__}: {exc}")

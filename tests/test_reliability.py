@@ -160,3 +160,44 @@ def test_an_unwritable_output_location_is_a_clear_error(chunked_store):
         "meanshift: error: cannot write output /proc/meanshift-out.zarr: No such file or directory"
     ]
     assert tree_digest(chunked_store) == digest
+
+
+def test_a_killed_driver_resumes_from_its_last_iteration(tmp_path):
+    import json
+    import signal
+    import time
+
+    data = str(tmp_path / "in.zarr")
+    generated = meanshift("generate", "-o", data, "--per-cluster", "3000", "--chunk", "3000")
+    assert generated.returncode == 0
+    options = ["-b", "2.5", "--kernel", "gaussian", "--blurring", "--method", "exact",
+               "--tol", "0", "--max-iter", "10", "--quiet", "--n-workers", "2"]  # fmt: skip
+    reference = str(tmp_path / "reference.zarr")
+    assert meanshift("run", "-i", data, "-o", reference, *options).returncode == 0
+    out = str(tmp_path / "out.zarr")
+    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", data, "-o", out, *options]
+    driver = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    meta = os.path.join(out, "zarr.json")
+    deadline, saved = time.monotonic() + 120, 0
+    while saved < 2 and time.monotonic() < deadline and driver.poll() is None:
+        try:
+            with open(meta) as handle:
+                saved = json.load(handle)["attributes"].get("checkpoint", {}).get("iteration", 0)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its embedded cluster, mid-run
+    driver.wait()
+    assert saved >= 2, "the run ended before two iterations were saved"
+    assert zarr.open_group(out, mode="r").attrs["status"] == "running"  # not complete
+    again = meanshift("run", "-i", data, "-o", out, *options)  # the same command
+    assert again.returncode == 0, again.stderr
+    a, b = zarr.open_group(reference, mode="r"), zarr.open_group(out, mode="r")
+    assert b.attrs["status"] == "complete"
+    assert b.attrs["resumed_from_iteration"] >= 2  # it did not start from iteration 0
+    assert a.attrs["resumed_from_iteration"] == 0
+    assert "checkpoint" not in b.attrs and "checkpoint_a" not in b
+    np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
+    np.testing.assert_array_equal(a["centers"][...], b["centers"][...])
+    assert a.attrs["n_iter"] == b.attrs["n_iter"]
+    assert a.attrs["max_shift_per_iteration"] == b.attrs["max_shift_per_iteration"]
