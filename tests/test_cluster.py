@@ -185,3 +185,27 @@ def test_tls_cluster_refuses_a_certificate_from_another_authority(
     assert refused.returncode == 5
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach Dask scheduler" in lines[0], refused.stderr
+
+
+def test_ten_concurrent_jobs_on_two_workers_all_finish(
+    plain_cluster, seed_store, seed_data, tmp_path
+):
+    # more jobs than workers: each waits for its turn on the busy cluster instead of failing
+    points = seed_data[0]
+    bandwidths = [2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 3.75, 4.0, 4.25]
+    launched = []
+    for i, bandwidth in enumerate(bandwidths):
+        out = str(tmp_path / f"load-{i}.zarr")
+        command = [sys.executable, "-m", "pipeline.cli", "run", "-i", seed_store, "-o", out,
+                   "--scheduler", plain_cluster.address, "--kernel", "gaussian", "--quiet",
+                   "--bandwidth", str(bandwidth), "--name", f"load{i}"]  # fmt: skip
+        launched.append((out, bandwidth, subprocess.Popen(command, stderr=subprocess.PIPE)))
+    for out, bandwidth, process in launched:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+        result = zarr.open_group(out, mode="r")
+        assert result.attrs["status"] == "complete"
+        assert result.attrs["bandwidth"] == bandwidth  # each output is its own job's
+        params = make_params(kernel="gaussian", bandwidth=bandwidth)
+        reference = mean_shift(points, params)
+        np.testing.assert_array_equal(result["labels"][...], np.asarray(reference.labels))
