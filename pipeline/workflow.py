@@ -52,6 +52,8 @@ def spec_with_options(spec: WorkflowSpec | None, options: dict[str, Any]) -> Wor
     )
     for part in ("input", "output", "params", "cluster"):
         data.setdefault(part, {})
+    if "scheduler" in options and "cluster" in options:
+        raise ParameterError("give either --scheduler (a running cluster) or --cluster, not both")
     for option, value in options.items():
         if option in CLI_TO_SPEC:
             part, key = CLI_TO_SPEC[option]

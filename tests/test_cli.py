@@ -125,6 +125,23 @@ MISTAKES = [
     (["run", "-i", "{store}", "-o", "{parent}/plain-folder", "--overwrite"], 4, "not a meanshift"),
     (["run", "-i", "{store}", "-o", "nosuch://x.zarr", "-b", "1"], 4, "cannot write output"),
     (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--scheduler", "nonsense"], 5, "cannot reach"),
+    (["run"], 2, "missing option --input"),
+    (["run", "-i", "{store}"], 2, "missing option --output"),
+    (
+        [
+            "run",
+            "-i",
+            "{store}",
+            "-o",
+            "{tmp}/o.zarr",
+            "--scheduler",
+            "tcp://127.0.0.1:9",
+            "--cluster",
+            "local",
+        ],
+        2,
+        "not both",
+    ),  # fmt: skip
     (["generate", "-o", "{store}", "--overwrite"], 4, "is not generated data"),
     (["demo", "--plot", "{tmp}/no/such/folder/x.png"], 4, "cannot write plot"),
 ]
