@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["MeanShift", "MeanShiftParams", "estimate_bandwidth", "mean_shift", "run_job"]
+__all__ = [
+    "MeanShift",
+    "MeanShiftParams",
+    "estimate_bandwidth",
+    "load_spec",
+    "mean_shift",
+    "run_job",
+    "run_spec",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -34,4 +42,12 @@ def __getattr__(name: str) -> Any:
         from .job import run_job
 
         return run_job
+    if name == "load_spec":
+        from .spec import load_spec
+
+        return load_spec
+    if name == "run_spec":
+        from .workflow import run_spec
+
+        return run_spec
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
