@@ -201,3 +201,32 @@ def test_a_killed_driver_resumes_from_its_last_iteration(tmp_path):
     np.testing.assert_array_equal(a["centers"][...], b["centers"][...])
     assert a.attrs["n_iter"] == b.attrs["n_iter"]
     assert a.attrs["max_shift_per_iteration"] == b.attrs["max_shift_per_iteration"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [dict(kernel="gaussian", blurring=True, method="exact"),
+     dict(kernel="flat", method="binned", bandwidth=2.0)],
+)  # fmt: skip
+def test_identical_results_across_worker_counts_threads_and_processes(seed_store, tmp_path, config):
+    from distributed import LocalCluster
+
+    from pipeline.job import run_job
+    from pipeline.params import make_params
+
+    params = make_params(**({"bandwidth": 2.5} | config))
+    outcomes = []
+    for workers in (1, 2, 4):
+        out = str(tmp_path / f"processes-{workers}.zarr")
+        run_job(seed_store, out, params, n_workers=workers)
+        outcomes.append(zarr.open_group(out, mode="r"))
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=False) as threads:
+        out = str(tmp_path / "threads.zarr")
+        run_job(seed_store, out, params, scheduler=threads.scheduler_address)
+        outcomes.append(zarr.open_group(out, mode="r"))
+    first = outcomes[0]
+    for other in outcomes[1:]:
+        np.testing.assert_array_equal(other["labels"][...], first["labels"][...])
+        np.testing.assert_array_equal(other["centers"][...], first["centers"][...])
+        np.testing.assert_array_equal(other["sizes"][...], first["sizes"][...])
+        assert other.attrs["n_iter"] == first.attrs["n_iter"]
