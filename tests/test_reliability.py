@@ -91,17 +91,22 @@ def _kill_a_worker_when_busy(root: int, timeout: float = 120.0) -> bool:
 
 
 def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from the parent ids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
     found, queue = [], [pid]
     while queue:
-        current = queue.pop()
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as handle:
-                    children = [int(c) for c in handle.read().split()]
-                found += children
-                queue += children
-        except OSError:
-            continue
+        below = children.get(queue.pop(), [])
+        found += below
+        queue += below
     return found
 
 
