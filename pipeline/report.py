@@ -17,22 +17,10 @@ import numpy as np
 import zarr
 
 from .errors import OutputError, PipelineError
+from .plot import draw_clusters, pyplot, save_figure
 from .store import open_result
 
 DEFAULT_MAX_POINTS = 50_000
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PipelineError(
-            "the report needs matplotlib: pip install 'meanshift-pipeline[plot]'"
-        ) from None
-    return plt
 
 
 def default_report_folder(output_url: str) -> str:
@@ -80,7 +68,7 @@ def write_report(
     str
         Path of ``index.html``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     result = open_result(output_url)
     attrs = result.attrs.asdict()
     folder = folder or default_report_folder(output_url)
@@ -111,19 +99,15 @@ def write_report(
     fig, ax = plt.subplots(figsize=(7, 7), dpi=100)
     k = max(len(centers), 1)
     colours = plt.cm.tab10(np.arange(k) % 10)  # cluster i and i + 10 share a colour
-    outliers = labels < 0
-    if outliers.any():
-        ax.scatter(xy[outliers, 0], xy[outliers, 1], c="0.7", s=2, label="outliers (-1)")
+    draw_clusters(ax, xy, labels, cxy, colours, outlier_label="outliers (-1)")
+    if (labels < 0).any():
         ax.legend(loc="best")
-    ax.scatter(xy[~outliers, 0], xy[~outliers, 1], c=colours[labels[~outliers] % k], s=2)
-    ax.plot(cxy[:, 0], cxy[:, 1], "x", color="k", markersize=10, mew=5, linestyle="none")
-    ax.plot(cxy[:, 0], cxy[:, 1], "x", color="m", markersize=5, mew=2, linestyle="none")
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
     ax.set_title(f"{len(centers)} clusters; {shown}")
     if d >= 2:
         ax.set_aspect("equal", adjustable="datalim")
-    _save(fig, plt, os.path.join(folder, "clusters.png"))
+    save_figure(fig, os.path.join(folder, "clusters.png"))
 
     shifts = attrs.get("max_shift_per_iteration") or []
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -138,7 +122,7 @@ def write_report(
         ax.text(0.5, 0.5, f"standard mean shift: seeds converged independently\n"
                 f"most iterations of any seed: {attrs.get('n_iter')}\n"
                 f"{attrs.get('stop_reason', '')}", ha="center", va="center")  # fmt: skip
-    _save(fig, plt, os.path.join(folder, "convergence.png"))
+    save_figure(fig, os.path.join(folder, "convergence.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     top = min(len(sizes), 50)
@@ -146,7 +130,7 @@ def write_report(
     ax.set_xlabel("cluster" + (f" (largest {top} of {len(sizes)})" if top < len(sizes) else ""))
     ax.set_ylabel("points")
     ax.set_title(f"cluster sizes ({int(sizes.sum()):,} points in clusters, {n:,} in all)")
-    _save(fig, plt, os.path.join(folder, "sizes.png"))
+    save_figure(fig, os.path.join(folder, "sizes.png"))
 
     page = os.path.join(folder, "index.html")
     try:
@@ -166,16 +150,6 @@ def _input_rows(attrs: dict[str, Any], rows: np.ndarray) -> np.ndarray:
         return np.asarray(array.get_orthogonal_selection((rows, slice(None))), dtype=np.float64)
     except Exception as exc:
         raise PipelineError(f"cannot read the run's input {url} (array {name}): {exc}") from None
-
-
-def _save(fig: Any, plt: Any, path: str) -> None:
-    fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
