@@ -243,6 +243,12 @@ def _execute(
     if report is None:
         click.echo(f"already complete: {spec.output_path(run_id or make_run_id())}")
         return None
+    if report.already_complete:
+        click.echo(
+            f"already complete: {report.output} holds this job's result (same input and "
+            "parameters); nothing to do (--overwrite recomputes it)"
+        )
+        return report
     if not quiet:
         click.echo(format_summary(report, params))
     return report
@@ -302,8 +308,20 @@ def format_summary(report: Any, params: Any) -> str:
     show_default=True,
     help="Array of the input group holding the (n, d) points.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing output (also recompute a complete output of the same job).",
+)
 @click.option("--modes", is_flag=True, help="Also write where every point converged.")
+@click.option(
+    "--checkpoint-every",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="K",
+    help="Save blurring positions every K-th iteration for resuming (0: keep no state).",
+)
 @click.option(
     "--skip-complete",
     is_flag=True,

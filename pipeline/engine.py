@@ -80,6 +80,8 @@ class MeanShiftResult:
         Weighted cells the binned method reduced the points to.
     resumed_from_iteration : int
         The saved iteration a blurring run continued from (0: it started afresh).
+    resumed : str or None
+        What a resumed run took from its checkpoint (None: it started afresh).
     """
 
     labels: da.Array
@@ -97,6 +99,7 @@ class MeanShiftResult:
     method: str = "exact"
     n_cells: int | None = None
     resumed_from_iteration: int = 0
+    resumed: str | None = None
 
 
 # --------------------------------------------------------------------------- tasks
@@ -358,10 +361,15 @@ class _Iterated:
     converged: bool
     reason: str
     resumed_from: int = 0
+    resumed: str | None = None
 
 
 class Checkpoint(Protocol):
-    """Where blurring mean shift saves its state between iterations, and finds it again."""
+    """Where a run saves its state as it goes, and finds it again after a crash.
+
+    Blurring saves positions between iterations, standard mean shift each finished
+    chunk of seeds, the binned method its cell table after the binning pass.
+    """
 
     def load(self) -> tuple[int, da.Array, list[float], float | None] | None:
         """(iteration, positions in bandwidth units, shifts so far, last entropy), or None."""
@@ -370,6 +378,18 @@ class Checkpoint(Protocol):
         self, iteration: int, positions: da.Array, shifts: list[float], entropy: float | None
     ) -> None:
         """Keep the state after ``iteration`` (the previous one stays valid until this ends)."""
+
+    def finished_chunks(self, chunks: tuple[int, ...]) -> dict[int, Any]:
+        """Saved states of finished seed chunks (array-likes) by chunk index."""
+
+    def save_chunk(self, index: int, chunks: tuple[int, ...], block: np.ndarray) -> None:
+        """Keep the converged state of seed chunk ``index``."""
+
+    def load_cells(self) -> dict[str, np.ndarray] | None:
+        """The binned method's cell table (keys, counts, centroids, low, high), or None."""
+
+    def save_cells(self, cells: dict[str, np.ndarray]) -> None:
+        """Keep the binned method's cell table."""
 
 
 class _BlurringStop:
@@ -409,9 +429,11 @@ class _BlurringStop:
         return self.converged
 
     def result(self, state: Any, resumed_from: int = 0) -> _Iterated:
+        resumed = f"iteration {resumed_from}" if resumed_from else None
         return _Iterated(
-            state, len(self.shifts), self.shifts, self.converged, self.reason, resumed_from
-        )
+            state, len(self.shifts), self.shifts, self.converged, self.reason, resumed_from,
+            resumed,
+        )  # fmt: skip
 
 
 def _blurring(
@@ -471,8 +493,13 @@ def _standard(
     params: MeanShiftParams,
     method: str,
     backend: str,
+    checkpoint: Checkpoint | None = None,
 ) -> _Iterated:
-    """Standard mean shift: each task runs its seeds to convergence against the shared set."""
+    """Standard mean shift: each task runs its seeds to convergence against the shared set.
+
+    With a ``checkpoint``, each chunk of seeds is saved as it finishes, and chunks saved
+    by an earlier, interrupted run of the same job are taken from it instead of rerun.
+    """
     d = z.shape[1]
     state = seeds.map_blocks(
         _converge_block,
@@ -483,9 +510,58 @@ def _standard(
         chunks=(seeds.chunks[0], (d + 3,)),
         dtype=np.float64,
         name=task_name("standard", seeds, z, params),
-    ).persist()
+    )
+    resumed = None
+    if checkpoint is None:
+        state = state.persist()
+    else:
+        state, reused = _saving_chunks(state, checkpoint)
+        if reused:
+            resumed = f"{reused} of {state.numblocks[0]} seed chunks"
     n_iter, all_converged = dask.compute(state[:, d + 1].max(), state[:, d + 2].min())
-    return _standard_result(state, n_iter, all_converged, params)
+    iterated = _standard_result(state, n_iter, all_converged, params)
+    iterated.resumed = resumed
+    return iterated
+
+
+def _saving_chunks(state: da.Array, checkpoint: Checkpoint) -> tuple[da.Array, int]:
+    """Compute ``state``'s row chunks, saving each as it finishes; reuse saved ones.
+
+    Returns the state (finished chunks stay on the workers) and how many chunks were
+    taken from the checkpoint.
+    """
+    chunks = state.chunks[0]
+    saved = checkpoint.finished_chunks(chunks)
+    blocks = state.to_delayed().ravel()
+    parts: list[Any] = [None] * len(blocks)
+    for index, array in saved.items():
+        parts[index] = da.from_array(array, chunks=array.shape, name=task_name("resume", index))
+    todo = [i for i in range(len(blocks)) if i not in saved]
+    for index, block, handle in _as_finished([blocks[i] for i in todo], todo):
+        checkpoint.save_chunk(index, chunks, block)
+        parts[index] = da.from_delayed(handle, shape=block.shape, dtype=block.dtype)
+    return da.concatenate(parts), len(saved)
+
+
+def _as_finished(blocks: list[Any], indices: list[int]) -> Any:
+    """Yield (index, NumPy block, handle for reuse) for each delayed block as it finishes.
+
+    On a ``distributed`` client the blocks run at once and arrive in the order they
+    finish (the handle is the future, so the data stays on its worker); on other
+    schedulers they are computed together.
+    """
+    try:
+        from distributed import as_completed, get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        for index, block in zip(indices, dask.compute(*blocks), strict=True):
+            yield index, block, dask.delayed(block)
+        return
+    futures = client.compute(blocks)
+    index_of = {future.key: index for future, index in zip(futures, indices, strict=True)}
+    for future, block in as_completed(futures, with_results=True):
+        yield index_of[future.key], block, future
 
 
 def _standard_result(
@@ -669,7 +745,8 @@ def mean_shift(
     n_threads : int, optional
         Threads for NumPy input (default: one per CPU).
     checkpoint : Checkpoint, optional
-        Saves and resumes blurring iterations (dask input, methods exact and grid).
+        Saves the run's state as it goes and continues from a saved one (dask input):
+        blurring iterations, finished chunks of seeds, the binned method's cell table.
 
     Returns
     -------
@@ -700,7 +777,7 @@ def mean_shift(
         )
     method = resolve_method(*points.shape, params)
     if method == "binned":
-        return _binned(points, params, seeds, weights, progress)
+        return _binned(points, params, seeds, weights, progress, checkpoint)
     return _mean_shift_points(points, params, method, seeds, weights, progress, checkpoint)
 
 
@@ -744,7 +821,7 @@ def _mean_shift_points(
         seeds_are_points = seed_array is None
         if seed_array is None:
             seed_array = z
-        iterated = _standard(seed_array, z, shared_weights, params, method, backend)
+        iterated = _standard(seed_array, z, shared_weights, params, method, backend, checkpoint)
         n_seeds = seed_array.shape[0]
     timings["iterate_s"] = time.perf_counter() - clock
 
@@ -809,6 +886,7 @@ def _points_result(
         timings=timings,
         method=method,
         resumed_from_iteration=iterated.resumed_from,
+        resumed=iterated.resumed,
     )
 
 
@@ -1197,11 +1275,14 @@ def _binned(
     seeds: np.ndarray | None,
     weights: da.Array | None,
     progress: ProgressCallback | None,
+    checkpoint: Checkpoint | None = None,
 ) -> MeanShiftResult:
     """Reduce points to weighted cells chunk by chunk, run mean shift on the cells, label points.
 
     Raw points are read twice (binning, labelling; three times with nearest-centre
     labels, whose sizes need a counting pass) and never held whole by any process.
+    With a ``checkpoint``, the cell table is saved after the binning pass, and a saved
+    one (same job) replaces that pass.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -1215,20 +1296,18 @@ def _binned(
 
     clock = time.perf_counter()
     cell = params.bin_fraction * bandwidth
-    blocks = points.to_delayed().ravel()
-    weight_blocks = [None] * len(blocks) if weights is None else list(weights.to_delayed().ravel())
-    parts = [
-        dask.delayed(_bin_block)(block, w, cell, dask_key_name=task_name("bin", block, w, cell))
-        for block, w in zip(blocks, weight_blocks, strict=True)
-    ]
-    bad, low, high, keys, counts, sums = _tree_reduce(parts, _combine_bins).compute()
-    if bad:
-        raise InputDataError(f"{bad} of {n} rows hold NaN or Inf values")
+    cells = None if checkpoint is None else checkpoint.load_cells()
+    resumed = None
+    if cells is None:
+        cells = _bin_points(points, weights, cell)
+        if checkpoint is not None:
+            checkpoint.save_cells(cells)
+    else:
+        resumed = f"the binning pass ({len(cells['counts']):,} cells)"
+    keys, counts, centroids = cells["keys"], cells["counts"], cells["centroids"]
+    low, high = cells["low"], cells["high"]
     span = float(np.max(high / 2 - low / 2)) * 2
     _check_span(span, bandwidth)
-    kept = counts > 0
-    keys, counts = keys[kept], counts[kept]
-    centroids = (keys + (sums[kept] / counts[:, None] + 0.5) / FIXED_POINT) * cell
     table = _CellTable.build(keys, cell)
     timings["binning_s"] = time.perf_counter() - clock
 
@@ -1319,4 +1398,29 @@ def _binned(
         timings=timings,
         method="binned",
         n_cells=len(centroids),
+        resumed=resumed,
     )
+
+
+def _bin_points(points: da.Array, weights: da.Array | None, cell: float) -> dict[str, np.ndarray]:
+    """The binning pass: occupied cells (integer keys), their weights and centroids, and the
+    data's bounds, reduced chunk by chunk in a tree.
+
+    Raises
+    ------
+    InputDataError
+        Some rows hold NaN or Inf.
+    """
+    blocks = points.to_delayed().ravel()
+    weight_blocks = [None] * len(blocks) if weights is None else list(weights.to_delayed().ravel())
+    parts = [
+        dask.delayed(_bin_block)(block, w, cell, dask_key_name=task_name("bin", block, w, cell))
+        for block, w in zip(blocks, weight_blocks, strict=True)
+    ]
+    bad, low, high, keys, counts, sums = _tree_reduce(parts, _combine_bins).compute()
+    if bad:
+        raise InputDataError(f"{bad} of {points.shape[0]} rows hold NaN or Inf values")
+    kept = counts > 0
+    keys, counts = keys[kept], counts[kept]
+    centroids = (keys + (sums[kept] / counts[:, None] + 0.5) / FIXED_POINT) * cell
+    return {"keys": keys, "counts": counts, "centroids": centroids, "low": low, "high": high}

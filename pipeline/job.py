@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import store
+from .checkpoint import ZarrCheckpoint, resumable
 from .cluster import dask_client
 from .engine import MeanShiftResult, ProgressCallback, mean_shift
 from .naming import job_tag
@@ -41,6 +42,8 @@ class JobReport:
     n_cells: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     dashboard: str | None = None
+    resumed: str | None = None
+    already_complete: bool = False
 
 
 def package_versions() -> dict[str, str]:
@@ -112,6 +115,7 @@ def run_job(
     security: Any = None,
     cluster_kind: str = "local",
     run_id: str | None = None,
+    checkpoint_every: int = 1,
 ) -> JobReport:
     """Cluster a Zarr point set and write the result to a Zarr group.
 
@@ -119,6 +123,12 @@ def run_job(
     before any cluster starts, so user mistakes fail fast. On any error the
     output is marked ``failed``; it is marked ``complete`` only after every
     array and attribute is written.
+
+    The same job (same input, parameters and version) aimed at its own output
+    continues from the saved state if the output is unfinished, and does nothing
+    if it is complete (the report is read back, ``already_complete`` set); only
+    ``overwrite`` recomputes it. A different job's output is never replaced
+    without ``overwrite``.
 
     Parameters
     ----------
@@ -151,17 +161,24 @@ def run_job(
         worker per GPU, dask-cuda).
     run_id : str, optional
         Recorded in the output's attributes (workflow runs).
+    checkpoint_every : int
+        Save blurring positions after every ``checkpoint_every``-th iteration (0: keep
+        no state; standard mean shift and the binned method save theirs unless 0).
     """
     opened = time.perf_counter()
     source = store.open_points(input_url, array, storage_options)
     n, d = source.array.shape
     fingerprint = job_fingerprint(source, params)
-    resuming = not overwrite and store.resumable(output_url, fingerprint)
+    if not overwrite:
+        done = _completed_report(output_url, fingerprint)
+        if done is not None:
+            return done
+    resuming = not overwrite and resumable(output_url, fingerprint)
     if resuming:  # the same job stopped part way: continue from its saved state
         group = store.reopen_output(output_url)
     else:
         group = store.create_output(output_url, n, source.row_chunk, overwrite, input_url=input_url)
-    checkpoint = store.ZarrCheckpoint(group, source.row_chunk, fingerprint)
+    checkpoint = ZarrCheckpoint(group, source.row_chunk, fingerprint, checkpoint_every)
     try:
         before_cluster = time.perf_counter()
         warming = threading.Thread(target=warm_up, daemon=True)  # while the cluster starts
@@ -190,6 +207,8 @@ def run_job(
             attributes["timings"] = timings
             attributes["job"] = {"name": name or default_job_name(output_url), "run_id": run_id}
             attributes["resumed_from_iteration"] = result.resumed_from_iteration
+            attributes["resumed"] = result.resumed
+            attributes["fingerprint"] = fingerprint
             checkpoint.clear()
             store.write_summary(group, result.centers, result.sizes, attributes)
     except BaseException as exc:
@@ -212,4 +231,36 @@ def run_job(
         n_cells=result.n_cells,
         timings=timings,
         dashboard=link,
+        resumed=result.resumed,
+    )
+
+
+def _completed_report(output_url: str, fingerprint: str) -> JobReport | None:
+    """The report of ``output_url`` if it is a complete output of this very job, else None."""
+    attributes = store.existing_attributes(output_url) or {}
+    if attributes.get("status") != store.STATUS_COMPLETE:
+        return None
+    if attributes.get("fingerprint") != fingerprint:
+        return None
+    group = store.open_result(output_url)
+    centers = group["centers"][...]
+    inputs = attributes["input"]
+    return JobReport(
+        input=inputs["url"],
+        output=output_url,
+        n_points=int(attributes["n_points"]),
+        n_dims=int(inputs["shape"][1]),
+        n_clusters=int(attributes["n_clusters"]),
+        sizes=[int(s) for s in group["sizes"][...]],
+        centers=centers.tolist(),
+        bandwidth=float(attributes["bandwidth"]),
+        bandwidth_estimated=bool(attributes["bandwidth_estimated"]),
+        n_iter=int(attributes["n_iter"]),
+        converged=bool(attributes["converged"]),
+        stop_reason=str(attributes["stop_reason"]),
+        method=str(attributes["method"]),
+        n_cells=attributes.get("n_cells"),
+        timings=dict(attributes.get("timings") or {}),
+        resumed=attributes.get("resumed"),
+        already_complete=True,
     )

@@ -82,6 +82,7 @@ class OutputSpec(_Strict):
     path: str
     overwrite: bool = False
     modes: bool = False
+    checkpoint_every: int = Field(default=1, ge=0)
 
     @field_validator("path")
     @classmethod

@@ -350,62 +350,6 @@ def open_result(url: str) -> zarr.Group:
     return group
 
 
-class ZarrCheckpoint:
-    """Blurring state kept in the output group while a job runs (engine ``Checkpoint``).
-
-    Positions alternate between two arrays, ``checkpoint_a`` and ``checkpoint_b``; the
-    ``checkpoint`` attribute names the slot holding the last finished iteration and is
-    written only after that slot is complete, so a crash at any moment leaves a valid
-    state (or none). ``fingerprint`` ties the state to one input and parameter set.
-    """
-
-    def __init__(self, group: zarr.Group, row_chunk: int, fingerprint: str) -> None:
-        self.group, self.row_chunk, self.fingerprint = group, row_chunk, fingerprint
-
-    def load(self) -> tuple[int, da.Array, list[float], float | None] | None:
-        saved = self.group.attrs.get("checkpoint")
-        if not saved or saved.get("fingerprint") != self.fingerprint:
-            return None
-        array = self.group[f"checkpoint_{saved['slot']}"]
-        positions = da.from_array(array, chunks=array.chunks, name=task_name("resume", saved))
-        return int(saved["iteration"]), positions, list(saved["shifts"]), saved["entropy"]
-
-    def save(
-        self, iteration: int, positions: da.Array, shifts: list[float], entropy: float | None
-    ) -> None:
-        slot = "a" if iteration % 2 else "b"
-        name = f"checkpoint_{slot}"
-        if name not in self.group:
-            with _output_errors(self.group):
-                self.group.create_array(
-                    name, shape=positions.shape, chunks=(self.row_chunk, positions.shape[1]),
-                    dtype="float64",
-                )  # fmt: skip
-        write_per_point(self.group, name, positions, self.row_chunk)
-        state = {"iteration": iteration, "slot": slot, "shifts": shifts, "entropy": entropy}
-        with _output_errors(self.group):
-            self.group.update_attributes({"checkpoint": {**state, "fingerprint": self.fingerprint}})
-
-    def clear(self) -> None:
-        """Drop the saved state (the job is about to be marked complete)."""
-        with _output_errors(self.group):
-            for slot in ("a", "b"):
-                if f"checkpoint_{slot}" in self.group:
-                    del self.group[f"checkpoint_{slot}"]
-            if "checkpoint" in self.group.attrs:
-                del self.group.attrs["checkpoint"]
-
-
-def resumable(url: str, fingerprint: str) -> bool:
-    """Whether ``url`` holds an unfinished output of the same job with a saved state."""
-    attributes = existing_attributes(url) or {}
-    saved = attributes.get("checkpoint") or {}
-    return (
-        attributes.get("status") in (STATUS_RUNNING, STATUS_FAILED)
-        and saved.get("fingerprint") == fingerprint
-    )
-
-
 def reopen_output(url: str) -> zarr.Group:
     """An unfinished output, open for writing again (``status: running``), its state kept."""
     group = zarr.open_group(url, mode="r+")

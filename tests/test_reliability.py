@@ -167,11 +167,29 @@ def test_an_unwritable_output_location_is_a_clear_error(chunked_store):
     assert tree_digest(chunked_store) == digest
 
 
-def test_a_killed_driver_resumes_from_its_last_iteration(tmp_path):
+def _kill_driver_once(command: list[str], out: str, ready, timeout: float = 120.0) -> dict:
+    """Start ``command`` (a ``meanshift run`` writing ``out``); SIGKILL it and its embedded
+    cluster once ``ready(checkpoint attribute)`` holds. Returns that attribute."""
     import json
     import signal
     import time
 
+    driver = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    meta = os.path.join(out, "zarr.json")
+    deadline, saved = time.monotonic() + timeout, {}
+    while not ready(saved) and time.monotonic() < deadline and driver.poll() is None:
+        try:
+            with open(meta) as handle:
+                saved = json.load(handle)["attributes"].get("checkpoint") or {}
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its embedded cluster, mid-run
+    driver.wait()
+    return saved
+
+
+def test_a_killed_driver_resumes_from_its_last_iteration(tmp_path):
     data = str(tmp_path / "in.zarr")
     generated = meanshift("generate", "-o", data, "--per-cluster", "3000", "--chunk", "3000")
     assert generated.returncode == 0
@@ -181,19 +199,8 @@ def test_a_killed_driver_resumes_from_its_last_iteration(tmp_path):
     assert meanshift("run", "-i", data, "-o", reference, *options).returncode == 0
     out = str(tmp_path / "out.zarr")
     command = [sys.executable, "-m", "pipeline.cli", "run", "-i", data, "-o", out, *options]
-    driver = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
-    meta = os.path.join(out, "zarr.json")
-    deadline, saved = time.monotonic() + 120, 0
-    while saved < 2 and time.monotonic() < deadline and driver.poll() is None:
-        try:
-            with open(meta) as handle:
-                saved = json.load(handle)["attributes"].get("checkpoint", {}).get("iteration", 0)
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its embedded cluster, mid-run
-    driver.wait()
-    assert saved >= 2, "the run ended before two iterations were saved"
+    saved = _kill_driver_once(command, out, lambda state: state.get("iteration", 0) >= 2)
+    assert saved.get("iteration", 0) >= 2, "the run ended before two iterations were saved"
     assert zarr.open_group(out, mode="r").attrs["status"] == "running"  # not complete
     again = meanshift("run", "-i", data, "-o", out, *options)  # the same command
     assert again.returncode == 0, again.stderr
@@ -201,11 +208,112 @@ def test_a_killed_driver_resumes_from_its_last_iteration(tmp_path):
     assert b.attrs["status"] == "complete"
     assert b.attrs["resumed_from_iteration"] >= 2  # it did not start from iteration 0
     assert a.attrs["resumed_from_iteration"] == 0
-    assert "checkpoint" not in b.attrs and "checkpoint_a" not in b
+    assert "checkpoint" not in b.attrs and "checkpoint" not in b
     np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
     np.testing.assert_array_equal(a["centers"][...], b["centers"][...])
     assert a.attrs["n_iter"] == b.attrs["n_iter"]
     assert a.attrs["max_shift_per_iteration"] == b.attrs["max_shift_per_iteration"]
+
+
+def test_a_killed_standard_run_reuses_its_finished_seed_chunks(tmp_path):
+    # standard Gaussian mean shift, every point a seed, 12 chunks of seeds on 2 workers
+    data = str(tmp_path / "in.zarr")
+    generated = meanshift("generate", "-o", data, "--per-cluster", "4000", "--chunk", "2000")
+    assert generated.returncode == 0
+    options = ["-b", "2.5", "--kernel", "gaussian", "--method", "exact", "--quiet",
+               "--n-workers", "2"]  # fmt: skip
+    reference = str(tmp_path / "reference.zarr")
+    assert meanshift("run", "-i", data, "-o", reference, *options).returncode == 0
+    out = str(tmp_path / "out.zarr")
+    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", data, "-o", out, *options]
+    saved = _kill_driver_once(command, out, lambda state: len(state.get("done", [])) >= 2)
+    done = len(saved.get("done", []))
+    assert saved.get("stage") == "standard" and 2 <= done < len(saved["chunks"]), saved
+    assert zarr.open_group(out, mode="r").attrs["status"] == "running"
+    again = meanshift("run", "-i", data, "-o", out, *options)
+    assert again.returncode == 0, again.stderr
+    a, b = zarr.open_group(reference, mode="r"), zarr.open_group(out, mode="r")
+    assert b.attrs["status"] == "complete" and a.attrs["resumed"] is None
+    reused = int(b.attrs["resumed"].split(" of ")[0])  # "<k> of <m> seed chunks"
+    assert reused >= done and b.attrs["resumed"].endswith(f"of {len(saved['chunks'])} seed chunks")
+    assert "checkpoint" not in b.attrs and "checkpoint" not in b
+    np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
+    np.testing.assert_array_equal(a["centers"][...], b["centers"][...])
+    assert a.attrs["n_iter"] == b.attrs["n_iter"]
+
+
+class _Crash(Exception):
+    """Raised from a progress callback: the job stops mid-run like a crashed driver."""
+
+
+def _crash_at(iteration: int):
+    def progress(done: int, shift: float, moving: int) -> None:
+        if done >= iteration:
+            raise _Crash(f"stopped at iteration {done}")
+
+    return progress
+
+
+def test_the_binned_method_resumes_after_its_binning_pass(seed_store, tmp_path):
+    from pipeline.job import run_job
+    from pipeline.params import make_params
+
+    params = make_params(kernel="gaussian", bandwidth=2.5, method="binned")
+    reference = run_job(seed_store, str(tmp_path / "reference.zarr"), params, n_workers=1)
+    out = str(tmp_path / "out.zarr")
+    with pytest.raises(_Crash):  # the cells' mean shift runs after the binning pass
+        run_job(seed_store, out, params, n_workers=1, progress=_crash_at(2))
+    left = zarr.open_group(out, mode="r")
+    assert left.attrs["status"] == "failed" and left.attrs["checkpoint"]["stage"] == "binned"
+    resumed = run_job(seed_store, out, params, n_workers=1)
+    assert resumed.resumed == f"the binning pass ({reference.n_cells:,} cells)"
+    a, b = zarr.open_group(str(tmp_path / "reference.zarr"), mode="r"), zarr.open_group(out)
+    np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
+    np.testing.assert_array_equal(a["centers"][...], b["centers"][...])
+    assert "checkpoint" not in b
+
+
+@pytest.mark.parametrize(("every", "expected"), [(1, 4), (3, 3), (0, 0)])
+def test_the_checkpoint_interval_sets_where_a_blurring_run_resumes(
+    seed_store, tmp_path, every, expected
+):
+    from pipeline.job import run_job
+    from pipeline.params import make_params
+
+    params = make_params(kernel="gaussian", bandwidth=1.0, blurring=True, tol=0.0, max_iter=8)
+    reference = run_job(seed_store, str(tmp_path / "reference.zarr"), params, n_workers=1)
+    out = str(tmp_path / "out.zarr")
+    with pytest.raises(_Crash):  # after iteration 5's stop test, before its save
+        run_job(seed_store, out, params, n_workers=1, progress=_crash_at(5),
+                checkpoint_every=every)  # fmt: skip
+    resumed = run_job(seed_store, out, params, n_workers=1, checkpoint_every=every)
+    a, b = zarr.open_group(str(tmp_path / "reference.zarr"), mode="r"), zarr.open_group(out)
+    assert b.attrs["resumed_from_iteration"] == expected
+    assert resumed.n_iter == reference.n_iter == 8
+    np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
+    np.testing.assert_array_equal(a["centers"][...], b["centers"][...])
+    assert a.attrs["max_shift_per_iteration"] == b.attrs["max_shift_per_iteration"]
+
+
+def test_rerunning_a_finished_job_is_a_no_op_and_another_job_is_refused(chunked_store, tmp_path):
+    out = str(tmp_path / "out.zarr")
+    first = meanshift("run", "-i", chunked_store, "-o", out, "-b", "2.5", "--quiet")
+    assert first.returncode == 0, first.stderr
+    digest = tree_digest(out)
+    again = meanshift("run", "-i", chunked_store, "-o", out, "-b", "2.5")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"already complete: {out} holds this job's result")
+    assert tree_digest(out) == digest  # not rewritten
+    other = meanshift("run", "-i", chunked_store, "-o", out, "-b", "3.0")
+    assert other.returncode == 4
+    assert other.stderr.strip().splitlines() == [
+        f"meanshift: error: output {out} already exists (status 'complete'); "
+        "pass --overwrite to replace it"
+    ]
+    assert tree_digest(out) == digest
+    forced = meanshift("run", "-i", chunked_store, "-o", out, "-b", "2.5", "--overwrite")
+    assert forced.returncode == 0 and "already complete" not in forced.stdout
+    assert tree_digest(out) != digest  # recomputed (new timings and finish time)
 
 
 @pytest.mark.parametrize(
