@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -127,6 +128,18 @@ def _use_compiled(
     return max(largest_coordinate(queries), points_largest) <= COMPILED_MAX_COORDINATE
 
 
+def _on_gpu(xp: ModuleType) -> bool:
+    """Whether ``xp`` is CuPy (its shift kernels, :mod:`pipeline.gpu`, apply)."""
+    return xp is not np and getattr(xp, "__name__", "") == "cupy"
+
+
+def _array_path(
+    points: Any, weights: Any | None, kernel: str, xp: ModuleType, block_bytes: int
+) -> Any:
+    """``queries -> blocked_shift(queries, points, ...)``: the float64 array path."""
+    return lambda queries: blocked_shift(queries, points, weights, kernel, xp, block_bytes)
+
+
 def shift_points(
     queries: Any,
     points: Any,
@@ -155,8 +168,8 @@ def shift_points(
     points_largest : float, optional
         :func:`largest_coordinate` of ``points``, when the caller already knows it.
     packed : callable, optional
-        Returns ``points`` and ``weights`` already packed for the compiled kernels
-        (called only when they are used).
+        Returns ``points`` and ``weights`` already packed for the compiled kernels, or
+        for the GPU kernels when ``xp`` is CuPy (called only when they are used).
 
     Returns
     -------
@@ -166,6 +179,15 @@ def shift_points(
         Weighted kernel sum at the query's position (for ``flat``: the weighted
         number of points within the bandwidth).
     """
+    if _on_gpu(xp):
+        from . import gpu
+
+        layout = (
+            packed() if packed is not None else gpu.pack(points, weights, kernel, points_largest)
+        )
+        return gpu.shift(
+            queries, layout, block_bytes, _array_path(points, weights, kernel, xp, block_bytes)
+        )
     if _use_compiled(queries, points, kernel, xp, points_largest):
         from . import compiled
 
@@ -233,8 +255,15 @@ def row_major_strides(extent: np.ndarray) -> np.ndarray:
     return strides
 
 
+_CLONE_LOCK = threading.Lock()
+
+
 class _OnDevice:
-    """Moving a point set's arrays to another array module."""
+    """Moving a point set's arrays to another array module.
+
+    The copy in another module is kept (one per module), so a set shared by many
+    tasks or threads of a worker moves to the GPU once; it is never pickled.
+    """
 
     _arrays: tuple[str, ...] = ()
     _host_only: tuple[str, ...] = ()
@@ -244,14 +273,25 @@ class _OnDevice:
         """This point set with its arrays in ``xp`` (itself if already there)."""
         if xp is self.xp:
             return self
-        clone = copy.copy(self)
-        for name in self._arrays:
-            value = getattr(self, name)
-            setattr(clone, name, None if value is None else xp.asarray(value))
-        for name in self._host_only:  # compiled-kernel layouts stay behind
-            setattr(clone, name, None)
-        clone.xp = xp
+        with _CLONE_LOCK:
+            clones = self.__dict__.setdefault("_clones", {})
+            clone = clones.get(xp.__name__)
+            if clone is None:
+                clone = copy.copy(self)
+                clone.__dict__.pop("_clones", None)
+                for name in self._arrays:
+                    value = getattr(self, name)
+                    setattr(clone, name, None if value is None else xp.asarray(value))
+                for name in self._host_only:  # kernel layouts of the other module stay behind
+                    setattr(clone, name, None)
+                clone.xp = xp
+                clones[xp.__name__] = clone
         return clone
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_clones", None)  # device copies stay on their worker
+        return state
 
 
 class DensePointSet(_OnDevice):
@@ -271,11 +311,16 @@ class DensePointSet(_OnDevice):
             self._packed_points()  # now, not in each of the threads that will share the set
 
     def _packed_points(self) -> Any:
-        """The points laid out for the compiled kernels, built on first use only."""
+        """The points laid out for the compiled (CPU) or GPU kernels, built on first use only."""
         if self._packed is None:
-            from . import compiled
+            if _on_gpu(self.xp):
+                from . import gpu
 
-            self._packed = compiled.pack_points(self.points, self.weights, self.kernel)
+                self._packed = gpu.pack(self.points, self.weights, self.kernel, self.largest)
+            else:
+                from . import compiled
+
+                self._packed = compiled.pack_points(self.points, self.weights, self.kernel)
         return self._packed
 
     def shift(self, queries: Any) -> tuple[Any, Any]:
@@ -302,7 +347,7 @@ class GridPointSet(_OnDevice):
     """
 
     _arrays = ("points", "weights", "keys", "low", "high", "strides", "offsets")
-    _host_only = ("_columns", "_weights")
+    _host_only = ("_columns", "_weights", "_dense_set")
 
     def __init__(
         self, points: Any, weights: Any | None, kernel: str, xp: ModuleType, block_bytes: int
@@ -338,10 +383,28 @@ class GridPointSet(_OnDevice):
             )
 
     def shift(self, queries: Any) -> tuple[Any, Any]:
-        """One mean shift step of ``queries`` against their neighbouring cells."""
+        """One mean shift step of ``queries`` against their neighbouring cells.
+
+        On a GPU, sets of up to ``GPU_DENSE_MAX_POINTS`` points are met whole by the
+        fused kernel instead (a superset of the neighbourhood: the same result for the
+        flat and Epanechnikov kernels, and the exact one for the Gaussian).
+        """
+        if _on_gpu(self.xp) and len(self.points) <= GPU_DENSE_MAX_POINTS:
+            return self._dense().shift(queries)
         if self._columns is None:
             return self._shift_by_neighbourhood(queries)
         return self._shift_compiled(queries)
+
+    def _dense(self) -> DensePointSet:
+        """The same points as a dense set in this set's module (built once)."""
+        with _CLONE_LOCK:
+            dense = self.__dict__.get("_dense_set")
+            if dense is None:
+                dense = DensePointSet(
+                    self.points, self.weights, self.kernel, self.xp, self.block_bytes
+                )
+                self.__dict__["_dense_set"] = dense
+        return dense
 
     def _query_cells(self, queries: Any) -> tuple[Any, Any]:
         """Rows of the queries inside the padded grid, and their cell keys."""
@@ -415,6 +478,10 @@ class GridPointSet(_OnDevice):
 
 
 PointSet = DensePointSet | GridPointSet
+
+GPU_DENSE_MAX_POINTS = 2**18
+"""Grid sets up to this size meet every point on a GPU (the fused kernel beats walking
+cells there); larger ones walk their cells through the array path."""
 
 
 def converge_seeds(

@@ -1,35 +1,226 @@
-"""The same kernel and engine checks with ``xp = cupy`` (skipped without a CUDA device)."""
+"""GPU shift kernels: the same checks as the CPU path, with ``xp = cupy``.
+
+Tests marked ``gpu`` need CuPy and a CUDA device (skipped otherwise). The others run
+the generated CUDA sources on the CPU (``tests/gpu_emulation.py``: compiled by the host
+C++ compiler, one thread per CUDA thread, a NumPy-backed ``cupy``), so the kernels'
+logic and the Python side of :mod:`pipeline.gpu` are tested where there is no GPU.
+
+Tolerances (bandwidth units): Gaussian and Epanechnikov work in float32 with float64
+sums, positions within ``ATOL`` = 1e-5 of the float64 array path and densities within
+1e-5 relative (1e-4 on the GEMM route, d > 16), coordinates within 150 bandwidths;
+the flat kernel is float64.
+"""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
 
 from pipeline.backend import gpu_available
 
-pytestmark = [
+from .gpu_emulation import compiler_available, fake_cupy
+
+ATOL = 1e-5
+RTOL_DENSITY = 1e-5
+RTOL_DENSITY_GEMM = 1e-4  # squared distances from a float32 product: |q|² + |x|² - 2 q·x
+
+needs_gpu = [
     pytest.mark.gpu,
     pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device"),
 ]
 
 
+def on_device(function):
+    for mark in needs_gpu:
+        function = mark(function)
+    return function
+
+
+def reference(queries, points, weights, kernel):
+    from pipeline.kernels import blocked_shift
+
+    return blocked_shift(queries, points, weights, kernel, np, 2**22)
+
+
+def check_close(got, expected, kernel, d=2):
+    shifted, density = (np.asarray(a) for a in got)
+    expected_shifted, expected_density = expected
+    atol = 1e-12 if kernel == "flat" else ATOL
+    rtol = RTOL_DENSITY_GEMM if d > 16 and kernel != "flat" else RTOL_DENSITY
+    np.testing.assert_allclose(shifted, expected_shifted, rtol=0, atol=atol)
+    np.testing.assert_allclose(density, expected_density, rtol=rtol, atol=1e-300)
+
+
+# --------------------------------------------------------------------------- emulated (CPU)
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """``cupy`` replaced by the NumPy-backed emulation for the duration of a test."""
+    if not compiler_available():
+        pytest.skip("needs g++ (C++20) to run the CUDA sources on the CPU")
+    from pipeline import gpu
+
+    fake = fake_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for cached in (gpu._fused_kernel, gpu._finish_kernel, gpu._gemm_weight_kernel):
+        cached.cache_clear()
+    yield fake
+    for cached in (gpu._fused_kernel, gpu._finish_kernel, gpu._gemm_weight_kernel):
+        cached.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "d, kernel, weighted",
+    [
+        (2, "gaussian", False),
+        (2, "flat", True),
+        (3, "epanechnikov", True),
+        (5, "gaussian", True),
+        (20, "gaussian", False),  # GEMM route
+        (20, "epanechnikov", True),  # GEMM route
+    ],
+)
+def test_emulated_kernels_match_the_array_path(emulated, d, kernel, weighted):
+    from pipeline import gpu
+    from pipeline.kernels import shift_points
+
+    rng = np.random.default_rng(d)
+    points = rng.normal(0, 1.5 if d > 16 else 2, (5000, d))  # 5000 points: two splits
+    weights = rng.uniform(0.5, 2, len(points)) if weighted else None
+    queries = np.r_[points[:300], points[:5] + 0.3]
+    assert gpu.route(d, kernel) == ("fused" if d <= gpu.FUSED_MAX_DIMS else "gemm")
+    got = shift_points(queries, points, weights, kernel, emulated, 2**22)
+    check_close(got, reference(queries, points, weights, kernel), kernel, d)
+
+
+def test_emulated_results_do_not_depend_on_the_query_block(emulated):
+    from pipeline import gpu
+
+    rng = np.random.default_rng(1)
+    points = rng.normal(0, 2, (4500, 2))
+    packed = gpu.pack(points, None, "gaussian")
+    whole = gpu.shift(points[:600], packed, 2**22, None)
+    part = gpu.shift(points[100:400], packed, 2**22, None)
+    np.testing.assert_array_equal(whole[0][100:400], part[0])
+    np.testing.assert_array_equal(whole[1][100:400], part[1])
+
+
+def test_emulated_underflow_is_redone_in_float64(emulated):
+    from pipeline.kernels import shift_points
+
+    rng = np.random.default_rng(2)
+    points = rng.normal(0, 0.5, (3000, 2))
+    far = np.array([[40.0, 3.0], [20.0, 20.0], [0.5, 0.5], [13.0, 0.0]])
+    got = shift_points(far, points, None, "gaussian", emulated, 2**22)
+    expected = reference(far, points, None, "gaussian")
+    assert expected[1][0] < 1e-300  # float32 weights are all 0 there
+    check_close(got, expected, "gaussian")
+    assert np.all(got[0][:2] != far[:2])  # the far queries still moved (toward the data)
+
+
+def test_emulated_empty_kernel_leaves_queries_in_place(emulated):
+    from pipeline.kernels import shift_points
+
+    points = np.zeros((10, 2))
+    queries = np.array([[5.0, 5.0], [0.2, 0.0]])
+    for kernel in ("flat", "epanechnikov"):
+        shifted, density = shift_points(queries, points, None, kernel, emulated, 2**22)
+        np.testing.assert_array_equal(shifted[0], queries[0])
+        assert density[0] == 0
+        np.testing.assert_allclose(shifted[1], [0, 0], atol=1e-7)
+
+
+def test_emulated_point_sets_move_to_the_device_once(emulated):
+    from pipeline.kernels import DensePointSet, GridPointSet
+
+    rng = np.random.default_rng(3)
+    points = rng.normal(0, 2, (2000, 2))
+    dense = DensePointSet(points, None, "flat", np, 2**22)
+    assert dense.on(emulated) is dense.on(emulated)
+    check_close(dense.on(emulated).shift(points[:100]), dense.shift(points[:100]), "flat")
+    grid = GridPointSet(points, None, "flat", np, 2**22)
+    check_close(grid.on(emulated).shift(points[:100]), grid.shift(points[:100]), "flat")
+
+
+def test_gpu_module_imports_without_cupy():
+    """The sources are plain strings: generating them needs no CuPy."""
+    from pipeline import gpu
+
+    source = gpu.fused_source(3, "gaussian", True)
+    assert gpu.fused_name(3, "gaussian", True) in source
+    assert "__syncthreads" in source and "double a2" in source
+    assert gpu.route(2, "flat") == "fused" and gpu.route(40, "flat") == "array"
+    assert gpu.splits_for(1000) == (gpu.SPLIT_POINTS, 1)
+    chunk, splits = gpu.splits_for(10**7)
+    assert splits <= gpu.MAX_SPLITS and chunk * splits >= 10**7 and chunk % gpu.THREADS == 0
+
+
+# --------------------------------------------------------------------------- on a GPU
+
+
+@on_device
 @pytest.mark.parametrize("kernel", ["gaussian", "flat", "epanechnikov"])
-def test_cupy_shift_matches_numpy(kernel):
+@pytest.mark.parametrize("d", [1, 2, 3, 8, 16, 20])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cupy_shift_matches_numpy(kernel, d, weighted):
     import cupy
 
     from pipeline.kernels import shift_points
 
-    rng = np.random.default_rng(0)
-    points = rng.normal(0, 2, (9000, 2))
-    weights = rng.uniform(0.5, 2, 9000)
-    expected, expected_density = shift_points(points[:500], points, weights, kernel, np, 2**22)
-    got, got_density = shift_points(
-        cupy.asarray(points[:500]), cupy.asarray(points), cupy.asarray(weights), kernel, cupy, 2**22
+    rng = np.random.default_rng(d)
+    points = rng.normal(0, 1.5 if d > 16 else 2, (9000, d))
+    weights = rng.uniform(0.5, 2, len(points)) if weighted else None
+    queries = points[:700]
+    expected = reference(queries, points, weights, kernel)
+    got = shift_points(
+        cupy.asarray(queries),
+        cupy.asarray(points),
+        None if weights is None else cupy.asarray(weights),
+        kernel,
+        cupy,
+        2**22,
     )
-    np.testing.assert_allclose(cupy.asnumpy(got), expected, atol=1e-9)
-    np.testing.assert_allclose(cupy.asnumpy(got_density), expected_density, rtol=1e-9)
+    check_close(tuple(cupy.asnumpy(a) for a in got), expected, kernel, d)
 
 
+@on_device
+def test_cupy_large_set_many_splits_and_launches():
+    import cupy
+
+    from pipeline import gpu
+
+    rng = np.random.default_rng(5)
+    points = rng.normal(0, 3, (300_000, 2))
+    queries = points[::1000]
+    packed = gpu.pack(cupy.asarray(points), None, "gaussian")
+    assert gpu.splits_for(len(points))[1] > 1
+    got = gpu.shift(cupy.asarray(queries), packed, 2**16, None)  # small blocks: many launches
+    check_close(
+        tuple(cupy.asnumpy(a) for a in got),
+        reference(queries, points, None, "gaussian"),
+        "gaussian",
+    )
+
+
+@on_device
+def test_cupy_underflow_is_redone_in_float64():
+    import cupy
+
+    from pipeline.kernels import shift_points
+
+    rng = np.random.default_rng(2)
+    points = rng.normal(0, 0.5, (3000, 2))
+    far = np.array([[40.0, 3.0], [20.0, 20.0], [0.5, 0.5], [13.0, 0.0]])
+    got = shift_points(cupy.asarray(far), cupy.asarray(points), None, "gaussian", cupy, 2**22)
+    check_close(
+        tuple(cupy.asnumpy(a) for a in got), reference(far, points, None, "gaussian"), "gaussian"
+    )
+
+
+@on_device
 def test_cupy_engine_equals_numpy_engine(seed_data):
     import dask
     import dask.array as da
@@ -45,4 +236,54 @@ def test_cupy_engine_equals_numpy_engine(seed_data):
             result = mean_shift(da.from_array(points, chunks=(500, 2)), params)
             results[backend] = (result.labels.compute(), result.centers)
     np.testing.assert_array_equal(results["cupy"][0], results["numpy"][0])
-    np.testing.assert_allclose(results["cupy"][1], results["numpy"][1], atol=1e-6)
+    np.testing.assert_allclose(results["cupy"][1], results["numpy"][1], atol=1e-4)
+
+
+@on_device
+@pytest.mark.parametrize(
+    "kernel, method, blurring",
+    [("flat", "exact", False), ("gaussian", "grid", True), ("epanechnikov", "exact", False)],
+)
+def test_cupy_in_memory_equals_numpy(seed_data, kernel, method, blurring):
+    from pipeline.engine import mean_shift
+    from pipeline.params import make_params
+
+    points, _, _ = seed_data
+    results = {}
+    for backend in ("numpy", "cupy"):
+        params = make_params(
+            kernel=kernel, blurring=blurring, bandwidth=2.5, backend=backend, method=method
+        )
+        results[backend] = mean_shift(points, params)
+    np.testing.assert_array_equal(results["cupy"].labels, results["numpy"].labels)
+    np.testing.assert_allclose(results["cupy"].centers, results["numpy"].centers, atol=1e-3)
+
+
+@on_device
+def test_cupy_binned_equals_numpy():
+    from pipeline.datasets import make_blobs
+    from pipeline.engine import mean_shift
+    from pipeline.params import make_params
+
+    points, truth, _ = make_blobs(6, 5000, 5.0, 2, seed=0)
+    labels = {}
+    for backend in ("numpy", "cupy"):
+        params = make_params(kernel="flat", bandwidth=2.5, backend=backend, method="binned")
+        labels[backend] = np.asarray(mean_shift(points, params).labels)
+    np.testing.assert_array_equal(labels["cupy"], labels["numpy"])
+
+
+@on_device
+def test_estimator_with_cupy_arrays(seed_data):
+    import cupy
+
+    from pipeline import MeanShift
+
+    points, _, _ = seed_data
+    host = MeanShift(bandwidth=2.5, kernel="gaussian", backend="numpy").fit(points)
+    device = MeanShift(bandwidth=2.5, kernel="gaussian", backend="cupy").fit(cupy.asarray(points))
+    assert isinstance(device.labels_, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(device.labels_), host.labels_)
+    np.testing.assert_allclose(
+        cupy.asnumpy(device.cluster_centers_), host.cluster_centers_, atol=1e-3
+    )

@@ -1,0 +1,461 @@
+"""CuPy shift kernels: one mean shift step on a CUDA device, no query × point matrix held.
+
+Two routes, chosen by the number of dimensions ``d``:
+
+* **fused** (``d <= FUSED_MAX_DIMS``): a CUDA kernel generated per ``d``, kernel and
+  weighting (``cupy.RawKernel``; compiled once per process and kept in CuPy's kernel
+  cache on disk). One thread per query; the points stream through shared memory in
+  tiles of ``THREADS`` points. Gaussian and Epanechnikov weights are computed in
+  float32 (coordinates in bandwidth units, the Gaussian pre-scaled so that its
+  weight is ``2^-d'²``, one ``ex2.approx`` instruction), the sums of one tile in
+  float32 and the running totals in float64. The flat kernel runs in float64 with
+  squared distances summed without fused multiply-adds, so "within the bandwidth"
+  is decided exactly as on the float64 array path. The points are cut into fixed
+  splits (their boundaries depend on the number of points only) that separate
+  thread blocks sum, and a second kernel adds the splits in a fixed order: a
+  query's result does not depend on which other queries share its launch.
+* **GEMM** (``d > FUSED_MAX_DIMS``, Gaussian and Epanechnikov): per block of queries
+  and tile of points, ``|q-c|² + |x-c|² - 2 (q-c)·(x-c)`` with ``c`` the query block's
+  mean (one float32 ``cupy.matmul``), the weights by an elementwise kernel in place,
+  then one more product ``W @ [x-c, 1]`` for numerator and denominator, summed over
+  tiles in float64. Only a ``rows × GEMM_TILE`` float32 block exists at a time.
+
+Queries whose float32 Gaussian weights all (nearly) underflow, that is whose density
+is at most ``UNDERFLOW_FRACTION`` of the total point weight (nothing within about 11.5
+bandwidths), are recomputed in float64 on the array path, like the CPU kernels' floored
+queries. Coordinates farther than ``COMPILED_MAX_COORDINATE`` bandwidths from the origin
+take the float64 array path altogether (float32 would lose more than 1e-5 bandwidths).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+THREADS = 256
+"""Threads (queries) per block, and points per shared-memory tile."""
+
+FUSED_MAX_DIMS = 16
+"""Largest ``d`` taken by the fused kernel; above it the GEMM route (or the array path)."""
+
+SPLIT_POINTS = 4096
+"""Fewest points per split of the point set (a multiple of ``THREADS``)."""
+
+MAX_SPLITS = 256
+"""Most splits of the point set (more points make longer splits)."""
+
+GEMM_TILE = 4096
+"""Points per tile of the GEMM route (the float32 sums inside a product run over this many)."""
+
+GAUSSIAN_SCALE = math.sqrt(math.log2(math.e) / 2)
+"""Coordinate scale that turns exp(-|x|²/2) into 2^-|x'|² (as the CPU kernels)."""
+
+UNDERFLOW_FRACTION = 2.0**-96
+"""A Gaussian query whose density is at most this fraction of the total point weight is
+recomputed in float64 (float32 weights flush to zero below 2^-126, so what was lost is at
+most 2^-30 of what was kept)."""
+
+COMPILED_MAX_COORDINATE = 150.0
+"""Largest coordinate magnitude (bandwidths) the float32 kernels take (as the CPU kernels)."""
+
+GPU_KERNELS = ("gaussian", "epanechnikov", "flat")
+
+COMPILE_OPTIONS = ("--std=c++14",)
+"""NVRTC options (the architecture is CuPy's choice: the device's own)."""
+
+
+# --------------------------------------------------------------------------- CUDA source
+
+
+def _weight_expression(kernel: str, weighted: bool) -> str:
+    """C expression of one point's weight from ``d2`` (and ``pw``, its multiplicity)."""
+    if kernel == "gaussian":
+        core = "ms_exp2(-d2)"
+    elif kernel == "epanechnikov":
+        core = "fmaxf(1.0f - d2, 0.0f)"
+    elif kernel == "flat":
+        return "(d2 <= 1.0 ? pw : 0.0)" if weighted else "(d2 <= 1.0 ? 1.0 : 0.0)"
+    else:
+        raise ValueError(f"unknown kernel {kernel!r}")
+    return f"{core} * pw" if weighted else core
+
+
+PRELUDE = r"""
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ float ms_exp2(float x) {
+    float y;  // one MUFU instruction; results below 2^-126 flush to zero
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+#define MS_DADD(a, b) __dadd_rn((a), (b))
+#define MS_DMUL(a, b) __dmul_rn((a), (b))
+#else  /* host emulation (tests of the source on a CPU) */
+static inline float ms_exp2(float x) { float y = exp2f(x); return y < 1.17549435e-38f ? 0.0f : y; }
+#define MS_DADD(a, b) ((a) + (b))
+#define MS_DMUL(a, b) ((a) * (b))
+#endif
+"""
+
+
+def fused_name(n_dims: int, kernel: str, weighted: bool, threads: int = THREADS) -> str:
+    """Name of the generated fused kernel for this ``d``, kernel and weighting."""
+    return f"ms_fused_{kernel}_d{n_dims}_{'w' if weighted else 'u'}_t{threads}"
+
+
+def finish_name(n_dims: int) -> str:
+    """Name of the generated kernel that adds the splits and divides."""
+    return f"ms_finish_d{n_dims}"
+
+
+def fused_source(n_dims: int, kernel: str, weighted: bool, threads: int = THREADS) -> str:
+    """CUDA source of the fused kernel for one ``d``, kernel and weighting.
+
+    Arguments: ``q`` (m, d) and ``p`` (n, d) in the kernel's scalar type (float32;
+    float64 for ``flat``), row-major, in (scaled) bandwidth units; ``pw`` (n,) point
+    weights (weighted variant only); ``m``, ``n``; ``chunk``, points per split; ``part``
+    (splits, m, d + 1) float64 output: per split, ``sum w (x - q)`` and ``sum w``.
+    Launch with ``grid = (ceil(m / threads), splits)`` and ``block = threads``.
+    """
+    d = n_dims
+    name = fused_name(d, kernel, weighted, threads)
+    real = "double" if kernel == "flat" else "float"
+    zero = "0.0" if real == "double" else "0.0f"
+    lines = [PRELUDE]
+    weight_arg = f"    const {real}* __restrict__ pw_all,\n" if weighted else ""
+    lines.append(
+        f'extern "C" __global__ void __launch_bounds__({threads}) {name}(\n'
+        f"    const {real}* __restrict__ q,\n"
+        f"    const {real}* __restrict__ p,\n"
+        f"{weight_arg}"
+        "    const long long m,\n"
+        "    const long long n,\n"
+        "    const long long chunk,\n"
+        "    double* __restrict__ part)\n"
+        "{\n"
+        f"    __shared__ {real} sp[{threads * d}];\n"
+        + (f"    __shared__ {real} sw[{threads}];\n" if weighted else "")
+        + f"    const long long i = (long long)blockIdx.x * {threads} + threadIdx.x;\n"
+        "    const bool active = i < m;\n"
+    )
+    for k in range(d):
+        lines.append(f"    const {real} q{k} = active ? q[i * {d} + {k}] : {zero};\n")
+    for k in range(d):
+        lines.append(f"    double a{k} = 0.0;\n")
+    lines.append(
+        "    double aw = 0.0;\n"
+        "    const long long begin = (long long)blockIdx.y * chunk;\n"
+        "    const long long end = begin + chunk < n ? begin + chunk : n;\n"
+        f"    for (long long base = begin; base < end; base += {threads}) {{\n"
+        f"        const long long count = end - base < {threads} ? end - base : {threads};\n"
+        f"        for (int e = threadIdx.x; e < count * {d}; e += {threads}) {{\n"
+        f"            sp[e] = p[base * {d} + e];\n"
+        "        }\n"
+    )
+    if weighted:
+        lines.append(
+            "        if (threadIdx.x < count) sw[threadIdx.x] = pw_all[base + threadIdx.x];\n"
+        )
+    lines.append("        __syncthreads();\n")
+    for k in range(d):
+        lines.append(f"        {real} s{k} = {zero};\n")
+    lines.append(
+        f"        {real} ss = {zero};\n"
+        "        const int c = (int)count;\n"
+        "#pragma unroll 4\n"
+        "        for (int j = 0; j < c; ++j) {\n"
+        f"            const {real}* r = sp + j * {d};\n"
+    )
+    for k in range(d):
+        lines.append(f"            const {real} t{k} = r[{k}] - q{k};\n")
+    if kernel == "flat":  # float64, in dimension order, no fused multiply-adds
+        expr = "0.0"
+        for k in range(d):
+            expr = f"MS_DADD({expr}, MS_DMUL(t{k}, t{k}))"
+        lines.append(f"            const double d2 = {expr};\n")
+    else:
+        expr = " + ".join(f"t{k} * t{k}" for k in range(d))
+        lines.append(f"            const float d2 = {expr};\n")
+    if weighted:
+        lines.append(f"            const {real} pw = sw[j];\n")
+    lines.append(f"            const {real} x = {_weight_expression(kernel, weighted)};\n")
+    for k in range(d):
+        lines.append(f"            s{k} += x * t{k};\n")
+    lines.append("            ss += x;\n        }\n")
+    for k in range(d):
+        lines.append(f"        a{k} += (double)s{k};\n")
+    lines.append("        aw += (double)ss;\n        __syncthreads();\n    }\n")
+    lines.append("    if (active) {\n")
+    lines.append(f"        double* o = part + ((long long)blockIdx.y * m + i) * {d + 1};\n")
+    for k in range(d):
+        lines.append(f"        o[{k}] = a{k};\n")
+    lines.append(f"        o[{d}] = aw;\n    }}\n}}\n")
+    return "".join(lines)
+
+
+def finish_source(n_dims: int) -> str:
+    """CUDA source of the kernel that adds the splits in order and moves the queries.
+
+    Arguments: ``q`` (m, d) float64 queries (bandwidth units); ``part`` (splits, m,
+    d + 1) float64; ``splits``; ``m``; ``inverse_scale``; outputs ``out`` (m, d) float64
+    new positions and ``density`` (m,) float64. A query with zero total weight stays.
+    """
+    d = n_dims
+    return (
+        f'extern "C" __global__ void {finish_name(d)}(\n'
+        "    const double* __restrict__ q,\n"
+        "    const double* __restrict__ part,\n"
+        "    const int splits,\n"
+        "    const long long m,\n"
+        "    const double inverse_scale,\n"
+        "    double* __restrict__ out,\n"
+        "    double* __restrict__ density)\n"
+        "{\n"
+        "    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
+        "    if (i >= m) return;\n"
+        f"    double a[{d + 1}];\n"
+        f"    for (int k = 0; k <= {d}; ++k) a[k] = part[i * {d + 1} + k];\n"
+        "    for (int s = 1; s < splits; ++s) {\n"
+        f"        const double* r = part + ((long long)s * m + i) * {d + 1};\n"
+        f"        for (int k = 0; k <= {d}; ++k) a[k] += r[k];\n"
+        "    }\n"
+        f"    const double den = a[{d}];\n"
+        "    density[i] = den;\n"
+        f"    for (int k = 0; k < {d}; ++k) {{\n"
+        f"        const double moved = den > 0.0 ? a[k] / den * inverse_scale : 0.0;\n"
+        f"        out[i * {d} + k] = q[i * {d} + k] + moved;\n"
+        "    }\n"
+        "}\n"
+    )
+
+
+GEMM_WEIGHT_PRELUDE = PRELUDE
+
+
+def gemm_weight_operation(kernel: str) -> str:
+    """Elementwise operation of the GEMM route: squared distance from the product, weight."""
+    expr = _weight_expression(kernel, weighted=True)
+    return f"float d2 = fmaxf(qn + pn - 2.0f * g, 0.0f); w = {expr};"
+
+
+# --------------------------------------------------------------------------- compiled kernels
+
+
+@functools.cache
+def _fused_kernel(n_dims: int, kernel: str, weighted: bool) -> Any:
+    import cupy
+
+    source = fused_source(n_dims, kernel, weighted)
+    return cupy.RawKernel(source, fused_name(n_dims, kernel, weighted), options=COMPILE_OPTIONS)
+
+
+@functools.cache
+def _finish_kernel(n_dims: int) -> Any:
+    import cupy
+
+    return cupy.RawKernel(finish_source(n_dims), finish_name(n_dims), options=COMPILE_OPTIONS)
+
+
+@functools.cache
+def _gemm_weight_kernel(kernel: str) -> Any:
+    import cupy
+
+    return cupy.ElementwiseKernel(
+        "float32 g, float32 qn, float32 pn, float32 pw",
+        "float32 w",
+        gemm_weight_operation(kernel),
+        f"ms_gemm_weight_{kernel}",
+        preamble=GEMM_WEIGHT_PRELUDE,
+    )
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def route(n_dims: int, kernel: str) -> str:
+    """``fused``, ``gemm`` or ``array`` (the float64 array path) for this ``d`` and kernel."""
+    if kernel not in GPU_KERNELS:
+        return "array"
+    if n_dims <= FUSED_MAX_DIMS:
+        return "fused"
+    return "array" if kernel == "flat" else "gemm"
+
+
+def splits_for(n_points: int) -> tuple[int, int]:
+    """(points per split, number of splits): fixed by the number of points alone."""
+    per_split = -(-n_points // MAX_SPLITS)
+    chunk = max(SPLIT_POINTS, -(-per_split // THREADS) * THREADS)
+    return chunk, max(1, -(-n_points // chunk))
+
+
+@dataclass
+class DevicePoints:
+    """A point set laid out on the device for the shift kernels (built once per set).
+
+    Attributes
+    ----------
+    points : cupy.ndarray of float64, shape (n, d)
+        Bandwidth units, as given.
+    weights : cupy.ndarray of float64, shape (n,), or None
+    kernel : str
+    route : {"fused", "gemm", "array"}
+    scale : float
+        ``GAUSSIAN_SCALE`` for the Gaussian kernel, else 1.
+    coords : cupy.ndarray, shape (n, d)
+        Scaled coordinates in the kernel's scalar type (fused route).
+    point_weights : cupy.ndarray or None
+        Weights in that type (fused route; None when unweighted).
+    total_weight : float
+    largest : float
+        Largest coordinate magnitude (bandwidths).
+    """
+
+    points: Any
+    weights: Any
+    kernel: str
+    route: str
+    scale: float
+    coords: Any
+    point_weights: Any
+    total_weight: float
+    largest: float
+
+
+def pack(
+    points: Any, weights: Any | None, kernel: str, largest: float | None = None
+) -> DevicePoints:
+    """Lay out a point set (CuPy arrays, bandwidth units) for :func:`shift`."""
+    import cupy
+
+    points = cupy.ascontiguousarray(points, dtype=cupy.float64)
+    if weights is not None:
+        weights = cupy.ascontiguousarray(weights, dtype=cupy.float64)
+    n, d = points.shape
+    if largest is None:
+        largest = float(cupy.abs(points).max()) if points.size else 0.0
+    chosen = route(d, kernel)
+    if kernel != "flat" and largest > COMPILED_MAX_COORDINATE:
+        chosen = "array"  # float32 would lose more than 1e-5 bandwidths
+    scale = GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
+    total = float(n if weights is None else weights.sum())
+    coords = point_weights = None
+    if chosen == "fused":
+        dtype = cupy.float64 if kernel == "flat" else cupy.float32
+        coords = cupy.ascontiguousarray((points * scale if scale != 1.0 else points), dtype=dtype)
+        point_weights = None if weights is None else weights.astype(dtype)
+    return DevicePoints(
+        points, weights, kernel, chosen, scale, coords, point_weights, total, largest
+    )
+
+
+def _fused(queries: Any, packed: DevicePoints, block_bytes: int) -> tuple[Any, Any]:
+    import cupy
+
+    m, d = queries.shape
+    n = packed.points.shape[0]
+    chunk, splits = splits_for(n)
+    weighted = packed.point_weights is not None
+    kernel = _fused_kernel(d, packed.kernel, weighted)
+    finish = _finish_kernel(d)
+    dtype = packed.coords.dtype
+    rows = max(THREADS, block_bytes // (splits * (d + 1) * 8) // THREADS * THREADS)
+    shifted = cupy.empty((m, d), dtype=cupy.float64)
+    density = cupy.empty(m, dtype=cupy.float64)
+    part = cupy.empty((splits, min(rows, m), d + 1), dtype=cupy.float64)
+    for start in range(0, m, rows):
+        block = queries[start : start + rows]
+        count = block.shape[0]
+        scaled = block * packed.scale if packed.scale != 1.0 else block
+        q = cupy.ascontiguousarray(scaled, dtype=dtype)
+        args = [q, packed.coords]
+        if weighted:
+            args.append(packed.point_weights)
+        args += [np.int64(count), np.int64(n), np.int64(chunk), part]
+        kernel(((count + THREADS - 1) // THREADS, splits), (THREADS,), tuple(args))
+        finish(
+            ((count + 127) // 128,),
+            (128,),
+            (
+                block,
+                part,
+                np.int32(splits),
+                np.int64(count),
+                np.float64(1.0 / packed.scale),
+                shifted[start : start + count],
+                density[start : start + count],
+            ),
+        )
+    return shifted, density
+
+
+def _gemm(queries: Any, packed: DevicePoints, block_bytes: int) -> tuple[Any, Any]:
+    import cupy
+
+    m, d = queries.shape
+    n = packed.points.shape[0]
+    scale = packed.scale
+    tile = min(GEMM_TILE, n)
+    rows = max(1, block_bytes // (2 * tile * 4))
+    weigh = _gemm_weight_kernel(packed.kernel)
+    shifted = cupy.empty((m, d), dtype=cupy.float64)
+    density = cupy.empty(m, dtype=cupy.float64)
+    if packed.weights is None:
+        point_weights = cupy.ones(n, dtype=cupy.float32)
+    else:
+        point_weights = packed.weights.astype(cupy.float32)
+    augmented = cupy.ones((tile, d + 1), dtype=cupy.float32)  # last column: 1 (denominator)
+    for start in range(0, m, rows):
+        block = queries[start : start + rows]
+        centre = block.mean(axis=0)
+        q = ((block - centre) * scale).astype(cupy.float32)
+        qn = (q * q).sum(axis=1)[:, None]
+        total = cupy.zeros((block.shape[0], d + 1), dtype=cupy.float64)
+        for p_start in range(0, n, tile):
+            p = ((packed.points[p_start : p_start + tile] - centre) * scale).astype(cupy.float32)
+            width = p.shape[0]
+            pn = (p * p).sum(axis=1)[None, :]
+            w = cupy.matmul(q, p.T)
+            weigh(w, qn, pn, point_weights[p_start : p_start + width][None, :], w)
+            aug = augmented[:width]
+            aug[:, :d] = p
+            total += cupy.matmul(w, aug)
+        den = total[:, d]
+        safe = cupy.where(den > 0, den, 1.0)
+        mean = total[:, :d] / safe[:, None] / scale + centre  # bandwidth units
+        shifted[start : start + block.shape[0]] = cupy.where((den > 0)[:, None], mean, block)
+        density[start : start + block.shape[0]] = den
+    return shifted, density
+
+
+def shift(
+    queries: Any, packed: DevicePoints, block_bytes: int, array_shift: Any
+) -> tuple[Any, Any]:
+    """One mean shift step of ``queries`` (CuPy, bandwidth units) against ``packed``.
+
+    ``array_shift(queries)`` is the float64 array path, used for coordinates beyond
+    ``COMPILED_MAX_COORDINATE``, for routes without a kernel, and to redo Gaussian
+    queries whose weights underflowed.
+
+    Returns the same ``(shifted, density)`` as :func:`pipeline.kernels.shift_points`.
+    """
+    import cupy
+
+    queries = cupy.ascontiguousarray(queries, dtype=cupy.float64)
+    if queries.shape[0] == 0 or packed.points.shape[0] == 0 or packed.route == "array":
+        return array_shift(queries)
+    if packed.kernel != "flat":
+        largest = float(cupy.abs(queries).max())
+        if largest > COMPILED_MAX_COORDINATE:
+            return array_shift(queries)
+    if packed.route == "fused":
+        shifted, density = _fused(queries, packed, block_bytes)
+    else:
+        shifted, density = _gemm(queries, packed, block_bytes)
+    if packed.kernel == "gaussian":
+        redo = cupy.flatnonzero(density <= packed.total_weight * UNDERFLOW_FRACTION)
+        if redo.size:
+            shifted[redo], density[redo] = array_shift(queries[redo])
+    return shifted, density
