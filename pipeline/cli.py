@@ -244,6 +244,8 @@ def _execute(
         click.echo(f"already complete: {spec.output_path(run_id or make_run_id())}")
         return None
     if report.already_complete:
+        if quiet:
+            return report
         click.echo(
             f"already complete: {report.output} holds this job's result (same input and "
             "parameters); nothing to do (--overwrite recomputes it)"
@@ -280,6 +282,8 @@ def format_summary(report: Any, params: Any) -> str:
     lines.append(
         f"time: {t['pipeline_s']:.2f} s ({spent}); cluster start {t['cluster_start_s']:.2f} s"
     )
+    if report.dropped_rows:
+        lines.append(f"left out {report.dropped_rows:,} rows holding NaN or Inf (labelled -1)")
     lines.append(f"output: {report.output}")
     return "\n".join(lines)
 
@@ -314,6 +318,11 @@ def format_summary(report: Any, params: Any) -> str:
     help="Replace an existing output (also recompute a complete output of the same job).",
 )
 @click.option("--modes", is_flag=True, help="Also write where every point converged.")
+@click.option(
+    "--drop-invalid-rows",
+    is_flag=True,
+    help="Leave rows holding NaN or Inf out (labelled -1, counted) instead of refusing the input.",
+)
 @click.option(
     "--checkpoint-every",
     default=1,

@@ -32,7 +32,7 @@ import numpy as np
 from . import merge
 from .backend import get_namespace, resolve_backend, to_host
 from .bandwidth import estimate_bandwidth
-from .errors import InputDataError, ParameterError
+from .errors import InputDataError, InvalidRowsError, ParameterError
 from .kernels import DensePointSet, GridPointSet, PointSet, converge_seeds, row_major_strides
 from .naming import task_name
 from .params import EXACT_MAX_POINTS, GRID_MAX_DIMS, MeanShiftParams, resolve_method
@@ -280,7 +280,7 @@ def _bounds(summaries: np.ndarray, n: int) -> tuple[np.ndarray, float]:
     d = (summaries.shape[1] - 1) // 2
     bad_rows = int(summaries[:, 0].sum())
     if bad_rows:
-        raise InputDataError(f"{bad_rows} of {n} rows hold NaN or Inf values")
+        raise InvalidRowsError(f"{bad_rows} of {n} rows hold NaN or Inf values")
     low, high = summaries[:, 1 : d + 1].min(axis=0), summaries[:, d + 1 :].max(axis=0)
     return low / 2 + high / 2, float(np.max(high / 2 - low / 2)) * 2
 
@@ -316,7 +316,7 @@ def _resolve_bandwidth(points: da.Array, params: MeanShiftParams) -> tuple[float
         params.bandwidth_rule,
     )
     if not math.isfinite(value):
-        raise InputDataError("the input holds rows with NaN or Inf values")
+        raise InvalidRowsError("the input holds rows with NaN or Inf values")
     if value > 0:
         return value, True
     lo, hi = dask.compute(points.min(axis=0), points.max(axis=0))
@@ -1419,7 +1419,7 @@ def _bin_points(points: da.Array, weights: da.Array | None, cell: float) -> dict
     ]
     bad, low, high, keys, counts, sums = _tree_reduce(parts, _combine_bins).compute()
     if bad:
-        raise InputDataError(f"{bad} of {points.shape[0]} rows hold NaN or Inf values")
+        raise InvalidRowsError(f"{bad} of {points.shape[0]} rows hold NaN or Inf values")
     kept = counts > 0
     keys, counts = keys[kept], counts[kept]
     centroids = (keys + (sums[kept] / counts[:, None] + 0.5) / FIXED_POINT) * cell

@@ -30,6 +30,10 @@ class InputDataError(PipelineError, ValueError):
     exit_code = 3
 
 
+class InvalidRowsError(InputDataError):
+    """Some rows of the points hold NaN or Inf."""
+
+
 class OutputError(PipelineError):
     """The output location cannot be written."""
 

@@ -17,8 +17,10 @@ from . import store
 from .checkpoint import ZarrCheckpoint, resumable
 from .cluster import dask_client
 from .engine import MeanShiftResult, ProgressCallback, mean_shift
+from .errors import InvalidRowsError
 from .naming import job_tag
 from .params import MeanShiftParams
+from .rows import keep_finite_rows
 from .worker import warm_up
 
 
@@ -44,6 +46,7 @@ class JobReport:
     dashboard: str | None = None
     resumed: str | None = None
     already_complete: bool = False
+    dropped_rows: int = 0
 
 
 def package_versions() -> dict[str, str]:
@@ -80,10 +83,13 @@ def result_attributes(
     }
 
 
-def job_fingerprint(source: store.InputInfo, params: MeanShiftParams) -> str:
+def job_fingerprint(
+    source: store.InputInfo, params: MeanShiftParams, drop_invalid_rows: bool = False
+) -> str:
     """What makes two runs the same job: input, its shape and type, every parameter."""
     described = {
         "input": [source.url, source.name, list(source.array.shape), str(source.array.dtype)],
+        "invalid_rows": "drop" if drop_invalid_rows else "refuse",
         "parameters": params.model_dump(mode="json"),
         "version": package_versions()["meanshift-pipeline"],
     }
@@ -116,6 +122,7 @@ def run_job(
     cluster_kind: str = "local",
     run_id: str | None = None,
     checkpoint_every: int = 1,
+    drop_invalid_rows: bool = False,
 ) -> JobReport:
     """Cluster a Zarr point set and write the result to a Zarr group.
 
@@ -164,11 +171,14 @@ def run_job(
     checkpoint_every : int
         Save blurring positions after every ``checkpoint_every``-th iteration (0: keep
         no state; standard mean shift and the binned method save theirs unless 0).
+    drop_invalid_rows : bool
+        Leave rows holding NaN or Inf out of the clustering (labelled -1, counted in
+        the report) instead of refusing the input.
     """
     opened = time.perf_counter()
     source = store.open_points(input_url, array, storage_options)
     n, d = source.array.shape
-    fingerprint = job_fingerprint(source, params)
+    fingerprint = job_fingerprint(source, params, drop_invalid_rows)
     if not overwrite:
         done = _completed_report(output_url, fingerprint)
         if done is not None:
@@ -192,13 +202,22 @@ def run_job(
             if on_cluster_ready is not None:
                 on_cluster_ready(client)
             with job_tag(name or default_job_name(output_url)):
-                result = mean_shift(
-                    store.points_as_dask(source), params, progress=progress, checkpoint=checkpoint
-                )
+                points, kept = store.points_as_dask(source), None
+                if drop_invalid_rows:
+                    kept = keep_finite_rows(points)
+                    points = kept.points
+                try:
+                    result = mean_shift(points, params, progress=progress, checkpoint=checkpoint)
+                except InvalidRowsError as exc:
+                    raise InvalidRowsError(f"{exc}; --drop-invalid-rows leaves them out") from None
+                labels, modes = result.labels, result.modes
+                if kept is not None:
+                    labels = kept.spread(labels, -1)
+                    modes = None if modes is None else kept.spread(modes, np.nan)
                 clock = time.perf_counter()
-                store.write_per_point(group, "labels", result.labels, source.row_chunk)
-                if write_modes and result.modes is not None:
-                    store.write_per_point(group, "modes", result.modes, source.row_chunk)
+                store.write_per_point(group, "labels", labels, source.row_chunk)
+                if write_modes and modes is not None:
+                    store.write_per_point(group, "modes", modes, source.row_chunk)
             timings = dict(result.timings)
             timings["write_s"] = time.perf_counter() - clock
             timings["cluster_start_s"] = cluster_start  # includes loading this process's kernels
@@ -209,6 +228,7 @@ def run_job(
             attributes["resumed_from_iteration"] = result.resumed_from_iteration
             attributes["resumed"] = result.resumed
             attributes["fingerprint"] = fingerprint
+            attributes["dropped_rows"] = 0 if kept is None else kept.dropped
             checkpoint.clear()
             store.write_summary(group, result.centers, result.sizes, attributes)
     except BaseException as exc:
@@ -232,6 +252,7 @@ def run_job(
         timings=timings,
         dashboard=link,
         resumed=result.resumed,
+        dropped_rows=0 if kept is None else kept.dropped,
     )
 
 
@@ -263,4 +284,5 @@ def _completed_report(output_url: str, fingerprint: str) -> JobReport | None:
         timings=dict(attributes.get("timings") or {}),
         resumed=attributes.get("resumed"),
         already_complete=True,
+        dropped_rows=int(attributes.get("dropped_rows") or 0),
     )

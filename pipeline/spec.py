@@ -50,6 +50,7 @@ class InputSpec(_Strict):
     url: str
     array: str = "points"
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    drop_invalid_rows: bool = False
 
 
 class TLSSpec(_Strict):

@@ -18,6 +18,7 @@ from .spec import WorkflowSpec, describe_spec_error, make_run_id
 CLI_TO_SPEC = {
     "input_url": ("input", "url"),
     "array": ("input", "array"),
+    "drop_invalid_rows": ("input", "drop_invalid_rows"),
     "output": ("output", "path"),
     "overwrite": ("output", "overwrite"),
     "modes": ("output", "modes"),
@@ -139,6 +140,7 @@ def run_spec(
         overwrite=overwrite,
         write_modes=spec.output.modes,
         checkpoint_every=spec.output.checkpoint_every,
+        drop_invalid_rows=spec.input.drop_invalid_rows,
         progress=progress,
         dashboard=dashboard,
         on_cluster_ready=on_cluster_ready,

@@ -280,6 +280,29 @@ def test_equivariant_to_translation_and_scaling_together(kernel, blurring, offse
     )
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    st.sampled_from(
+        [dict(kernel="gaussian", blurring=True), dict(kernel="flat"),
+         dict(kernel="epanechnikov", method="grid"), dict(kernel="gaussian", bin_seeding=True)]
+    ),
+    st.integers(2, 5),
+    st.randoms(use_true_random=False),
+)  # fmt: skip
+def test_invariant_to_point_order(config, clusters, random):
+    """Shuffling the rows shuffles the labels alike and leaves centres, sizes and numbering."""
+    points, _, _ = make_blobs(clusters, 40, 5.0, 2, seed=clusters)
+    points = points.astype(np.float64)
+    order = np.array(random.sample(range(len(points)), len(points)))
+    params = make_params(bandwidth=2.0, **config)
+    base = mean_shift(points, params)
+    shuffled = mean_shift(points[order], params)
+    np.testing.assert_array_equal(shuffled.labels, np.asarray(base.labels)[order])
+    # kernels sum in another order, so seeds stop at another point within tol bandwidths
+    np.testing.assert_allclose(shuffled.centers, base.centers, rtol=0, atol=params.tol * 2.0)
+    np.testing.assert_array_equal(shuffled.sizes, base.sizes)
+
+
 IN_MEMORY_CASES = [
     dict(kernel="gaussian", blurring=True, method="exact"),
     dict(kernel="gaussian", blurring=True, method="grid"),

@@ -81,10 +81,15 @@ def test_integer_points_are_converted(cluster_2proc, tmp_path):
 
 def test_existing_output_is_refused_then_overwritten(seed_store, cluster_2proc, tmp_path):
     out = str(tmp_path / "out.zarr")
-    run_job(seed_store, out, SEED, scheduler=cluster_2proc.scheduler_address)
+    first = run_job(seed_store, out, SEED, scheduler=cluster_2proc.scheduler_address)
     before = tree_digest(out)
-    with pytest.raises(OutputError, match="already exists"):
-        run_job(seed_store, out, SEED, scheduler=cluster_2proc.scheduler_address)
+    same = run_job(seed_store, out, SEED, scheduler=cluster_2proc.scheduler_address)
+    assert same.already_complete and not first.already_complete  # the same job: nothing to do
+    assert (same.sizes, same.centers, same.n_iter) == (first.sizes, first.centers, first.n_iter)
+    with pytest.raises(OutputError, match="already exists"):  # another job
+        run_job(
+            seed_store, out, make_params(bandwidth=3.0), scheduler=cluster_2proc.scheduler_address
+        )
     assert tree_digest(out) == before
     run_job(
         seed_store,

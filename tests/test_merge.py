@@ -82,3 +82,31 @@ def test_zero_density_modes_are_dropped():
 def test_size_order_ties_by_coordinates():
     renumber = size_order(np.array([5, 9, 5]), np.array([[3.0], [0.0], [1.0]]))
     np.testing.assert_array_equal(renumber, [2, 0, 1])
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    arrays(np.float64, st.tuples(st.integers(1, 60), st.integers(1, 3)), elements=st.floats(-5, 5)),
+    st.integers(-40, 40),
+    st.floats(0.1, 2.0),
+)
+def test_suppression_is_equivariant_to_scaling_positions_and_radius(positions, power, radius):
+    """Scaling by a power of two is exact, so the same modes must survive."""
+    scale = 2.0**power
+    np.testing.assert_array_equal(
+        suppress(positions * scale, radius * scale), suppress(positions, radius)
+    )
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    arrays(np.float64, st.tuples(st.integers(1, 60), st.integers(1, 3)), elements=st.floats(-5, 5)),
+    st.randoms(use_true_random=False),
+)
+def test_suppression_keeps_the_same_modes_in_any_order(positions, random):
+    density = np.round(np.abs(positions).sum(axis=1), 1) + 1.0
+    order = list(range(len(positions)))
+    random.shuffle(order)
+    a, _ = combine_candidates([mode_candidates(positions, density, 1e-9)], 1e-9)
+    b, _ = combine_candidates([mode_candidates(positions[order], density[order], 1e-9)], 1e-9)
+    np.testing.assert_array_equal(a[suppress(a, 0.7)], b[suppress(b, 0.7)])

@@ -53,9 +53,11 @@ def test_seed_demo_spec_runs_with_paths_relative_to_the_spec(tmp_path, seed_data
     assert adjusted_rand_score(seed_data[1], out["labels"][...]) >= 0.99
     assert "modes" in out  # output.modes: true
     assert tree_digest(str(data)) == digest
-    # the same run again: refused without --overwrite, a no-op with --skip-complete
-    again = meanshift("run", "--spec", spec, "--run-id", "20261128T030000Z", "--quiet")
-    assert again.returncode == 4 and "already exists" in again.stderr
+    # the same run again: a no-op; with other parameters: refused without --overwrite
+    again = meanshift("run", "--spec", spec, "--run-id", "20261128T030000Z")
+    assert again.returncode == 0 and again.stdout.startswith("already complete"), again.stderr
+    other = meanshift("run", "--spec", spec, "--run-id", "20261128T030000Z", "-b", "3", "-q")
+    assert other.returncode == 4 and "already exists" in other.stderr
     skipped = meanshift("run", "--spec", spec, "--run-id", "20261128T030000Z", "--skip-complete")
     assert skipped.returncode == 0 and "already complete" in skipped.stdout
 
