@@ -209,3 +209,28 @@ def test_ten_concurrent_jobs_on_two_workers_all_finish(
         params = make_params(kernel="gaussian", bandwidth=bandwidth)
         reference = mean_shift(points, params)
         np.testing.assert_array_equal(result["labels"][...], np.asarray(reference.labels))
+
+
+def test_a_job_on_a_cluster_whose_workers_are_all_busy_waits_and_finishes(
+    plain_cluster, seed_store, tmp_path
+):
+    occupied_for = 8.0
+    with plain_cluster.client() as client:
+        # one long task per worker thread: nothing is free when the job arrives
+        busy = [client.submit(time.sleep, occupied_for, pure=False, workers=[worker])
+                for worker in client.scheduler_info()["workers"]]  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            processing = client.processing()
+            if sum(len(keys) for keys in processing.values()) >= len(busy):
+                break
+            time.sleep(0.05)
+        started = time.monotonic()
+        out = str(tmp_path / "waited.zarr")
+        done = meanshift("run", "-i", seed_store, "-o", out, "--scheduler", plain_cluster.address,
+                         "--kernel", "flat", "-b", "2.5", "--quiet")  # fmt: skip
+        waited = time.monotonic() - started
+        client.gather(busy)
+    assert done.returncode == 0, done.stderr
+    assert zarr.open_group(out, mode="r").attrs["status"] == "complete"
+    assert waited >= occupied_for * 0.5  # it queued behind the busy workers

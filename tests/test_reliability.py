@@ -167,6 +167,36 @@ def test_an_unwritable_output_location_is_a_clear_error(chunked_store):
     assert tree_digest(chunked_store) == digest
 
 
+def test_a_read_only_location_is_a_clear_error(chunked_store):
+    # /sys refuses new entries even to root: a read-only location on any Linux machine
+    digest = tree_digest(chunked_store)
+    done = meanshift("run", "-i", chunked_store, "-o", "/sys/meanshift-out.zarr", "-b", "2.5")
+    assert done.returncode == 4
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "meanshift: error: cannot write output /sys/meanshift-out.zarr: "
+    )
+    assert "denied" in lines[0] or "not permitted" in lines[0]
+    assert tree_digest(chunked_store) == digest
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_a_clear_error(chunked_store, tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    digest = tree_digest(chunked_store)
+    try:
+        done = meanshift("run", "-i", chunked_store, "-o", str(folder / "out.zarr"), "-b", "2.5")
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 4
+    assert done.stderr.strip().splitlines() == [
+        f"meanshift: error: cannot write output {folder / 'out.zarr'}: Permission denied"
+    ]
+    assert tree_digest(chunked_store) == digest
+
+
 def _kill_driver_once(command: list[str], out: str, ready, timeout: float = 120.0) -> dict:
     """Start ``command`` (a ``meanshift run`` writing ``out``); SIGKILL it and its embedded
     cluster once ``ready(checkpoint attribute)`` holds. Returns that attribute."""
