@@ -119,6 +119,30 @@ def dask_client(
         cluster.close()
 
 
+GPU_RESOURCE = {"GPU": 1}
+"""What each GPU worker advertises (Dask worker resources); GPU tasks ask for it."""
+
+RMM_POOL_ENV = "MEANSHIFT_RMM_POOL_SIZE"
+"""Set (e.g. ``24GB``) to give each local-cuda worker an RMM pool that CuPy allocates from."""
+
+
+def cuda_cluster_options(n_workers: int | None) -> dict:
+    """Keyword arguments of ``LocalCUDACluster``: one worker per GPU, each advertising
+    ``GPU_RESOURCE``, with an RMM pool shared with CuPy when ``RMM_POOL_ENV`` is set."""
+    options: dict = {
+        "n_workers": n_workers,
+        "dashboard_address": ":0",
+        "silence_logs": logging.CRITICAL,  # task errors reach the user as one line, not twice
+        "preload": ["pipeline.worker"],
+        "resources": dict(GPU_RESOURCE),
+    }
+    pool = os.environ.get(RMM_POOL_ENV, "").strip()
+    if pool:
+        options["rmm_pool_size"] = pool
+        options["rmm_allocator_external_lib_list"] = ["cupy"]
+    return options
+
+
 @contextlib.contextmanager
 def _cuda_cluster(n_workers: int | None) -> Iterator[Client]:
     """dask-cuda's LocalCUDACluster: one worker process per visible GPU."""
@@ -129,12 +153,7 @@ def _cuda_cluster(n_workers: int | None) -> Iterator[Client]:
             "--cluster local-cuda needs dask-cuda: pip install 'meanshift-pipeline[gpu]'"
         ) from None
     try:
-        cluster = LocalCUDACluster(
-            n_workers=n_workers,
-            dashboard_address=":0",
-            silence_logs=logging.CRITICAL,  # task errors reach the user as one line, not twice
-            preload=["pipeline.worker"],
-        )
+        cluster = LocalCUDACluster(**cuda_cluster_options(n_workers))
     except Exception as exc:  # no GPU, no driver
         raise ClusterError(f"cannot start a local CUDA cluster: {exc}") from None
     try:

@@ -64,7 +64,7 @@ COMPILED_MAX_COORDINATE = 150.0
 
 GPU_KERNELS = ("gaussian", "epanechnikov", "flat")
 
-COMPILE_OPTIONS = ("--std=c++14",)
+COMPILE_OPTIONS: tuple[str, ...] = ()
 """NVRTC options (the architecture is CuPy's choice: the device's own)."""
 
 

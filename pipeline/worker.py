@@ -30,6 +30,34 @@ def warm_up() -> None:
     engine._bin_block(np.arange(8.0).reshape(4, 2), None, 1.0)
 
 
+def warm_up_gpu() -> None:
+    """Compile the GPU shift kernels of the common cases (d = 2, each kernel) once.
+
+    CuPy keeps compiled kernels on disk too, so later processes only load them.
+    Never fails: a worker without a usable GPU just starts without them.
+    """
+    try:
+        import cupy
+
+        from .kernels import shift_points
+
+        points = cupy.zeros((4, 2))
+        for kernel in ("gaussian", "epanechnikov", "flat"):
+            shift_points(points, points, None, kernel, cupy, 2**20)
+    except Exception:  # pragma: no cover - depends on the device
+        pass
+
+
+def _has_gpu_resource(worker: Any) -> bool:
+    resources = getattr(worker, "total_resources", None)
+    if resources is None:
+        resources = getattr(getattr(worker, "state", None), "total_resources", None) or {}
+    return bool(resources.get("GPU"))
+
+
 def dask_setup(worker: Any = None) -> None:
-    """Entry point Dask calls for a ``--preload`` module."""
+    """Entry point Dask calls for a ``--preload`` module (GPU workers also compile the
+    GPU kernels: workers that advertise the ``GPU`` resource, e.g. local-cuda's)."""
     warm_up()
+    if worker is not None and _has_gpu_resource(worker):
+        warm_up_gpu()

@@ -175,4 +175,35 @@ def fake_cupy() -> types.ModuleType:
     module.ElementwiseKernel = ElementwiseKernel  # type: ignore[attr-defined]
     module.asnumpy = np.asarray  # type: ignore[attr-defined]
     module.ndarray = np.ndarray  # type: ignore[attr-defined]
+    module.__version__ = "emulated"  # type: ignore[attr-defined]
+    module.cuda = _fake_cuda()  # type: ignore[attr-defined]
     return module
+
+
+def _fake_cuda() -> types.SimpleNamespace:
+    """The little of ``cupy.cuda`` the benchmark uses: synchronise, events, device facts."""
+    import time
+
+    class Device:
+        def synchronize(self) -> None:
+            pass
+
+    class Event:
+        def record(self) -> None:
+            self.at = time.perf_counter()
+
+        def synchronize(self) -> None:
+            pass
+
+    def get_elapsed_time(start: Event, stop: Event) -> float:
+        return (stop.at - start.at) * 1e3
+
+    runtime = types.SimpleNamespace(
+        getDeviceCount=lambda: 1,
+        getDeviceProperties=lambda index: {"name": b"CPU emulation"},
+        runtimeGetVersion=lambda: 0,
+        driverGetVersion=lambda: 0,
+    )
+    return types.SimpleNamespace(
+        Device=Device, Event=Event, get_elapsed_time=get_elapsed_time, runtime=runtime
+    )

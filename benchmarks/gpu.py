@@ -1,0 +1,253 @@
+"""GPU benchmark: ``python -m benchmarks.gpu [--only B1,B2,B3] [--json results.json]``.
+
+B1  the seed workload (6x250 points, d=2, Gaussian, bandwidth 2.5, 5 blurring iterations,
+    exact): the engine with ``backend="cupy"`` on NumPy input, and the same five steps
+    on device arrays (pack + fused step per iteration); target <= 1 ms per run.
+B2  pair evaluations per second of one exact Gaussian step (fused kernel alone, timed
+    with CUDA events after a warm-up): d=2 and d=16 (also the GEMM route at d=16 and
+    d=32); target >= 1e12 at d=2.
+B3  1.5M points (the seed distribution, as benchmarks/run.py B3: flat kernel, bandwidth
+    2.5, method auto = binned) through the pipeline with ``backend="cupy"`` and with
+    ``backend="numpy"``, against scikit-learn's MeanShift(bin_seeding=True, n_jobs=-1)
+    on this machine's CPU cores; ARI against the truth for each; target >= 100x.
+
+Prints one table at the end and writes the results as JSON. Each part catches its own
+errors, so one failure leaves the others' numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import numpy as np
+
+BANDWIDTH = 2.5
+
+
+def _sync() -> None:
+    import cupy
+
+    cupy.cuda.Device().synchronize()
+
+
+def best_of(function, repeat: int, sync: bool = True) -> float:
+    times = []
+    for _ in range(repeat):
+        if sync:
+            _sync()
+        start = time.perf_counter()
+        function()
+        if sync:
+            _sync()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def b1() -> dict:
+    import cupy
+
+    from benchmarks.references import seed_batched
+    from pipeline import gpu
+    from pipeline.datasets import make_blobs
+    from pipeline.engine import mean_shift
+    from pipeline.kernels import blocked_shift
+    from pipeline.params import make_params
+
+    points, _, _ = make_blobs(6, 250, 5.0, 2, seed=0)
+    reference = seed_batched(points)
+    params = make_params(
+        kernel="gaussian", blurring=True, bandwidth=BANDWIDTH, max_iter=5, tol=0.0,
+        method="exact", backend="cupy",
+    )  # fmt: skip
+
+    def engine():
+        return mean_shift(points, params).modes
+
+    modes = engine()  # compile and warm up
+    t_engine = best_of(engine, 20)
+    engine_error = float(np.abs(modes - reference).max())
+
+    # the same five Jacobi steps on the device: the data centred and in bandwidth units
+    origin = (points.min(axis=0).astype(np.float64) + points.max(axis=0)) / 2
+    z_host = (points.astype(np.float64) - origin) / BANDWIDTH
+
+    def device_loop():
+        z = cupy.asarray(z_host)
+        for _ in range(5):
+            packed = gpu.pack(z, None, "gaussian")
+            z, _density = gpu.shift(
+                z, packed, 2**26, lambda q, z=z: blocked_shift(q, z, None, "gaussian", cupy, 2**26)
+            )
+        return z
+
+    device_loop()
+    t_device = best_of(device_loop, 50)
+    device_modes = cupy.asnumpy(device_loop()) * BANDWIDTH + origin
+    return {
+        "engine_ms": t_engine * 1e3,
+        "engine_max_abs_error_vs_seed_batched": engine_error,
+        "device_loop_ms": t_device * 1e3,
+        "device_loop_max_abs_error_vs_seed_batched": float(np.abs(device_modes - reference).max()),
+        "target_ms": 1.0,
+    }
+
+
+def _events_time(function, repeat: int = 5) -> float:
+    import cupy
+
+    function()  # warm-up (and compile)
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    best = float("inf")
+    for _ in range(repeat):
+        start.record()
+        function()
+        stop.record()
+        stop.synchronize()
+        best = min(best, cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+    return best
+
+
+def b2() -> dict:
+    import cupy
+
+    from pipeline import gpu
+
+    out: dict = {}
+    rng = np.random.default_rng(0)
+    block_bytes = 2**31
+    for d, n in ((2, 100_000), (16, 100_000), (32, 50_000)):
+        points = cupy.asarray(rng.normal(0, 3, (n, d)) / np.sqrt(d / 2))
+        row: dict = {"n": n}
+        if d <= gpu.FUSED_MAX_DIMS:
+            packed = gpu.pack(points, None, "gaussian")
+            t = _events_time(
+                lambda packed=packed, points=points: gpu._fused(points, packed, block_bytes)
+            )
+            row["fused_pairs_per_s"] = n * n / t
+            row["fused_s"] = t
+        packed = gpu.pack(points, None, "gaussian")
+        packed.route = "gemm"
+        m = min(n, 20_000)
+        t = _events_time(
+            lambda packed=packed, points=points, m=m: gpu._gemm(points[:m], packed, 2**28), 3
+        )
+        row["gemm_pairs_per_s"] = m * n / t
+        out[f"d{d}"] = row
+    out["target_pairs_per_s_d2"] = 1e12
+    return out
+
+
+def b3() -> dict:
+    import dask
+    from sklearn.cluster import MeanShift
+    from sklearn.metrics import adjusted_rand_score
+
+    from pipeline.datasets import make_blobs
+    from pipeline.engine import mean_shift
+    from pipeline.params import make_params
+
+    points, truth, _ = make_blobs(6, 250_000, 5.0, 2, seed=0)
+    out: dict = {"n": len(points), "cpus": os.cpu_count()}
+    for backend in ("cupy", "numpy"):
+        params = make_params(kernel="flat", bandwidth=BANDWIDTH, backend=backend)
+        with dask.config.set(scheduler="threads"):
+            mean_shift(points[::50], params)  # warm up: imports, kernels
+            start = time.perf_counter()
+            result = mean_shift(points, params)
+            labels = np.asarray(result.labels)
+            elapsed = time.perf_counter() - start
+        out[f"pipeline_{backend}_s"] = elapsed
+        out[f"pipeline_{backend}_method"] = result.method
+        out[f"pipeline_{backend}_timings"] = result.timings
+        out[f"ari_{backend}_vs_truth"] = float(adjusted_rand_score(truth, labels))
+    start = time.perf_counter()
+    reference = MeanShift(bandwidth=BANDWIDTH, bin_seeding=True, n_jobs=-1).fit(points)
+    out["sklearn_s"] = time.perf_counter() - start
+    out["ari_sklearn_vs_truth"] = float(adjusted_rand_score(truth, reference.labels_))
+    out["speedup_cupy_vs_sklearn"] = out["sklearn_s"] / out["pipeline_cupy_s"]
+    out["speedup_numpy_vs_sklearn"] = out["sklearn_s"] / out["pipeline_numpy_s"]
+    out["target_speedup"] = 100
+    return out
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def table(results: dict) -> str:
+    r1, r2, r3 = (results.get(k) or {} for k in ("B1", "B2", "B3"))
+    d2, d16, d32 = (r2.get(k) or {} for k in ("d2", "d16", "d32"))
+    rows = [
+        ("B1 engine, cupy backend (ms / 5 iterations)", _fmt(r1.get("engine_ms"), ".3f"), "<= 1"),
+        ("B1 device loop (ms / 5 iterations)", _fmt(r1.get("device_loop_ms"), ".3f"), "<= 1"),
+        ("B1 max error vs seed batched (data units)",
+         _fmt(r1.get("device_loop_max_abs_error_vs_seed_batched"), ".1e"), ""),
+        ("B2 fused Gaussian d=2 (pairs/s)", _fmt(d2.get("fused_pairs_per_s"), ".3e"), ">= 1e12"),
+        ("B2 fused Gaussian d=16 (pairs/s)", _fmt(d16.get("fused_pairs_per_s"), ".3e"), ""),
+        ("B2 GEMM route d=16 (pairs/s)", _fmt(d16.get("gemm_pairs_per_s"), ".3e"), ""),
+        ("B2 GEMM route d=32 (pairs/s)", _fmt(d32.get("gemm_pairs_per_s"), ".3e"), ""),
+        ("B3 pipeline cupy, 1.5M points (s)", _fmt(r3.get("pipeline_cupy_s"), ".3f"), ""),
+        ("B3 pipeline numpy, same machine (s)", _fmt(r3.get("pipeline_numpy_s"), ".3f"), ""),
+        ("B3 sklearn bin_seeding n_jobs=-1 (s)", _fmt(r3.get("sklearn_s"), ".2f"), ""),
+        ("B3 speedup cupy pipeline vs sklearn", _fmt(r3.get("speedup_cupy_vs_sklearn"), ".1f"),
+         ">= 100"),
+        ("B3 ARI cupy / numpy / sklearn vs truth",
+         " / ".join(_fmt(r3.get(k), ".5f") for k in
+                    ("ari_cupy_vs_truth", "ari_numpy_vs_truth", "ari_sklearn_vs_truth")), ""),
+    ]  # fmt: skip
+    width = max(len(name) for name, _, _ in rows)
+    lines = [f"{'measure':<{width}}  {'value':>28}  target", "-" * (width + 40)]
+    lines += [f"{name:<{width}}  {value:>28}  {target}" for name, value, target in rows]
+    for key, message in results.get("errors", {}).items():
+        lines.append(f"{key} FAILED: {message}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="B1,B2,B3")
+    parser.add_argument("--json", default="gpu-results.json")
+    args = parser.parse_args()
+    from pipeline.backend import gpu_available
+
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "errors": {},
+    }  # fmt: skip
+    if not gpu_available():
+        results["skipped"] = "no CUDA device visible to CuPy"
+        print("no GPU: benchmark skipped")
+    else:
+        import cupy
+
+        properties = cupy.cuda.runtime.getDeviceProperties(0)
+        results["machine"]["gpu"] = properties["name"].decode()
+        results["machine"]["cupy"] = cupy.__version__
+        for name, function in (("B1", b1), ("B2", b2), ("B3", b3)):
+            if name not in args.only.upper().split(","):
+                continue
+            start = time.perf_counter()
+            try:
+                results[name] = function()
+            except Exception as exc:  # keep the other parts' numbers
+                traceback.print_exc()
+                results["errors"][name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            print(f"{name} done in {time.perf_counter() - start:.1f} s", flush=True)
+            with open(args.json, "w") as handle:  # after every part: a timeout keeps the rest
+                json.dump(results, handle, indent=2, default=float)
+    with open(args.json, "w") as handle:
+        json.dump(results, handle, indent=2, default=float)
+    print(table(results))
+    print(f"results: {args.json}")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

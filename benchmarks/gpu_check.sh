@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# GPU check in one call: versions, the GPU tests, the GPU benchmark (B1-B3), a
+# local-cuda cluster smoke test and a CPU smoke test, each under its own timeout;
+# a failing stage does not stop the next. Logs and results go to stdout and to $OUT
+# (default ./gpu-check-out): versions.txt, tests-gpu.log, bench.log, results.json,
+# local-cuda.log, tests-cpu.log, summary.txt.
+#
+# On a machine without dask/zarr (the lent GPU machines), wheels carried in .whl/ are
+# installed into /tmp/site first (see docs/gpu.md). Without a GPU every GPU stage is
+# skipped with a message and the script still succeeds.
+#
+#   bash benchmarks/gpu_check.sh            # PYTHON=python3 by default
+#   PYTHON=.venv/bin/python OUT=/tmp/gpuout bash benchmarks/gpu_check.sh
+
+set -u
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:-gpu-check-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+START=$(date +%s)
+
+stage() {  # stage NAME SECONDS LOG COMMAND...: run with a timeout, tee to LOG, record status
+    local name=$1 limit=$2 log=$3
+    shift 3
+    echo "=== $name (limit ${limit}s) ===" | tee -a "$log"
+    local t0=$(date +%s)
+    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    local line="$name: rc=$rc ($(($(date +%s) - t0)) s)"
+    [ "$rc" = 124 ] && line="$line TIMED OUT"
+    echo "$line" | tee -a "$SUMMARY"
+}
+
+if ! "$PYTHON" -c "import dask, distributed, zarr, pydantic" 2>/dev/null; then
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        echo "=== installing carried wheels into /tmp/site ==="
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl 2>&1 | tail -5
+        export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+    else
+        echo "dask/zarr missing and no .whl/ to install from" | tee -a "$SUMMARY"
+    fi
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD}
+case ":$PYTHONPATH:" in *":$PWD:"*) ;; *) export PYTHONPATH=$PWD:$PYTHONPATH ;; esac
+
+stage versions 60 "$OUT/versions.txt" bash -c "
+    $PYTHON -c 'import sys, platform; print(sys.version); print(platform.platform())'
+    $PYTHON - <<'EOF'
+import importlib
+for name in ('numpy', 'cupy', 'numba', 'dask', 'distributed', 'zarr', 'pydantic', 'sklearn',
+             'scipy', 'dask_cuda', 'pytest'):
+    try:
+        module = importlib.import_module(name)
+        print(f'{name} {getattr(module, \"__version__\", \"?\")}')
+    except Exception as exc:
+        print(f'{name} MISSING ({type(exc).__name__}: {str(exc)[:120]})')
+from pipeline.backend import gpu_available
+print('gpu_available', gpu_available())
+try:
+    import cupy
+    print('cuda runtime', cupy.cuda.runtime.runtimeGetVersion(), 'driver',
+          cupy.cuda.runtime.driverGetVersion())
+except Exception as exc:
+    print('cupy runtime:', exc)
+EOF
+    nvidia-smi -L 2>&1 || echo 'nvidia-smi: not available'
+"
+
+GPU=$("$PYTHON" -c "from pipeline.backend import gpu_available; print(int(gpu_available()))" 2>/dev/null || echo 0)
+if [ "$GPU" = 1 ]; then
+    stage tests-gpu 150 "$OUT/tests-gpu.log" \
+        "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
+    stage bench 240 "$OUT/bench.log" "$PYTHON" -m benchmarks.gpu --json "$OUT/results.json"
+    stage local-cuda 60 "$OUT/local-cuda.log" "$PYTHON" - <<'EOF'
+import numpy as np
+from pipeline.cluster import dask_client
+from pipeline.engine import mean_shift
+from pipeline.params import make_params
+from pipeline.datasets import make_blobs
+import dask.array as da
+
+with dask_client(kind="local-cuda") as client:
+    workers = client.scheduler_info()["workers"]
+    print({w["name"]: w.get("resources") for w in workers.values()})
+    points, truth, _ = make_blobs(6, 2000, 5.0, 2, seed=0)
+    params = make_params(kernel="gaussian", bandwidth=2.5, backend="cupy", method="exact",
+                         blurring=True)
+    result = mean_shift(da.from_array(points, chunks=(3000, 2)), params)
+    print("local-cuda clusters:", len(result.centers), "sizes", result.sizes.tolist())
+EOF
+else
+    echo "no GPU visible to CuPy: GPU tests, benchmark and local-cuda skipped" | tee -a "$SUMMARY"
+    "$PYTHON" -m benchmarks.gpu --json "$OUT/results.json" >"$OUT/bench.log" 2>&1
+fi
+stage tests-cpu 90 "$OUT/tests-cpu.log" \
+    "$PYTHON" -m pytest -q -m "not gpu and not slow" -p no:cacheprovider \
+    tests/test_gpu.py tests/test_backend.py tests/test_kernels.py
+
+echo "total: $(($(date +%s) - START)) s" >>"$SUMMARY"
+echo "=== summary ==="
+cat "$SUMMARY"
+[ -f "$OUT/bench.log" ] && sed -n '/^measure/,$p' "$OUT/bench.log"
+exit 0
