@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check in one call: versions, the GPU tests, the GPU benchmark (B1-B3), a
-# local-cuda cluster smoke test and a CPU smoke test, each under its own timeout;
+# local-cuda cluster smoke test and a CPU smoke test (CuPy hidden), each under its own
+# timeout (30 + 140 + 150 + 45 + 40 s at most, plus about 20 s of wheel installing);
 # a failing stage does not stop the next. Logs and results go to stdout and to $OUT
 # (default ./gpu-check-out): versions.txt, tests-gpu.log, bench.log, results.json,
 # local-cuda.log, tests-cpu.log, summary.txt.
@@ -47,7 +48,7 @@ fi
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 case ":$PYTHONPATH:" in *":$PWD:"*) ;; *) export PYTHONPATH=$PWD:$PYTHONPATH ;; esac
 
-stage versions 60 "$OUT/versions.txt" bash -c "
+stage versions 30 "$OUT/versions.txt" bash -c "
     $PYTHON -c 'import sys, platform; print(sys.version); print(platform.platform())'
     $PYTHON - <<'EOF'
 import importlib
@@ -71,11 +72,11 @@ EOF
 "
 
 GPU=$("$PYTHON" -c "from pipeline.backend import gpu_available; print(int(gpu_available()))" 2>/dev/null || echo 0)
-if [ "$GPU" = 1 ]; then
-    stage tests-gpu 150 "$OUT/tests-gpu.log" \
+if [ "$GPU" = 1 ] || [ "${FORCE_GPU_STAGES:-0}" = 1 ]; then  # (forced: to check the script)
+    stage tests-gpu 140 "$OUT/tests-gpu.log" \
         "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
-    stage bench 240 "$OUT/bench.log" "$PYTHON" -m benchmarks.gpu --json "$OUT/results.json"
-    stage local-cuda 60 "$OUT/local-cuda.log" "$PYTHON" - <<'EOF'
+    stage bench 150 "$OUT/bench.log" "$PYTHON" -m benchmarks.gpu --json "$OUT/results.json"
+    stage local-cuda 45 "$OUT/local-cuda.log" "$PYTHON" - <<'EOF'
 import numpy as np
 from pipeline.cluster import dask_client
 from pipeline.engine import mean_shift
@@ -96,9 +97,8 @@ else
     echo "no GPU visible to CuPy: GPU tests, benchmark and local-cuda skipped" | tee -a "$SUMMARY"
     "$PYTHON" -m benchmarks.gpu --json "$OUT/results.json" >"$OUT/bench.log" 2>&1
 fi
-stage tests-cpu 90 "$OUT/tests-cpu.log" \
-    "$PYTHON" -m pytest -q -m "not gpu and not slow" -p no:cacheprovider \
-    tests/test_gpu.py tests/test_backend.py tests/test_kernels.py
+stage tests-cpu 40 "$OUT/tests-cpu.log" \
+    "$PYTHON" -m pytest -q -m "not gpu and not slow" -p no:cacheprovider tests/test_backend.py
 
 echo "total: $(($(date +%s) - START)) s" >>"$SUMMARY"
 echo "=== summary ==="

@@ -417,8 +417,9 @@ def _gemm(queries: Any, packed: DevicePoints, block_bytes: int) -> tuple[Any, An
             p = ((packed.points[p_start : p_start + tile] - centre) * scale).astype(cupy.float32)
             width = p.shape[0]
             pn = (p * p).sum(axis=1)[None, :]
-            w = cupy.matmul(q, p.T)
-            weigh(w, qn, pn, point_weights[p_start : p_start + width][None, :], w)
+            g = cupy.matmul(q, p.T)
+            w = weigh(g, qn, pn, point_weights[p_start : p_start + width][None, :])
+            del g
             aug = augmented[:width]
             aug[:, :d] = p
             total += cupy.matmul(w, aug)

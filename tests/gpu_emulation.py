@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import types
 from typing import Any
 
@@ -63,6 +64,9 @@ extern "C" int ms_launch(unsigned gx, unsigned gy, unsigned bx, void** a) {
 """
 
 _CACHE = os.path.join(tempfile.gettempdir(), "meanshift-gpu-emulation")
+
+_LAUNCH_LOCK = threading.Lock()
+"""One launch at a time: a block's shared memory and barrier are statics of the library."""
 
 
 def compiler_available() -> bool:
@@ -128,6 +132,10 @@ class RawKernel:
             *[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in held]
         )
         grid = tuple(grid) + (1,) * (2 - len(grid))
+        with _LAUNCH_LOCK:
+            self._launch(grid, block, pointers)
+
+    def _launch(self, grid: tuple, block: tuple, pointers: Any) -> None:
         self.library.ms_launch(
             ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(block[0]), pointers
         )
@@ -152,7 +160,11 @@ class ElementwiseKernel:
         self.library = _build(code)
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
-        inputs, out = arrays[: len(self.inputs)], arrays[len(self.inputs)]
+        inputs = arrays[: len(self.inputs)]
+        if len(arrays) > len(self.inputs):
+            out = arrays[len(self.inputs)]
+        else:  # CuPy allocates the output: the inputs' broadcast shape
+            out = np.empty(np.broadcast_shapes(*(np.shape(a) for a in inputs)), np.float32)
         shaped = [np.ascontiguousarray(np.broadcast_to(a, out.shape), np.float32) for a in inputs]
         result = np.empty(out.shape, np.float32)
         pointers = [ctypes.c_void_p(a.ctypes.data) for a in shaped]

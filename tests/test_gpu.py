@@ -256,7 +256,8 @@ def test_cupy_in_memory_equals_numpy(seed_data, kernel, method, blurring):
         )
         results[backend] = mean_shift(points, params)
     np.testing.assert_array_equal(results["cupy"].labels, results["numpy"].labels)
-    np.testing.assert_allclose(results["cupy"].centers, results["numpy"].centers, atol=1e-3)
+    # (grid + Gaussian: the GPU meets every point, the CPU grid none beyond 5 bandwidths)
+    np.testing.assert_allclose(results["cupy"].centers, results["numpy"].centers, atol=1e-2)
 
 
 @on_device
