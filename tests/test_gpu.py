@@ -288,3 +288,37 @@ def test_estimator_with_cupy_arrays(seed_data):
     np.testing.assert_allclose(
         cupy.asnumpy(device.cluster_centers_), host.cluster_centers_, atol=1e-3
     )
+
+
+def test_local_cuda_workers_advertise_the_gpu_resource(monkeypatch):
+    from pipeline.cluster import GPU_RESOURCE, RMM_POOL_ENV, cuda_cluster_options
+
+    monkeypatch.delenv(RMM_POOL_ENV, raising=False)
+    options = cuda_cluster_options(None)
+    assert options["resources"] == GPU_RESOURCE == {"GPU": 1}
+    assert options["preload"] == ["pipeline.worker"] and "rmm_pool_size" not in options
+    monkeypatch.setenv(RMM_POOL_ENV, "2GB")
+    options = cuda_cluster_options(2)
+    assert options["rmm_pool_size"] == "2GB" and options["n_workers"] == 2
+    assert options["rmm_allocator_external_lib_list"] == ["cupy"]
+
+
+@on_device
+def test_local_cuda_cluster_runs_gpu_tasks():
+    pytest.importorskip("dask_cuda")
+    import dask.array as da
+
+    from pipeline.cluster import dask_client
+    from pipeline.datasets import make_blobs
+    from pipeline.engine import mean_shift
+    from pipeline.params import make_params
+
+    points, _, _ = make_blobs(6, 500, 5.0, 2, seed=0)
+    params = make_params(kernel="gaussian", bandwidth=2.5, backend="cupy", blurring=True)
+    with dask_client(kind="local-cuda") as client:
+        workers = client.scheduler_info()["workers"].values()
+        assert all(w["resources"] == {"GPU": 1} for w in workers)
+        result = mean_shift(da.from_array(points, chunks=(1000, 2)), params)
+        labels = result.labels.compute()
+    expected = mean_shift(points, params.model_copy(update={"backend": "numpy"}))
+    np.testing.assert_array_equal(labels, expected.labels)
