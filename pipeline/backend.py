@@ -6,6 +6,7 @@ looks for a GPU and CuPy is installed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from types import ModuleType
 from typing import Any, Literal
@@ -74,3 +75,33 @@ def to_host(array: Any) -> np.ndarray:
     if get is not None:
         return get()
     return np.asarray(array)
+
+
+GPU_RESOURCE = "GPU"
+"""The Dask worker resource GPU workers advertise (``--resources GPU=1``; local-cuda does)."""
+
+
+def task_resources(backend: str) -> contextlib.AbstractContextManager:
+    """Annotate the Dask tasks built inside: GPU runs ask for a ``GPU`` worker.
+
+    For the ``cupy`` backend (or ``auto`` where this process sees a GPU), when the
+    default ``distributed`` client has at least one worker advertising the ``GPU``
+    resource, tasks built inside get ``resources={"GPU": 1}``: on a cluster mixing CPU
+    and GPU workers they run on GPU workers only, so results of different precision
+    never mix. Otherwise (NumPy runs, no client, no worker advertising GPUs: nothing
+    could run such tasks) it changes nothing.
+    """
+    if backend == "numpy" or (backend == "auto" and not gpu_available()):
+        return contextlib.nullcontext()
+    try:
+        from distributed import default_client
+
+        client = default_client()
+        workers = client.scheduler_info()["workers"].values()
+    except (ImportError, ValueError, KeyError):  # no distributed client
+        return contextlib.nullcontext()
+    if not any((w.get("resources") or {}).get(GPU_RESOURCE) for w in workers):
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.annotate(resources={GPU_RESOURCE: 1})

@@ -119,7 +119,7 @@ def dask_client(
         cluster.close()
 
 
-GPU_RESOURCE = {"GPU": 1}
+GPU_WORKER_RESOURCES = {"GPU": 1}
 """What each GPU worker advertises (Dask worker resources); GPU tasks ask for it."""
 
 RMM_POOL_ENV = "MEANSHIFT_RMM_POOL_SIZE"
@@ -128,13 +128,13 @@ RMM_POOL_ENV = "MEANSHIFT_RMM_POOL_SIZE"
 
 def cuda_cluster_options(n_workers: int | None) -> dict:
     """Keyword arguments of ``LocalCUDACluster``: one worker per GPU, each advertising
-    ``GPU_RESOURCE``, with an RMM pool shared with CuPy when ``RMM_POOL_ENV`` is set."""
+    ``GPU_WORKER_RESOURCES``, with an RMM pool shared with CuPy when ``RMM_POOL_ENV`` is set."""
     options: dict = {
         "n_workers": n_workers,
         "dashboard_address": ":0",
         "silence_logs": logging.CRITICAL,  # task errors reach the user as one line, not twice
         "preload": ["pipeline.worker"],
-        "resources": dict(GPU_RESOURCE),
+        "resources": dict(GPU_WORKER_RESOURCES),
     }
     pool = os.environ.get(RMM_POOL_ENV, "").strip()
     if pool:

@@ -55,3 +55,34 @@ def test_numpy_run_does_not_import_cupy():
 def test_asking_for_cupy_without_a_device_is_a_clear_error():
     with pytest.raises(ParameterError, match="no CUDA device"):
         resolve_backend("cupy")
+
+
+def test_gpu_runs_ask_for_gpu_workers_where_any_advertise_them():
+    """On a cluster mixing CPU and GPU workers, a cupy run's tasks go to GPU workers only."""
+    import contextlib
+    import logging
+
+    import dask.array as da
+    from distributed import Client, Scheduler, Worker
+    from distributed.deploy.spec import SpecCluster
+
+    from pipeline.backend import task_resources
+
+    workers = {
+        "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
+        "cpu": {"cls": Worker, "options": {"nthreads": 1}},
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with (
+        SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR) as cluster,
+        Client(cluster, set_as_default=True) as client,
+    ):
+        where = {cluster.workers[name].address: name for name in cluster.workers}
+        assert isinstance(task_resources("numpy"), contextlib.nullcontext)
+        client.get_task_stream()  # start recording
+        with task_resources("cupy"):
+            total = da.ones(4000, chunks=100).map_blocks(lambda b: b * 2).sum().compute()
+        assert total == 8000
+        ran_on = {where[task["worker"]] for task in client.get_task_stream()}
+        assert ran_on == {"gpu"}
+    assert isinstance(task_resources("cupy"), contextlib.nullcontext)  # no client: no change

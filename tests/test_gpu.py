@@ -291,11 +291,11 @@ def test_estimator_with_cupy_arrays(seed_data):
 
 
 def test_local_cuda_workers_advertise_the_gpu_resource(monkeypatch):
-    from pipeline.cluster import GPU_RESOURCE, RMM_POOL_ENV, cuda_cluster_options
+    from pipeline.cluster import GPU_WORKER_RESOURCES, RMM_POOL_ENV, cuda_cluster_options
 
     monkeypatch.delenv(RMM_POOL_ENV, raising=False)
     options = cuda_cluster_options(None)
-    assert options["resources"] == GPU_RESOURCE == {"GPU": 1}
+    assert options["resources"] == GPU_WORKER_RESOURCES == {"GPU": 1}
     assert options["preload"] == ["pipeline.worker"] and "rmm_pool_size" not in options
     monkeypatch.setenv(RMM_POOL_ENV, "2GB")
     options = cuda_cluster_options(2)
