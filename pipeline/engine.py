@@ -30,7 +30,7 @@ import dask.array as da
 import numpy as np
 
 from . import merge
-from .backend import get_namespace, resolve_backend, to_host
+from .backend import get_namespace, resolve_backend, task_resources, to_host
 from .bandwidth import estimate_bandwidth
 from .errors import InputDataError, InvalidRowsError, ParameterError
 from .kernels import DensePointSet, GridPointSet, PointSet, converge_seeds, row_major_strides
@@ -776,9 +776,10 @@ def mean_shift(
             weights, chunks=(points.chunks[0],), name=task_name("weights", weights)
         )
     method = resolve_method(*points.shape, params)
-    if method == "binned":
-        return _binned(points, params, seeds, weights, progress, checkpoint)
-    return _mean_shift_points(points, params, method, seeds, weights, progress, checkpoint)
+    with task_resources(params.backend):  # GPU runs: GPU workers only (where any advertise)
+        if method == "binned":
+            return _binned(points, params, seeds, weights, progress, checkpoint)
+        return _mean_shift_points(points, params, method, seeds, weights, progress, checkpoint)
 
 
 def _mean_shift_points(
