@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import store
+from .backend import resolve_backend
 from .checkpoint import ZarrCheckpoint, resumable
 from .cluster import dask_client
 from .engine import MeanShiftResult, ProgressCallback, mean_shift
@@ -79,8 +80,17 @@ def result_attributes(
         "stop_reason": result.stop_reason,
         "max_shift_per_iteration": result.max_shift,
         "versions": package_versions(),
+        "backend": resolve_backend(params.backend),
+        "precision": precision(params.kernel),
         "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def precision(kernel: str) -> str:
+    """How a run's kernel sums are computed (the same on CPU and GPU workers)."""
+    if kernel == "flat":
+        return "float64"
+    return "float32 weights and tile sums, float64 totals (float64 redo where weights underflow)"
 
 
 def job_fingerprint(

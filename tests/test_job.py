@@ -40,6 +40,7 @@ def test_job_on_two_worker_processes_writes_complete_output(seed_store, cluster_
     assert attrs["n_iter"] == len(attrs["max_shift_per_iteration"]) == report.n_iter
     assert {"pipeline_s", "cluster_start_s", "iterate_s", "merge_s"} <= set(attrs["timings"])
     assert attrs["versions"]["zarr"] == zarr.__version__
+    assert attrs["backend"] in ("numpy", "cupy") and attrs["precision"].startswith("float32")
 
 
 def _outputs(path: str):
