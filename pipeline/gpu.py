@@ -232,6 +232,145 @@ def finish_source(n_dims: int) -> str:
     )
 
 
+GRID_THREADS = 128
+"""Threads (queries) per block of the grid kernel."""
+
+GRID_TILE = 256
+"""Points of one run summed in the kernel's scalar type before the float64 running sums
+take them (grid kernel; as the fused kernel's tiles)."""
+
+
+def grid_name(n_dims: int, kernel: str, weighted: bool) -> str:
+    """Name of the generated grid kernel for this ``d``, kernel and weighting."""
+    return f"ms_grid_{kernel}_d{n_dims}_{'w' if weighted else 'u'}"
+
+
+def grid_source(n_dims: int, kernel: str, weighted: bool, threads: int = GRID_THREADS) -> str:
+    """CUDA source of the grid kernel: each query meets the points of its 3^d neighbour cells.
+
+    The points are sorted by cell key (row-major over the grid, the last axis fastest), so
+    the 3 cells adjacent along the last axis have consecutive keys and their points form
+    one run of the sorted points: 3^(d-1) runs per query. Each thread takes one query,
+    finds each run's range by binary search in the sorted keys and walks it.
+
+    Arguments: ``q`` (m, d) float64 queries (bandwidth units, scaled like the points);
+    ``qkey`` (m,) int64 each query's cell key, -1 for a query outside the padded grid
+    (it meets nothing); ``order`` (m,) int64, the query taken by each thread (queries
+    sorted by key: a warp's threads mostly read the same points); ``p`` (n, d) float64
+    points sorted by key, scaled; ``pw_all`` (n,) point weights in the kernel's scalar
+    type (weighted variant only); ``keys`` (n,) int64 sorted cell keys; ``runs`` (r,)
+    int64 key offset of each run's first cell; ``r``, ``m``, ``n``; outputs ``offset``
+    (m, d) float64 ``sum w (x - q) / sum w`` in the scaled units (0 where the sum is 0),
+    ``density`` (m,) ``sum w`` and ``reach`` (m,) the total point weight met. Launch with
+    ``grid = ceil(m / threads)``, ``block = threads``.
+
+    Precision as the fused kernel's: differences taken in float64 (any distance from the
+    origin, as the CPU grid takes them) and rounded to float32 for the Gaussian and
+    Epanechnikov kernels, whose squared distances, weights and sums over ``GRID_TILE``
+    points are float32; the flat kernel is float64 throughout, its squared distances summed
+    in dimension order without fused multiply-adds.
+    """
+    d = n_dims
+    name = grid_name(d, kernel, weighted)
+    real = "double" if kernel == "flat" else "float"
+    zero = "0.0" if real == "double" else "0.0f"
+    tile = GRID_TILE
+    weight_arg = f"    const {real}* __restrict__ pw_all,\n" if weighted else ""
+    lines = [PRELUDE]
+    lines.append(
+        f'extern "C" __global__ void __launch_bounds__({threads}) {name}(\n'
+        "    const double* __restrict__ q,\n"
+        "    const long long* __restrict__ qkey,\n"
+        "    const long long* __restrict__ order,\n"
+        "    const double* __restrict__ p,\n"
+        f"{weight_arg}"
+        "    const long long* __restrict__ keys,\n"
+        "    const long long* __restrict__ runs,\n"
+        "    const int r,\n"
+        "    const long long m,\n"
+        "    const long long n,\n"
+        "    double* __restrict__ offset,\n"
+        "    double* __restrict__ density,\n"
+        "    double* __restrict__ reach)\n"
+        "{\n"
+        f"    const long long t = (long long)blockIdx.x * {threads} + threadIdx.x;\n"
+        "    if (t >= m) return;\n"
+        "    const long long i = order[t];\n"
+        "    const long long key = qkey[i];\n"
+    )
+    for k in range(d):
+        lines.append(f"    const double q{k} = q[i * {d} + {k}];\n")
+    for k in range(d):
+        lines.append(f"    double a{k} = 0.0;\n")
+    lines.append(
+        "    double aw = 0.0;\n"
+        "    double an = 0.0;\n"
+        "    long long from = 0;\n"
+        "    for (int s = 0; key >= 0 && s < r; ++s) {\n"
+        "        const long long first = key + runs[s];\n"
+        "        long long lo = from;\n"
+        "        long long hi = n;\n"
+        "        while (lo < hi) {  // first point of the run's first cell\n"
+        "            const long long mid = lo + ((hi - lo) >> 1);\n"
+        "            if (keys[mid] < first) lo = mid + 1; else hi = mid;\n"
+        "        }\n"
+        "        const long long begin = lo;\n"
+        "        hi = n;\n"
+        "        while (lo < hi) {  // past the last point of the run's third cell\n"
+        "            const long long mid = lo + ((hi - lo) >> 1);\n"
+        "            if (keys[mid] <= first + 2) lo = mid + 1; else hi = mid;\n"
+        "        }\n"
+        "        const long long end = lo;\n"
+        "        from = end;  // runs come in increasing key order\n"
+    )
+    if not weighted:
+        lines.append("        an += (double)(end - begin);\n")
+    lines.append(
+        f"        for (long long base = begin; base < end; base += {tile}) {{\n"
+        f"            const long long stop = end - base < {tile} ? end : base + {tile};\n"
+    )
+    for k in range(d):
+        lines.append(f"            {real} s{k} = {zero};\n")
+    lines.append(f"            {real} ss = {zero};\n")
+    if weighted:
+        lines.append(f"            {real} sn = {zero};\n")
+    lines.append(
+        "            for (long long j = base; j < stop; ++j) {\n"
+        f"                const double* row = p + j * {d};\n"
+    )
+    for k in range(d):
+        if kernel == "flat":
+            lines.append(f"                const double t{k} = row[{k}] - q{k};\n")
+        else:
+            lines.append(f"                const float t{k} = (float)(row[{k}] - q{k});\n")
+    if kernel == "flat":  # float64, in dimension order, no fused multiply-adds
+        expr = "0.0"
+        for k in range(d):
+            expr = f"MS_DADD({expr}, MS_DMUL(t{k}, t{k}))"
+        lines.append(f"                const double d2 = {expr};\n")
+    else:
+        expr = " + ".join(f"t{k} * t{k}" for k in range(d))
+        lines.append(f"                const float d2 = {expr};\n")
+    if weighted:
+        lines.append(f"                const {real} pw = pw_all[j];\n")
+        lines.append("                sn += pw;\n")
+    lines.append(f"                const {real} x = {_weight_expression(kernel, weighted)};\n")
+    for k in range(d):
+        lines.append(f"                s{k} += x * t{k};\n")
+    lines.append("                ss += x;\n            }\n")
+    for k in range(d):
+        lines.append(f"            a{k} += (double)s{k};\n")
+    lines.append("            aw += (double)ss;\n")
+    if weighted:
+        lines.append("            an += (double)sn;\n")
+    lines.append("        }\n    }\n")
+    lines.append("    density[i] = aw;\n    reach[i] = an;\n")
+    for k in range(d):
+        lines.append(f"    offset[i * {d} + {k}] = aw > 0.0 ? a{k} / aw : 0.0;\n")
+    lines.append("}\n")
+    return "".join(lines)
+
+
 GEMM_WEIGHT_PRELUDE = PRELUDE
 
 
@@ -257,6 +396,14 @@ def _finish_kernel(n_dims: int) -> Any:
     import cupy
 
     return cupy.RawKernel(finish_source(n_dims), finish_name(n_dims), options=COMPILE_OPTIONS)
+
+
+@functools.cache
+def _grid_kernel(n_dims: int, kernel: str, weighted: bool) -> Any:
+    import cupy
+
+    source = grid_source(n_dims, kernel, weighted)
+    return cupy.RawKernel(source, grid_name(n_dims, kernel, weighted), options=COMPILE_OPTIONS)
 
 
 @functools.cache
@@ -459,4 +606,110 @@ def shift(
         redo = cupy.flatnonzero(density <= packed.total_weight * UNDERFLOW_FRACTION)
         if redo.size:
             shifted[redo], density[redo] = array_shift(queries[redo])
+    return shifted, density
+
+
+# --------------------------------------------------------------------------- grid point sets
+
+
+def grid_route(n_dims: int, kernel: str) -> bool:
+    """Whether a grid point set of this ``d`` and kernel walks its cells in the grid kernel."""
+    return kernel in GPU_KERNELS and 1 <= n_dims <= FUSED_MAX_DIMS
+
+
+@dataclass
+class DeviceGrid:
+    """A grid point set laid out on the device for :func:`grid_shift` (built once per set).
+
+    Attributes
+    ----------
+    coords : cupy.ndarray of float64, shape (n, d)
+        The points sorted by cell key, bandwidth units, scaled by ``scale``.
+    point_weights : cupy.ndarray or None
+        Weights in the kernel's scalar type, in the same order (None when unweighted).
+    keys : cupy.ndarray of int64, shape (n,)
+        Sorted cell keys.
+    runs : cupy.ndarray of int64, shape (3^(d-1),)
+        Key offset, from a query's cell, of the first cell of each run of 3 neighbour
+        cells consecutive along the last axis (increasing).
+    kernel : str
+    scale : float
+    """
+
+    coords: Any
+    point_weights: Any
+    keys: Any
+    runs: Any
+    kernel: str
+    scale: float
+
+
+def pack_grid(points: Any, weights: Any | None, keys: Any, runs: Any, kernel: str) -> DeviceGrid:
+    """Lay out a grid point set (CuPy arrays, points already sorted by ``keys``)."""
+    import cupy
+
+    scale = GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
+    points = cupy.asarray(points, dtype=cupy.float64)
+    coords = cupy.ascontiguousarray(points * scale if scale != 1.0 else points)
+    point_weights = None
+    if weights is not None:
+        dtype = cupy.float64 if kernel == "flat" else cupy.float32
+        point_weights = cupy.ascontiguousarray(weights, dtype=dtype)
+    return DeviceGrid(
+        coords,
+        point_weights,
+        cupy.ascontiguousarray(keys, dtype=cupy.int64),
+        cupy.ascontiguousarray(runs, dtype=cupy.int64),
+        kernel,
+        scale,
+    )
+
+
+def grid_shift(
+    queries: Any, query_keys: Any, grid: DeviceGrid, exact_shift: Any
+) -> tuple[Any, Any]:
+    """One mean shift step of ``queries`` (CuPy, bandwidth units) against their 3^d
+    neighbour cells of ``grid``.
+
+    ``query_keys`` (m,) int64 holds each query's cell key, -1 for a query outside the
+    padded grid (it meets no point: it stays, density 0). ``exact_shift(queries)`` redoes,
+    in float64 over the same neighbourhood, the Gaussian queries whose float32 weights
+    (nearly) all underflowed: density at most ``UNDERFLOW_FRACTION`` of the weight met.
+
+    Returns the same ``(shifted, density)`` as :meth:`pipeline.kernels.GridPointSet.shift`.
+    """
+    import cupy
+
+    queries = cupy.ascontiguousarray(queries, dtype=cupy.float64)
+    m, d = queries.shape
+    shifted = queries.copy()
+    density = cupy.zeros(m, dtype=cupy.float64)
+    if m == 0 or grid.keys.shape[0] == 0:
+        return shifted, density
+    scaled = queries * grid.scale if grid.scale != 1.0 else queries
+    query_keys = cupy.ascontiguousarray(query_keys, dtype=cupy.int64)
+    order = cupy.ascontiguousarray(cupy.argsort(query_keys), dtype=cupy.int64)
+    weighted = grid.point_weights is not None
+    kernel = _grid_kernel(d, grid.kernel, weighted)
+    offset = cupy.empty((m, d), dtype=cupy.float64)
+    reach = cupy.empty(m, dtype=cupy.float64)
+    args = [cupy.ascontiguousarray(scaled), query_keys, order, grid.coords]
+    if weighted:
+        args.append(grid.point_weights)
+    args += [
+        grid.keys,
+        grid.runs,
+        np.int32(grid.runs.shape[0]),
+        np.int64(m),
+        np.int64(grid.keys.shape[0]),
+        offset,
+        density,
+        reach,
+    ]
+    kernel(((m + GRID_THREADS - 1) // GRID_THREADS,), (GRID_THREADS,), tuple(args))
+    shifted += offset / grid.scale if grid.scale != 1.0 else offset
+    if grid.kernel == "gaussian":
+        redo = cupy.flatnonzero((reach > 0) & (density <= reach * UNDERFLOW_FRACTION))
+        if redo.size:
+            shifted[redo], density[redo] = exact_shift(queries[redo])
     return shifted, density

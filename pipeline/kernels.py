@@ -347,7 +347,7 @@ class GridPointSet(_OnDevice):
     """
 
     _arrays = ("points", "weights", "keys", "low", "high", "strides", "offsets")
-    _host_only = ("_columns", "_weights", "_dense_set")
+    _host_only = ("_columns", "_weights", "_dense_set", "_device_grid")
 
     def __init__(
         self, points: Any, weights: Any | None, kernel: str, xp: ModuleType, block_bytes: int
@@ -385,12 +385,18 @@ class GridPointSet(_OnDevice):
     def shift(self, queries: Any) -> tuple[Any, Any]:
         """One mean shift step of ``queries`` against their neighbouring cells.
 
-        On a GPU, sets of up to ``GPU_DENSE_MAX_POINTS`` points are met whole by the
-        fused kernel instead (a superset of the neighbourhood: the same result for the
-        flat and Epanechnikov kernels, and the exact one for the Gaussian).
+        On a GPU the grid kernel walks the neighbour cells (:func:`pipeline.gpu.grid_shift`);
+        sets of up to ``GPU_DENSE_MAX_POINTS`` points are met whole by the fused kernel
+        instead (a superset of the neighbourhood: the same result for the flat and
+        Epanechnikov kernels, and the exact one for the Gaussian).
         """
-        if _on_gpu(self.xp) and len(self.points) <= GPU_DENSE_MAX_POINTS:
-            return self._dense().shift(queries)
+        if _on_gpu(self.xp):
+            from . import gpu
+
+            if len(self.points) <= GPU_DENSE_MAX_POINTS:
+                return self._dense().shift(queries)
+            if gpu.grid_route(self.points.shape[1], self.kernel):
+                return self._shift_on_device(queries)
         if self._columns is None:
             return self._shift_by_neighbourhood(queries)
         return self._shift_compiled(queries)
@@ -405,6 +411,31 @@ class GridPointSet(_OnDevice):
                 )
                 self.__dict__["_dense_set"] = dense
         return dense
+
+    def _on_device_layout(self) -> Any:
+        """The points laid out for the GPU grid kernel (built once, on first use)."""
+        with _CLONE_LOCK:
+            layout = self.__dict__.get("_device_grid")
+            if layout is None:
+                from . import gpu
+
+                runs = self.offsets[0::3]  # the first of each 3 cells along the last axis
+                layout = gpu.pack_grid(self.points, self.weights, self.keys, runs, self.kernel)
+                self.__dict__["_device_grid"] = layout
+        return layout
+
+    def _shift_on_device(self, queries: Any) -> tuple[Any, Any]:
+        """The GPU grid kernel: each query walks the runs of its neighbour cells."""
+        from . import gpu
+
+        xp = self.xp
+        queries = xp.ascontiguousarray(queries, dtype=xp.float64)
+        query_keys = xp.full(queries.shape[0], -1, dtype=xp.int64)
+        rows, keys = self._query_cells(queries)
+        query_keys[rows] = keys
+        return gpu.grid_shift(
+            queries, query_keys, self._on_device_layout(), self._shift_by_neighbourhood
+        )
 
     def _query_cells(self, queries: Any) -> tuple[Any, Any]:
         """Rows of the queries inside the padded grid, and their cell keys."""
@@ -479,9 +510,10 @@ class GridPointSet(_OnDevice):
 
 PointSet = DensePointSet | GridPointSet
 
-GPU_DENSE_MAX_POINTS = 2**18
-"""Grid sets up to this size meet every point on a GPU (the fused kernel beats walking
-cells there); larger ones walk their cells through the array path."""
+GPU_DENSE_MAX_POINTS = 2**15
+"""Grid sets up to this size meet every point on a GPU (the fused kernel, at most 2^15
+pair evaluations per query: little for the grid kernel to save); larger ones take the
+grid kernel (:func:`pipeline.gpu.grid_shift`)."""
 
 
 def converge_seeds(

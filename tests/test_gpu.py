@@ -65,10 +65,11 @@ def emulated(monkeypatch):
 
     fake = fake_cupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    for cached in (gpu._fused_kernel, gpu._finish_kernel, gpu._gemm_weight_kernel):
+    caches = (gpu._fused_kernel, gpu._finish_kernel, gpu._gemm_weight_kernel, gpu._grid_kernel)
+    for cached in caches:
         cached.cache_clear()
     yield fake
-    for cached in (gpu._fused_kernel, gpu._finish_kernel, gpu._gemm_weight_kernel):
+    for cached in caches:
         cached.cache_clear()
 
 
@@ -145,6 +146,106 @@ def test_emulated_point_sets_move_to_the_device_once(emulated):
     check_close(grid.on(emulated).shift(points[:100]), grid.shift(points[:100]), "flat")
 
 
+# --------------------------------------------------------------------------- grid point sets
+# The same bodies run emulated (CI) and on a device (``gpu``): the device grid kernel against
+# the float64 neighbourhood (each query against exactly the points of its 3^d neighbour cells)
+# and against the CPU GridPointSet.
+
+GRID_CASES = [  # (d, kernel, weighted): every kernel, both weightings, d = 1, 2, 3, GRID_MAX_DIMS
+    (1, "flat", True),
+    (1, "gaussian", False),
+    (2, "gaussian", True),
+    (2, "epanechnikov", False),
+    (3, "epanechnikov", True),
+    (3, "flat", False),
+    (6, "gaussian", False),
+]
+
+
+def host(array):
+    get = getattr(array, "get", None)
+    return get() if get is not None else np.asarray(array)
+
+
+def grid_data(d, kernel, weighted, n=1200, seed=0):
+    """Points: a blob, 600 points in one cell (several tiles of one run), isolated points far
+    apart. Queries: blob points, the crowded cell, the isolated points, empty neighbourhoods,
+    a point outside the grid and (d >= 2, Gaussian) one whose only neighbour is 14 bandwidths
+    off (every float32 weight underflows)."""
+    rng = np.random.default_rng(seed + 10 * d)
+    blob = rng.normal(0, 2, (n, d))
+    crowded = 7.3 + rng.uniform(-0.05, 0.05, (600, d))
+    isolated = np.zeros((3, d))
+    isolated[:, 0] = [60.0, 80.0, 100.0]
+    lonely = np.full((1, d), 200.01)
+    points = np.concatenate([blob, crowded, isolated, lonely])
+    weights = rng.uniform(0.5, 2, len(points)) if weighted else None
+    empty = isolated[:2] + np.eye(d)[0] * 10.0  # 70, 90: nothing within 2 cells
+    outside = np.full((1, d), 1000.0)
+    corner = np.full((1, d), 209.99 if kernel == "gaussian" else 201.99)
+    queries = np.concatenate([blob[::9], crowded[:40], isolated, empty, outside, corner])
+    return points, weights, queries
+
+
+def grid_reference(grid, queries):
+    """Float64: each query against exactly the points of its own and its 3^d neighbour cells."""
+    from pipeline.kernels import blocked_shift
+
+    shifted, density = queries.copy(), np.zeros(len(queries))
+    rows, keys = grid._query_cells(queries)
+    for row, key in zip(rows, keys, strict=True):
+        index = np.flatnonzero(np.isin(grid.keys, key + grid.offsets))
+        if len(index):
+            w = None if grid.weights is None else grid.weights[index]
+            got = blocked_shift(
+                queries[row : row + 1], grid.points[index], w, grid.kernel, np, 1 << 22
+            )
+            shifted[row], density[row] = got[0][0], got[1][0]
+    return shifted, density
+
+
+def check_device_grid(xp, monkeypatch, d, kernel, weighted):
+    from pipeline import kernels
+    from pipeline.kernels import GridPointSet
+
+    monkeypatch.setattr(kernels, "GPU_DENSE_MAX_POINTS", 0)  # the grid kernel, whatever the size
+    points, weights, queries = grid_data(d, kernel, weighted)
+    grid = GridPointSet(points, weights, kernel, np, 2**22)
+    device = grid.on(xp)
+    got = tuple(host(a) for a in device.shift(xp.asarray(queries)))
+    assert device.__dict__.get("_device_grid") is not None  # the grid kernel ran
+    assert device.__dict__.get("_dense_set") is None
+    exact = grid_reference(grid, queries)
+    check_close(got, exact, kernel)
+    check_close(got, grid.shift(queries), kernel)  # the CPU grid (compiled)
+    n_empty = 2 + 1  # two empty neighbourhoods and one query outside the grid
+    empty = slice(len(queries) - 1 - n_empty, len(queries) - 1)
+    np.testing.assert_array_equal(got[0][empty], queries[empty])
+    assert np.all(got[1][empty] == 0)
+    if kernel == "gaussian" and d >= 2:  # underflowed in float32, redone in float64
+        assert 0 < exact[1][-1] < 1e-30 and got[1][-1] > 0
+    # a query's result does not depend on the other queries of the launch
+    part = tuple(host(a) for a in device.shift(xp.asarray(queries[5:60])))
+    np.testing.assert_array_equal(part[0], got[0][5:60])
+    np.testing.assert_array_equal(part[1], got[1][5:60])
+
+
+@pytest.mark.parametrize("d, kernel, weighted", GRID_CASES)
+def test_emulated_device_grid_matches_the_cpu_grid(emulated, monkeypatch, d, kernel, weighted):
+    check_device_grid(emulated, monkeypatch, d, kernel, weighted)
+
+
+def test_emulated_small_grid_sets_are_met_whole(emulated):
+    from pipeline.kernels import GridPointSet
+
+    points, weights, queries = grid_data(2, "epanechnikov", False)
+    grid = GridPointSet(points, weights, "epanechnikov", np, 2**22)
+    device = grid.on(emulated)
+    check_close(device.shift(queries), grid_reference(grid, queries), "epanechnikov")
+    assert device.__dict__.get("_dense_set") is not None
+    assert device.__dict__.get("_device_grid") is None
+
+
 def test_gpu_module_imports_without_cupy():
     """The sources are plain strings: generating them needs no CuPy."""
     from pipeline import gpu
@@ -153,6 +254,9 @@ def test_gpu_module_imports_without_cupy():
     assert gpu.fused_name(3, "gaussian", True) in source
     assert "__syncthreads" in source and "double a2" in source
     assert gpu.route(2, "flat") == "fused" and gpu.route(40, "flat") == "array"
+    grid = gpu.grid_source(2, "flat", True)
+    assert gpu.grid_name(2, "flat", True) in grid and "MS_DADD" in grid and "keys[mid]" in grid
+    assert gpu.grid_route(6, "gaussian") and not gpu.grid_route(20, "gaussian")
     assert gpu.splits_for(1000) == (gpu.SPLIT_POINTS, 1)
     chunk, splits = gpu.splits_for(10**7)
     assert splits <= gpu.MAX_SPLITS and chunk * splits >= 10**7 and chunk % gpu.THREADS == 0
@@ -218,6 +322,33 @@ def test_cupy_underflow_is_redone_in_float64():
     check_close(
         tuple(cupy.asnumpy(a) for a in got), reference(far, points, None, "gaussian"), "gaussian"
     )
+
+
+@on_device
+@pytest.mark.parametrize("d, kernel, weighted", GRID_CASES)
+def test_cupy_device_grid_matches_the_cpu_grid(monkeypatch, d, kernel, weighted):
+    import cupy
+
+    check_device_grid(cupy, monkeypatch, d, kernel, weighted)
+
+
+@on_device
+@pytest.mark.parametrize("kernel", ["gaussian", "flat"])
+def test_cupy_large_grid_set_takes_the_grid_kernel(kernel):
+    import cupy
+
+    from pipeline import kernels
+    from pipeline.kernels import GridPointSet
+
+    rng = np.random.default_rng(7)
+    points = rng.uniform(-150, 150, (kernels.GPU_DENSE_MAX_POINTS * 4, 2))
+    points[:5000] = rng.normal(20, 0.5, (5000, 2))  # a crowded corner: long runs
+    queries = np.concatenate([points[::97], points[:5000:50]])
+    grid = GridPointSet(points, None, kernel, np, 2**22)
+    device = grid.on(cupy)
+    got = tuple(cupy.asnumpy(a) for a in device.shift(cupy.asarray(queries)))
+    assert device.__dict__.get("_device_grid") is not None
+    check_close(got, grid.shift(queries), kernel)
 
 
 @on_device
