@@ -65,6 +65,12 @@ def main() -> int:
                     (gpu.fused_name(d, kernel, weighted), gpu.fused_source(d, kernel, weighted))
                 )
         sources.append((gpu.finish_name(d), gpu.finish_source(d)))
+    for d in (1, 2, 3, 4, 5, 6, 16):  # the grid kernel (GRID_MAX_DIMS = 6; it takes up to 16)
+        for kernel in gpu.GPU_KERNELS:
+            for weighted in (False, True):
+                sources.append(
+                    (gpu.grid_name(d, kernel, weighted), gpu.grid_source(d, kernel, weighted))
+                )
     for kernel in ("gaussian", "epanechnikov"):  # the GEMM route's elementwise body
         body = (
             gpu.GEMM_WEIGHT_PRELUDE
