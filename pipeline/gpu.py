@@ -240,6 +240,33 @@ GRID_TILE = 256
 take them (grid kernel; as the fused kernel's tiles)."""
 
 
+GRID_SEARCH = r"""
+#ifdef __CUDA_ARCH__
+#define MS_DEVICE __device__ __forceinline__
+#else
+#define MS_DEVICE static inline
+#endif
+/* First index in [from, n) of the sorted keys holding a key >= want (n if none): galloping
+   from ``from`` (steps 1, 2, 4, ...), then bisection; O(log distance) reads. */
+MS_DEVICE long long ms_search(const long long* __restrict__ keys, long long from,
+                              const long long n, const long long want) {
+    long long step = 1;
+    long long hi = from;
+    while (hi < n && keys[hi] < want) {
+        from = hi + 1;
+        hi += step;
+        step <<= 1;
+    }
+    if (hi > n) hi = n;
+    while (from < hi) {
+        const long long mid = from + ((hi - from) >> 1);
+        if (keys[mid] < want) from = mid + 1; else hi = mid;
+    }
+    return from;
+}
+"""
+
+
 def grid_name(n_dims: int, kernel: str, weighted: bool) -> str:
     """Name of the generated grid kernel for this ``d``, kernel and weighting."""
     return f"ms_grid_{kernel}_d{n_dims}_{'w' if weighted else 'u'}"
@@ -251,7 +278,8 @@ def grid_source(n_dims: int, kernel: str, weighted: bool, threads: int = GRID_TH
     The points are sorted by cell key (row-major over the grid, the last axis fastest), so
     the 3 cells adjacent along the last axis have consecutive keys and their points form
     one run of the sorted points: 3^(d-1) runs per query. Each thread takes one query,
-    finds each run's range by binary search in the sorted keys and walks it.
+    finds each run's range in the sorted keys (galloping from the end of the previous
+    run, then bisection: ``ms_search``) and walks it.
 
     Arguments: ``q`` (m, d) float64 queries (bandwidth units, scaled like the points);
     ``qkey`` (m,) int64 each query's cell key, -1 for a query outside the padded grid
@@ -276,7 +304,7 @@ def grid_source(n_dims: int, kernel: str, weighted: bool, threads: int = GRID_TH
     zero = "0.0" if real == "double" else "0.0f"
     tile = GRID_TILE
     weight_arg = f"    const {real}* __restrict__ pw_all,\n" if weighted else ""
-    lines = [PRELUDE]
+    lines = [PRELUDE, GRID_SEARCH]
     lines.append(
         f'extern "C" __global__ void __launch_bounds__({threads}) {name}(\n'
         "    const double* __restrict__ q,\n"
@@ -308,19 +336,8 @@ def grid_source(n_dims: int, kernel: str, weighted: bool, threads: int = GRID_TH
         "    long long from = 0;\n"
         "    for (int s = 0; key >= 0 && s < r; ++s) {\n"
         "        const long long first = key + runs[s];\n"
-        "        long long lo = from;\n"
-        "        long long hi = n;\n"
-        "        while (lo < hi) {  // first point of the run's first cell\n"
-        "            const long long mid = lo + ((hi - lo) >> 1);\n"
-        "            if (keys[mid] < first) lo = mid + 1; else hi = mid;\n"
-        "        }\n"
-        "        const long long begin = lo;\n"
-        "        hi = n;\n"
-        "        while (lo < hi) {  // past the last point of the run's third cell\n"
-        "            const long long mid = lo + ((hi - lo) >> 1);\n"
-        "            if (keys[mid] <= first + 2) lo = mid + 1; else hi = mid;\n"
-        "        }\n"
-        "        const long long end = lo;\n"
+        "        const long long begin = ms_search(keys, from, n, first);\n"
+        "        const long long end = ms_search(keys, begin, n, first + 3);\n"
         "        from = end;  // runs come in increasing key order\n"
     )
     if not weighted:

@@ -347,7 +347,7 @@ class GridPointSet(_OnDevice):
     """
 
     _arrays = ("points", "weights", "keys", "low", "high", "strides", "offsets")
-    _host_only = ("_columns", "_weights", "_dense_set", "_device_grid")
+    _host_only = ("_columns", "_weights", "_dense_set", "_device_grid", "_device_route")
 
     def __init__(
         self, points: Any, weights: Any | None, kernel: str, xp: ModuleType, block_bytes: int
@@ -385,17 +385,17 @@ class GridPointSet(_OnDevice):
     def shift(self, queries: Any) -> tuple[Any, Any]:
         """One mean shift step of ``queries`` against their neighbouring cells.
 
-        On a GPU the grid kernel walks the neighbour cells (:func:`pipeline.gpu.grid_shift`);
-        sets of up to ``GPU_DENSE_MAX_POINTS`` points are met whole by the fused kernel
-        instead (a superset of the neighbourhood: the same result for the flat and
-        Epanechnikov kernels, and the exact one for the Gaussian).
+        On a GPU the grid kernel walks the neighbour cells (:func:`pipeline.gpu.grid_shift`),
+        unless the set is small or its neighbourhoods hold much of it (see
+        :meth:`_gpu_route`): then the fused kernel meets every point instead (a superset of
+        the neighbourhood: the same result for the flat and Epanechnikov kernels, and the
+        exact one for the Gaussian).
         """
         if _on_gpu(self.xp):
-            from . import gpu
-
-            if len(self.points) <= GPU_DENSE_MAX_POINTS:
+            route = self._gpu_route()
+            if route == "dense":
                 return self._dense().shift(queries)
-            if gpu.grid_route(self.points.shape[1], self.kernel):
+            if route == "grid":
                 return self._shift_on_device(queries)
         if self._columns is None:
             return self._shift_by_neighbourhood(queries)
@@ -411,6 +411,56 @@ class GridPointSet(_OnDevice):
                 )
                 self.__dict__["_dense_set"] = dense
         return dense
+
+    def _gpu_route(self) -> str:
+        """How this set meets queries on a GPU (chosen once per set, from the set alone).
+
+        ``dense``: the fused kernel over every point, for sets of up to
+        ``GPU_DENSE_MAX_POINTS`` points, or whose average neighbourhood (estimated from a
+        fixed sample of the points as queries) holds at least ``1 / GPU_GRID_GAIN`` of the
+        points, where the fused kernel applies (flat kernel, or coordinates within
+        ``COMPILED_MAX_COORDINATE``). ``grid``: the grid kernel. ``cells``: one array-path
+        call per occupied cell (kernels or dimensions the grid kernel does not take).
+        """
+        route = self.__dict__.get("_device_route")
+        if route is None:
+            from . import gpu
+
+            n, d = self.points.shape
+            if not gpu.grid_route(d, self.kernel):
+                route = "dense" if n <= GPU_DENSE_MAX_POINTS else "cells"
+            else:
+                whole = (
+                    self.kernel == "flat"
+                    or largest_coordinate(self.points) <= gpu.COMPILED_MAX_COORDINATE
+                )
+                if whole and (
+                    n <= GPU_DENSE_MAX_POINTS or self.mean_neighbourhood() * GPU_GRID_GAIN >= n
+                ):
+                    route = "dense"
+                else:
+                    route = "grid"
+            self.__dict__["_device_route"] = route
+        return route
+
+    def mean_neighbourhood(self, sample: int = 2048) -> float:
+        """Points in a query's 3^d neighbour cells, on average over up to ``sample`` of the
+        points (evenly spaced in key order) taken as queries."""
+        xp = self.xp
+        n = len(self.points)
+        if n == 0:
+            return 0.0
+        at = np.linspace(0, n - 1, min(n, sample)).astype(np.int64)
+        keys = self.keys[xp.asarray(at)]
+        runs = self.offsets[0::3]  # the first of each 3 cells along the last axis
+        total = 0
+        step = max(1, 2**16 // len(runs))
+        for start in range(0, len(at), step):
+            first = keys[start : start + step, None] + runs[None, :]
+            lo = xp.searchsorted(self.keys, first, side="left")
+            hi = xp.searchsorted(self.keys, first + 2, side="right")
+            total += int((hi - lo).sum())
+        return total / len(at)
 
     def _on_device_layout(self) -> Any:
         """The points laid out for the GPU grid kernel (built once, on first use)."""
@@ -513,7 +563,13 @@ PointSet = DensePointSet | GridPointSet
 GPU_DENSE_MAX_POINTS = 2**15
 """Grid sets up to this size meet every point on a GPU (the fused kernel, at most 2^15
 pair evaluations per query: little for the grid kernel to save); larger ones take the
-grid kernel (:func:`pipeline.gpu.grid_shift`)."""
+grid kernel (:func:`pipeline.gpu.grid_shift`) unless their neighbourhoods are large."""
+
+GPU_GRID_GAIN = 8.0
+"""A grid set on a GPU takes the grid kernel only where a query's neighbourhood holds on
+average fewer than ``1 / GPU_GRID_GAIN`` of the points: a guess (not measured on a GPU) at
+how much more a pair costs there (global loads, float64 differences) than in the fused
+kernel's shared-memory tiles."""
 
 
 def converge_seeds(

@@ -8,7 +8,10 @@ logic and the Python side of :mod:`pipeline.gpu` are tested where there is no GP
 Tolerances (bandwidth units): Gaussian and Epanechnikov work in float32 with float64
 sums, positions within ``ATOL`` = 1e-5 of the float64 array path and densities within
 1e-5 relative (1e-4 on the GEMM route, d > 16), coordinates within 150 bandwidths;
-the flat kernel is float64.
+the flat kernel is float64. The grid kernel takes differences in float64 (any coordinates)
+and is held to the same tolerances against the float64 neighbourhood (each query against
+exactly the points of its 3^d neighbour cells), and to twice them against the CPU grid
+(float32 too).
 """
 
 from __future__ import annotations
@@ -44,11 +47,12 @@ def reference(queries, points, weights, kernel):
     return blocked_shift(queries, points, weights, kernel, np, 2**22)
 
 
-def check_close(got, expected, kernel, d=2):
+def check_close(got, expected, kernel, d=2, factor=1.0):
+    """Within the tolerances above (times ``factor``: two float32 results against each other)."""
     shifted, density = (np.asarray(a) for a in got)
     expected_shifted, expected_density = expected
-    atol = 1e-12 if kernel == "flat" else ATOL
-    rtol = RTOL_DENSITY_GEMM if d > 16 and kernel != "flat" else RTOL_DENSITY
+    atol = 1e-12 if kernel == "flat" else ATOL * factor
+    rtol = (RTOL_DENSITY_GEMM if d > 16 and kernel != "flat" else RTOL_DENSITY) * factor
     np.testing.assert_allclose(shifted, expected_shifted, rtol=0, atol=atol)
     np.testing.assert_allclose(density, expected_density, rtol=rtol, atol=1e-300)
 
@@ -209,6 +213,7 @@ def check_device_grid(xp, monkeypatch, d, kernel, weighted):
     from pipeline.kernels import GridPointSet
 
     monkeypatch.setattr(kernels, "GPU_DENSE_MAX_POINTS", 0)  # the grid kernel, whatever the size
+    monkeypatch.setattr(kernels, "GPU_GRID_GAIN", 0.0)  # and the neighbourhoods
     points, weights, queries = grid_data(d, kernel, weighted)
     grid = GridPointSet(points, weights, kernel, np, 2**22)
     device = grid.on(xp)
@@ -217,7 +222,7 @@ def check_device_grid(xp, monkeypatch, d, kernel, weighted):
     assert device.__dict__.get("_dense_set") is None
     exact = grid_reference(grid, queries)
     check_close(got, exact, kernel)
-    check_close(got, grid.shift(queries), kernel)  # the CPU grid (compiled)
+    check_close(got, grid.shift(queries), kernel, factor=2)  # the CPU grid (compiled, float32)
     n_empty = 2 + 1  # two empty neighbourhoods and one query outside the grid
     empty = slice(len(queries) - 1 - n_empty, len(queries) - 1)
     np.testing.assert_array_equal(got[0][empty], queries[empty])
@@ -238,12 +243,48 @@ def test_emulated_device_grid_matches_the_cpu_grid(emulated, monkeypatch, d, ker
 def test_emulated_small_grid_sets_are_met_whole(emulated):
     from pipeline.kernels import GridPointSet
 
-    points, weights, queries = grid_data(2, "epanechnikov", False)
-    grid = GridPointSet(points, weights, "epanechnikov", np, 2**22)
+    points, weights, queries = grid_data(2, "flat", False)  # (flat: any coordinates)
+    grid = GridPointSet(points, weights, "flat", np, 2**22)
     device = grid.on(emulated)
-    check_close(device.shift(queries), grid_reference(grid, queries), "epanechnikov")
-    assert device.__dict__.get("_dense_set") is not None
+    check_close(device.shift(queries), grid_reference(grid, queries), "flat")
+    assert device._gpu_route() == "dense" and device.__dict__.get("_dense_set") is not None
     assert device.__dict__.get("_device_grid") is None
+
+
+def test_emulated_grid_routes(emulated, monkeypatch):
+    from pipeline import kernels
+    from pipeline.kernels import GridPointSet
+
+    monkeypatch.setattr(kernels, "GPU_DENSE_MAX_POINTS", 1000)
+    rng = np.random.default_rng(4)
+    spread = rng.uniform(-40, 40, (3000, 2))  # about 4 points per 3 x 3 cells
+    compact = rng.normal(0, 2, (3000, 2))  # Gaussian cells of 5: every point is a neighbour
+    routes = {
+        "spread": GridPointSet(spread, None, "flat", np, 2**22),
+        "compact": GridPointSet(compact, None, "gaussian", np, 2**22),
+        "far": GridPointSet(compact + 500.0, None, "gaussian", np, 2**22),  # beyond float32's
+    }
+    assert routes["spread"].mean_neighbourhood() < 10
+    assert routes["compact"].mean_neighbourhood() > 2000
+    got = {name: grid.on(emulated)._gpu_route() for name, grid in routes.items()}
+    assert got == {"spread": "grid", "compact": "dense", "far": "grid"}
+
+
+def test_emulated_device_grid_sparse_cells(emulated, monkeypatch):
+    """Many empty cells and runs of 0 to a few points: the searches' edges, exactly (flat)."""
+    from pipeline import kernels
+    from pipeline.kernels import GridPointSet
+
+    monkeypatch.setattr(kernels, "GPU_DENSE_MAX_POINTS", 0)
+    rng = np.random.default_rng(5)
+    points = np.round(rng.uniform(-8, 8, (1500, 3)), 1)  # on cell boundaries too
+    queries = np.concatenate([points[::6], rng.uniform(-9, 9, (60, 3)), np.round(points[:20])])
+    grid = GridPointSet(points, None, "flat", np, 2**22)
+    device = grid.on(emulated)
+    got = device.shift(queries)
+    assert device._gpu_route() == "grid"
+    check_close(got, grid_reference(grid, queries), "flat")
+    check_close(got, grid.shift(queries), "flat")
 
 
 def test_gpu_module_imports_without_cupy():
@@ -348,7 +389,8 @@ def test_cupy_large_grid_set_takes_the_grid_kernel(kernel):
     device = grid.on(cupy)
     got = tuple(cupy.asnumpy(a) for a in device.shift(cupy.asarray(queries)))
     assert device.__dict__.get("_device_grid") is not None
-    check_close(got, grid.shift(queries), kernel)
+    check_close(got, grid_reference(grid, queries), kernel)
+    check_close(got, grid.shift(queries), kernel, factor=2)
 
 
 @on_device
