@@ -5,7 +5,10 @@ B1  the seed workload (6x250 points, d=2, Gaussian, bandwidth 2.5, 5 blurring it
     on device arrays (pack + fused step per iteration); target <= 1 ms per run.
 B2  pair evaluations per second of one exact Gaussian step (fused kernel alone, timed
     with CUDA events after a warm-up): d=2 and d=16 (also the GEMM route at d=16 and
-    d=32); target >= 1e12 at d=2.
+    d=32); target >= 1e12 at d=2. Also one grid step (``GridPointSet`` on the device, the
+    grid kernel: query cells, sort, kernel) of 1M points at d=2 spread so that a flat
+    neighbourhood holds about 36 points (a Gaussian one about 900), in queries per second,
+    against the CPU grid (compiled, one thread) on 20,000 of the queries.
 B3  1.5M points (the seed distribution, as benchmarks/run.py B3: flat kernel, bandwidth
     2.5, method auto = binned) through the pipeline with ``backend="cupy"`` and with
     ``backend="numpy"``, against scikit-learn's MeanShift(bin_seeding=True, n_jobs=-1)
@@ -149,6 +152,41 @@ def b2() -> dict:
         row["gemm_pairs_per_s"] = m * n / t
         out[f"d{d}"] = row
     out["target_pairs_per_s_d2"] = 1e12
+    try:
+        out["grid_d2"] = b2_grid()
+    except Exception as exc:  # keep the fused and GEMM numbers
+        traceback.print_exc()
+        out["grid_d2"] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+    return out
+
+
+def b2_grid() -> dict:
+    """One grid step of 1M points (d=2, 4 points per unit cell) against themselves."""
+    import cupy
+
+    from pipeline.kernels import GridPointSet
+
+    n = 40_000 if SMALL else 1_000_000  # (above GPU_DENSE_MAX_POINTS either way)
+    side = np.sqrt(n / 4)
+    points = np.random.default_rng(1).uniform(-side / 2, side / 2, (n, 2))
+    out: dict = {"n": n}
+    for kernel in ("flat", "gaussian"):
+        grid = GridPointSet(points, None, kernel, np, 2**26)
+        device = grid.on(cupy)
+        queries = cupy.asarray(points)
+        t = _events_time(lambda device=device, queries=queries: device.shift(queries), 3)
+        host = points[: min(n, 20_000)]
+        grid.shift(host[:100])  # compile
+        start = time.perf_counter()
+        grid.shift(host)
+        t_cpu = time.perf_counter() - start
+        out[kernel] = {
+            "route": device._gpu_route(),
+            "mean_neighbourhood": grid.mean_neighbourhood(),
+            "queries_per_s": n / t,
+            "step_s": t,
+            "cpu_queries_per_s": len(host) / t_cpu,
+        }
     return out
 
 
@@ -222,6 +260,16 @@ def _fmt(value, spec: str) -> str:
 def table(results: dict) -> str:
     r1, r2, r3 = (results.get(k) or {} for k in ("B1", "B2", "B3"))
     d2, d16, d32 = (r2.get(k) or {} for k in ("d2", "d16", "d32"))
+    flat, gauss = ((r2.get("grid_d2") or {}).get(k) or {} for k in ("flat", "gaussian"))
+
+    def _grid(row: dict) -> str:
+        if not row:
+            return "n/a"
+        return (
+            f"{_fmt(row.get('queries_per_s'), '.2e')} ({row.get('route')}; "
+            f"CPU {_fmt(row.get('cpu_queries_per_s'), '.1e')})"
+        )
+
     rows = [
         ("B1 engine, cupy backend (ms / 5 iterations)", _fmt(r1.get("engine_ms"), ".3f"), "<= 1"),
         ("B1 engine, cupy, n_threads=1 (ms)", _fmt(r1.get("engine_one_thread_ms"), ".3f"), "<= 1"),
@@ -232,6 +280,8 @@ def table(results: dict) -> str:
         ("B2 fused Gaussian d=16 (pairs/s)", _fmt(d16.get("fused_pairs_per_s"), ".3e"), ""),
         ("B2 GEMM route d=16 (pairs/s)", _fmt(d16.get("gemm_pairs_per_s"), ".3e"), ""),
         ("B2 GEMM route d=32 (pairs/s)", _fmt(d32.get("gemm_pairs_per_s"), ".3e"), ""),
+        ("B2 grid step flat d=2, 1M points (queries/s)", _grid(flat), ""),
+        ("B2 grid step Gaussian d=2, 1M (queries/s)", _grid(gauss), ""),
         ("B3 pipeline cupy, 1.5M points (s)", _fmt(r3.get("pipeline_cupy_s"), ".3f"), ""),
         ("B3 pipeline numpy, same machine (s)", _fmt(r3.get("pipeline_numpy_s"), ".3f"), ""),
         ("B3 sklearn bin_seeding n_jobs=-1 (s)",
