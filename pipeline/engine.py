@@ -1094,12 +1094,21 @@ FIXED_POINT = 2.0**20
 
 
 def _bin_block(
-    block: np.ndarray, weights: np.ndarray | None, cell: float
+    block: np.ndarray, weights: np.ndarray | None, cell: float, backend: str = "numpy"
 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One chunk as weighted cells: (bad rows, low, high, cell keys, weights, offset sums).
 
-    Works column by column on a transposed copy (contiguous reductions are fast).
+    Works column by column on a transposed copy (contiguous reductions are fast). With
+    ``backend="cupy"`` an unweighted chunk is binned on the GPU, to the same bits
+    (:func:`pipeline.gpu.bin_block`).
     """
+    if backend == "cupy" and weights is None:
+        from . import gpu
+
+        found = gpu.bin_block(block, cell, FIXED_POINT)
+        if found is not None:  # (None: the cases the CPU pass decides)
+            bad, low, high, key_low, strides, occupied, counts, sums = found
+            return bad, low, high, _decode(occupied, key_low, strides), counts, sums
     columns = np.array(np.asarray(block).T, dtype=np.float64)  # (d, m), contiguous
     d = columns.shape[0]
     finite = np.isfinite(columns).all(axis=0)
@@ -1300,7 +1309,7 @@ def _binned(
     cells = None if checkpoint is None else checkpoint.load_cells()
     resumed = None
     if cells is None:
-        cells = _bin_points(points, weights, cell)
+        cells = _bin_points(points, weights, cell, resolve_backend(params.backend))
         if checkpoint is not None:
             checkpoint.save_cells(cells)
     else:
@@ -1403,7 +1412,9 @@ def _binned(
     )
 
 
-def _bin_points(points: da.Array, weights: da.Array | None, cell: float) -> dict[str, np.ndarray]:
+def _bin_points(
+    points: da.Array, weights: da.Array | None, cell: float, backend: str = "numpy"
+) -> dict[str, np.ndarray]:
     """The binning pass: occupied cells (integer keys), their weights and centroids, and the
     data's bounds, reduced chunk by chunk in a tree.
 
@@ -1415,7 +1426,9 @@ def _bin_points(points: da.Array, weights: da.Array | None, cell: float) -> dict
     blocks = points.to_delayed().ravel()
     weight_blocks = [None] * len(blocks) if weights is None else list(weights.to_delayed().ravel())
     parts = [
-        dask.delayed(_bin_block)(block, w, cell, dask_key_name=task_name("bin", block, w, cell))
+        dask.delayed(_bin_block)(
+            block, w, cell, backend, dask_key_name=task_name("bin", block, w, cell)
+        )  # (the same key for both backends: the same cells, bit for bit)
         for block, w in zip(blocks, weight_blocks, strict=True)
     ]
     bad, low, high, keys, counts, sums = _tree_reduce(parts, _combine_bins).compute()

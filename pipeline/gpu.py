@@ -730,3 +730,78 @@ def grid_shift(
         if redo.size:
             shifted[redo], density[redo] = exact_shift(queries[redo])
     return shifted, density
+
+
+# --------------------------------------------------------------------------- binning pass
+
+
+def bin_block(block: Any, cell: float, fixed_point: float) -> tuple | None:
+    """The binned method's binning of one unweighted chunk on the device.
+
+    The same integers and sums as the CPU pass (``pipeline.engine._bin_block``), bit for
+    bit: cell keys are ``floor(x / cell)`` (IEEE float64 division and floor, one CuPy
+    kernel per operation, so nothing is contracted into fused multiply-adds); each
+    point's offset inside its cell is the integer ``floor((x / cell - key) * fixed_point)``
+    and the sums of these integers per cell are exact in float64 in any order (below 2^33
+    points per cell), so the device's unordered (atomic) sums equal the CPU's. Weighted
+    chunks are not taken: their sums of products depend on the order of addition.
+
+    Returns
+    -------
+    (bad, low, high, key_low, strides, occupied, counts, sums) as NumPy arrays, with
+    ``occupied`` the linear keys of the occupied cells (row-major over the box from
+    ``key_low`` with these strides), or None where the CPU pass is to decide (no finite
+    row; coordinates or a box of cells too large for int64 keys).
+    """
+    import cupy
+
+    columns = cupy.array(cupy.asarray(block).T, dtype=cupy.float64)  # (d, m), contiguous
+    d, m = columns.shape
+    finite = cupy.isfinite(columns).all(axis=0)
+    kept = int(finite.sum())
+    bad = m - kept
+    if kept == 0:
+        return None
+    if bad:
+        columns = columns[:, finite]
+    low = cupy.asnumpy(columns.min(axis=1))
+    high = cupy.asnumpy(columns.max(axis=1))
+    if not max(np.abs(low).max(), np.abs(high).max()) / cell < 2.0**62:
+        return None
+    key_low = np.floor(low / cell).astype(np.int64)
+    extent = np.floor(high / cell).astype(np.int64) - key_low + 1
+    if float(np.prod(extent.astype(float))) >= 2.0**62:
+        return None
+    strides = np.ones(d, dtype=np.int64)  # row-major (as pipeline.kernels.row_major_strides)
+    for k in range(d - 2, -1, -1):
+        strides[k] = strides[k + 1] * extent[k + 1]
+    scaled = columns / cell
+    keys = cupy.floor(scaled)
+    linear = cupy.zeros(kept, dtype=cupy.int64)
+    for k in range(d):
+        linear += (keys[k].astype(cupy.int64) - int(key_low[k])) * int(strides[k])
+    total = int(np.prod(extent))
+    dense = total <= 4 * kept + 4096
+    if dense:  # few possible cells: count straight into them, no sort
+        index, size = linear, total
+    else:
+        occupied, index = cupy.unique(linear, return_inverse=True)
+        index, size = index.ravel(), int(occupied.shape[0])
+    counts = cupy.bincount(index, minlength=size)
+    offsets = cupy.floor((scaled - keys) * fixed_point)
+    sums = cupy.stack(
+        [cupy.bincount(index, weights=offsets[k], minlength=size) for k in range(d)], axis=1
+    )
+    if dense:
+        occupied = cupy.flatnonzero(counts)
+        counts, sums = counts[occupied], sums[occupied]
+    return (
+        bad,
+        low,
+        high,
+        key_low,
+        strides,
+        cupy.asnumpy(occupied),
+        cupy.asnumpy(counts),
+        cupy.asnumpy(sums),
+    )

@@ -287,6 +287,56 @@ def test_emulated_device_grid_sparse_cells(emulated, monkeypatch):
     check_close(got, grid.shift(queries), "flat")
 
 
+# --------------------------------------------------------------------------- binning pass
+
+
+def bin_cases():
+    rng = np.random.default_rng(6)
+    blobs = rng.normal(0, 3, (20_000, 2)).astype(np.float32)  # few cells: counted directly
+    sparse = rng.uniform(-1e4, 1e4, (5000, 3))  # a large box: occupied cells sorted
+    holes = rng.normal(0, 1, (3000, 2))
+    holes[::7, 1] = np.nan
+    holes[::11, 0] = np.inf
+    far = 1e6 + rng.normal(0, 1, (4000, 2))  # far from the origin: offsets keep full precision
+    one = rng.normal(0, 1, (2000, 1))
+    edges = np.round(rng.uniform(-3, 3, (4000, 2)) * 8) / 8  # on cell boundaries
+    return {"blobs": blobs, "sparse": sparse, "holes": holes, "far": far, "one": one,
+            "edges": edges}  # fmt: skip
+
+
+def check_device_binning(xp):
+    from pipeline.engine import _bin_block
+
+    for name, block in bin_cases().items():
+        for cell in (0.25, 0.625):
+            expected = _bin_block(block, None, cell)
+            got = _bin_block(block, None, cell, "cupy")
+            assert got[0] == expected[0], name
+            for a, b in zip(got[1:], expected[1:], strict=True):
+                assert isinstance(a, np.ndarray) and a.dtype == b.dtype, name
+                np.testing.assert_array_equal(a, b, err_msg=name)
+                assert a.tobytes() == b.tobytes(), name  # bit for bit
+
+
+def test_emulated_binning_pass_on_the_device(emulated, monkeypatch):
+    from pipeline import gpu
+    from pipeline.engine import _bin_block
+
+    calls = []
+    original = gpu.bin_block
+    monkeypatch.setattr(gpu, "bin_block", lambda *a: calls.append(1) or original(*a))
+    check_device_binning(emulated)
+    assert len(calls) == 2 * len(bin_cases())
+    # weighted chunks, chunks without a finite row and too many cells stay on the CPU
+    block = np.r_[np.ones((3, 2)), [[np.nan, 0.0]]]
+    weights = np.array([1.0, 2.0, 0.5, 1.0])
+    np.testing.assert_array_equal(
+        _bin_block(block, weights, 0.5, "cupy")[4], _bin_block(block, weights, 0.5)[4]
+    )
+    assert gpu.bin_block(np.full((3, 2), np.nan), 0.5, 2.0**20) is None
+    assert gpu.bin_block(np.array([[-1e12, 0.0], [1e12, 1e12]]), 1.0, 2.0**20) is None
+
+
 def test_gpu_module_imports_without_cupy():
     """The sources are plain strings: generating them needs no CuPy."""
     from pipeline import gpu
@@ -391,6 +441,13 @@ def test_cupy_large_grid_set_takes_the_grid_kernel(kernel):
     assert device.__dict__.get("_device_grid") is not None
     check_close(got, grid_reference(grid, queries), kernel)
     check_close(got, grid.shift(queries), kernel, factor=2)
+
+
+@on_device
+def test_cupy_binning_pass_is_bitwise_the_cpu_one():
+    import cupy
+
+    check_device_binning(cupy)
 
 
 @on_device
