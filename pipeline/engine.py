@@ -1427,8 +1427,8 @@ def _bin_points(
     weight_blocks = [None] * len(blocks) if weights is None else list(weights.to_delayed().ravel())
     parts = [
         dask.delayed(_bin_block)(
-            block, w, cell, backend, dask_key_name=task_name("bin", block, w, cell)
-        )  # (the same key for both backends: the same cells, bit for bit)
+            block, w, cell, backend, dask_key_name=task_name("bin", block, w, cell, backend)
+        )
         for block, w in zip(blocks, weight_blocks, strict=True)
     ]
     bad, low, high, keys, counts, sums = _tree_reduce(parts, _combine_bins).compute()
