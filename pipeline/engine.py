@@ -982,7 +982,8 @@ def _mean_shift_in_memory(
     clock = time.perf_counter()
     z = _normalise_block(points, origin, bandwidth)
     kernel, block_bytes = params.kernel, params.block_bytes
-    threads = n_threads or os.cpu_count() or 1
+    # one GPU: a single thread keeps its kernels in order; threads only split CPU work
+    threads = 1 if backend == "cupy" else (n_threads or os.cpu_count() or 1)
     with ThreadPoolExecutor(threads - 1) if threads > 1 else contextlib.nullcontext() as pool:
         run = functools.partial(_map_rows, pool, threads)
         if params.blurring:
