@@ -337,6 +337,21 @@ def test_emulated_binning_pass_on_the_device(emulated, monkeypatch):
     assert gpu.bin_block(np.array([[-1e12, 0.0], [1e12, 1e12]]), 1.0, 2.0**20) is None
 
 
+def test_emulated_binning_pass_of_a_dask_array(emulated):
+    import dask
+    import dask.array as da
+
+    from pipeline.engine import _bin_points
+
+    points = da.from_array(bin_cases()["blobs"], chunks=(4000, 2))
+    with dask.config.set(scheduler="sync"):
+        cpu = _bin_points(points, None, 0.3)
+        device = _bin_points(points, None, 0.3, "cupy")
+    assert cpu.keys() == device.keys()
+    for name in cpu:
+        assert cpu[name].tobytes() == device[name].tobytes(), name
+
+
 def test_gpu_module_imports_without_cupy():
     """The sources are plain strings: generating them needs no CuPy."""
     from pipeline import gpu
@@ -488,6 +503,25 @@ def test_cupy_in_memory_equals_numpy(seed_data, kernel, method, blurring):
     np.testing.assert_array_equal(results["cupy"].labels, results["numpy"].labels)
     # (grid + Gaussian: the GPU meets every point, the CPU grid none beyond 5 bandwidths)
     np.testing.assert_allclose(results["cupy"].centers, results["numpy"].centers, atol=1e-2)
+
+
+@on_device
+def test_cupy_grid_method_equals_numpy():
+    """36,000 points, neighbourhoods of about 7% of them: the grid kernel (about 1 s of CPU
+    time on 16 cores for the NumPy run)."""
+    from pipeline import kernels
+    from pipeline.datasets import make_blobs
+    from pipeline.engine import mean_shift
+    from pipeline.params import make_params
+
+    points, _, _ = make_blobs(6, 6000, 5.0, 3, seed=1)
+    assert len(points) > kernels.GPU_DENSE_MAX_POINTS
+    results = {}
+    for backend in ("numpy", "cupy"):
+        params = make_params(kernel="flat", bandwidth=2.5, backend=backend, method="grid")
+        results[backend] = mean_shift(points, params)
+    np.testing.assert_array_equal(results["cupy"].labels, results["numpy"].labels)
+    np.testing.assert_allclose(results["cupy"].centers, results["numpy"].centers, atol=1e-4)
 
 
 @on_device
