@@ -31,7 +31,8 @@ def warm_up() -> None:
 
 
 def warm_up_gpu() -> None:
-    """Compile the GPU shift kernels of the common cases (d = 2, each kernel) once.
+    """Compile the GPU kernels of the common cases once: d = 2, each kernel, weighted
+    (the binned method's cells) or not, the fused and the grid kernel.
 
     CuPy keeps compiled kernels on disk too, so later processes only load them.
     Never fails: a worker without a usable GPU just starts without them.
@@ -39,11 +40,17 @@ def warm_up_gpu() -> None:
     try:
         import cupy
 
+        from . import gpu
         from .kernels import shift_points
 
         points = cupy.zeros((4, 2))
         for kernel in ("gaussian", "epanechnikov", "flat"):
-            shift_points(points, points, None, kernel, cupy, 2**20)
+            shift_points(points, points, None, kernel, cupy, 2**20)  # fused + finish
+            for weighted in (False, True):
+                for build in (gpu._fused_kernel, gpu._grid_kernel):
+                    compile_now = getattr(build(2, kernel, weighted), "compile", None)
+                    if compile_now is not None:  # RawKernel.compile: no launch needed
+                        compile_now()
     except Exception:  # pragma: no cover - depends on the device
         pass
 
