@@ -101,6 +101,26 @@ static inline float ms_exp2(float x) { float y = exp2f(x); return y < 1.17549435
 """
 
 
+def _squared_distance(d: int, kernel: str, indent: str) -> str:
+    """CUDA line: ``d2`` from the differences ``t0..t{d-1}`` (flat: float64, in dimension
+    order, no fused multiply-adds, so "within the bandwidth" is decided exactly)."""
+    if kernel == "flat":
+        expr = "0.0"
+        for k in range(d):
+            expr = f"MS_DADD({expr}, MS_DMUL(t{k}, t{k}))"
+        return f"{indent}const double d2 = {expr};\n"
+    expr = " + ".join(f"t{k} * t{k}" for k in range(d))
+    return f"{indent}const float d2 = {expr};\n"
+
+
+def _accumulate(d: int, kernel: str, weighted: bool, real: str, indent: str) -> str:
+    """CUDA lines: the pair's weight ``x`` added into ``s0..s{d-1}`` (times ``t``) and ``ss``."""
+    lines = [f"{indent}const {real} x = {_weight_expression(kernel, weighted)};\n"]
+    lines += [f"{indent}s{k} += x * t{k};\n" for k in range(d)]
+    lines.append(f"{indent}ss += x;\n")
+    return "".join(lines)
+
+
 def fused_name(n_dims: int, kernel: str, weighted: bool, threads: int = THREADS) -> str:
     """Name of the generated fused kernel for this ``d``, kernel and weighting."""
     return f"ms_fused_{kernel}_d{n_dims}_{'w' if weighted else 'u'}_t{threads}"
@@ -171,20 +191,11 @@ def fused_source(n_dims: int, kernel: str, weighted: bool, threads: int = THREAD
     )
     for k in range(d):
         lines.append(f"            const {real} t{k} = r[{k}] - q{k};\n")
-    if kernel == "flat":  # float64, in dimension order, no fused multiply-adds
-        expr = "0.0"
-        for k in range(d):
-            expr = f"MS_DADD({expr}, MS_DMUL(t{k}, t{k}))"
-        lines.append(f"            const double d2 = {expr};\n")
-    else:
-        expr = " + ".join(f"t{k} * t{k}" for k in range(d))
-        lines.append(f"            const float d2 = {expr};\n")
+    lines.append(_squared_distance(d, kernel, " " * 12))
     if weighted:
         lines.append(f"            const {real} pw = sw[j];\n")
-    lines.append(f"            const {real} x = {_weight_expression(kernel, weighted)};\n")
-    for k in range(d):
-        lines.append(f"            s{k} += x * t{k};\n")
-    lines.append("            ss += x;\n        }\n")
+    lines.append(_accumulate(d, kernel, weighted, real, " " * 12))
+    lines.append("        }\n")
     for k in range(d):
         lines.append(f"        a{k} += (double)s{k};\n")
     lines.append("        aw += (double)ss;\n        __syncthreads();\n    }\n")
@@ -360,21 +371,12 @@ def grid_source(n_dims: int, kernel: str, weighted: bool, threads: int = GRID_TH
             lines.append(f"                const double t{k} = row[{k}] - q{k};\n")
         else:
             lines.append(f"                const float t{k} = (float)(row[{k}] - q{k});\n")
-    if kernel == "flat":  # float64, in dimension order, no fused multiply-adds
-        expr = "0.0"
-        for k in range(d):
-            expr = f"MS_DADD({expr}, MS_DMUL(t{k}, t{k}))"
-        lines.append(f"                const double d2 = {expr};\n")
-    else:
-        expr = " + ".join(f"t{k} * t{k}" for k in range(d))
-        lines.append(f"                const float d2 = {expr};\n")
+    lines.append(_squared_distance(d, kernel, " " * 16))
     if weighted:
         lines.append(f"                const {real} pw = pw_all[j];\n")
         lines.append("                sn += pw;\n")
-    lines.append(f"                const {real} x = {_weight_expression(kernel, weighted)};\n")
-    for k in range(d):
-        lines.append(f"                s{k} += x * t{k};\n")
-    lines.append("                ss += x;\n            }\n")
+    lines.append(_accumulate(d, kernel, weighted, real, " " * 16))
+    lines.append("            }\n")
     for k in range(d):
         lines.append(f"            a{k} += (double)s{k};\n")
     lines.append("            aw += (double)ss;\n")
