@@ -77,7 +77,6 @@ def b1() -> dict:
     modes = engine()  # compile and warm up
     t_engine = best_of(engine, 1 if SMALL else 20)
     engine_error = float(np.abs(modes - reference).max())
-    t_engine_1 = best_of(lambda: mean_shift(points, params, n_threads=1), 1 if SMALL else 20)
 
     # the same five Jacobi steps on the device: the data centred and in bandwidth units
     origin = (points.min(axis=0).astype(np.float64) + points.max(axis=0)) / 2
@@ -97,7 +96,6 @@ def b1() -> dict:
     device_modes = cupy.asnumpy(device_loop()) * BANDWIDTH + origin
     return {
         "engine_ms": t_engine * 1e3,
-        "engine_one_thread_ms": t_engine_1 * 1e3,
         "engine_max_abs_error_vs_seed_batched": engine_error,
         "device_loop_ms": t_device * 1e3,
         "device_loop_max_abs_error_vs_seed_batched": float(np.abs(device_modes - reference).max()),
@@ -272,7 +270,6 @@ def table(results: dict) -> str:
 
     rows = [
         ("B1 engine, cupy backend (ms / 5 iterations)", _fmt(r1.get("engine_ms"), ".3f"), "<= 1"),
-        ("B1 engine, cupy, n_threads=1 (ms)", _fmt(r1.get("engine_one_thread_ms"), ".3f"), "<= 1"),
         ("B1 device loop (ms / 5 iterations)", _fmt(r1.get("device_loop_ms"), ".3f"), "<= 1"),
         ("B1 max error vs seed batched (data units)",
          _fmt(r1.get("device_loop_max_abs_error_vs_seed_batched"), ".1e"), ""),
