@@ -30,23 +30,44 @@ def gpu_available() -> bool:
         return False
 
 
-def resolve_backend(name: str) -> Literal["numpy", "cupy"]:
+def gpu_workers() -> bool:
+    """Whether the default ``distributed`` client has a worker advertising the ``GPU``
+    resource (False without a client)."""
+    try:
+        from distributed import default_client
+
+        workers = default_client().scheduler_info()["workers"].values()
+    except (ImportError, ValueError, KeyError):  # no distributed client
+        return False
+    return any((w.get("resources") or {}).get(GPU_RESOURCE) for w in workers)
+
+
+def resolve_backend(name: str, *, here: bool = False) -> Literal["numpy", "cupy"]:
     """Turn ``auto``/``numpy``/``cupy`` into the backend actually used.
 
     Parameters
     ----------
     name : {"auto", "numpy", "cupy"}
         ``auto`` picks CuPy when a CUDA device is usable, NumPy otherwise.
+    here : bool
+        The work runs in this process (NumPy input): only this process's GPU counts.
+        Otherwise (Dask work) workers advertising the ``GPU`` resource count too, so a
+        client without a GPU (a login node) can run jobs on a GPU cluster.
     """
     if name == "numpy":
         return "numpy"
-    if name == "cupy":
-        if not gpu_available():
-            raise ParameterError("backend 'cupy' was asked for but no CUDA device is usable")
-        return "cupy"
-    if name == "auto":
-        return "cupy" if gpu_available() else "numpy"
-    raise ParameterError(f"unknown backend {name!r}: use auto, numpy or cupy")
+    if name not in ("auto", "cupy"):
+        raise ParameterError(f"unknown backend {name!r}: use auto, numpy or cupy")
+    usable = gpu_available() or (not here and gpu_workers())
+    if name == "cupy" and not usable:
+        where = "" if here else " and no Dask worker advertises the GPU resource"
+        raise ParameterError(f"backend 'cupy' was asked for but no CUDA device is usable{where}")
+    return "cupy" if usable else "numpy"
+
+
+def runs_here(backend: str) -> bool:
+    """Whether this process can run work of a resolved ``backend`` itself."""
+    return backend == "numpy" or gpu_available()
 
 
 def get_namespace(backend: str) -> ModuleType:
@@ -84,23 +105,14 @@ GPU_RESOURCE = "GPU"
 def task_resources(backend: str) -> contextlib.AbstractContextManager:
     """Annotate the Dask tasks built inside: GPU runs ask for a ``GPU`` worker.
 
-    For the ``cupy`` backend (or ``auto`` where this process sees a GPU), when the
-    default ``distributed`` client has at least one worker advertising the ``GPU``
-    resource, tasks built inside get ``resources={"GPU": 1}``: on a cluster mixing CPU
-    and GPU workers they run on GPU workers only, so results of different precision
-    never mix. Otherwise (NumPy runs, no client, no worker advertising GPUs: nothing
-    could run such tasks) it changes nothing.
+    For the (resolved) ``cupy`` backend, when the default ``distributed`` client has at
+    least one worker advertising the ``GPU`` resource, tasks built inside get
+    ``resources={"GPU": 1}``: on a cluster mixing CPU and GPU workers they run on GPU
+    workers only, so results of different precision never mix. Otherwise (NumPy runs,
+    no client, no worker advertising GPUs: nothing could run such tasks) it changes
+    nothing.
     """
-    if backend == "numpy" or (backend == "auto" and not gpu_available()):
-        return contextlib.nullcontext()
-    try:
-        from distributed import default_client
-
-        client = default_client()
-        workers = client.scheduler_info()["workers"].values()
-    except (ImportError, ValueError, KeyError):  # no distributed client
-        return contextlib.nullcontext()
-    if not any((w.get("resources") or {}).get(GPU_RESOURCE) for w in workers):
+    if backend != "cupy" or not gpu_workers():
         return contextlib.nullcontext()
     import dask
 

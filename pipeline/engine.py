@@ -30,7 +30,7 @@ import dask.array as da
 import numpy as np
 
 from . import merge
-from .backend import get_namespace, resolve_backend, task_resources, to_host
+from .backend import get_namespace, resolve_backend, runs_here, task_resources, to_host
 from .bandwidth import estimate_bandwidth
 from .errors import InputDataError, InvalidRowsError, ParameterError
 from .kernels import DensePointSet, GridPointSet, PointSet, converge_seeds, row_major_strides
@@ -776,7 +776,8 @@ def mean_shift(
             weights, chunks=(points.chunks[0],), name=task_name("weights", weights)
         )
     method = resolve_method(*points.shape, params)
-    with task_resources(params.backend):  # GPU runs: GPU workers only (where any advertise)
+    # GPU runs: GPU workers only (where any advertise the GPU resource)
+    with task_resources(resolve_backend(params.backend)):
         if method == "binned":
             return _binned(points, params, seeds, weights, progress, checkpoint)
         return _mean_shift_points(points, params, method, seeds, weights, progress, checkpoint)
@@ -967,7 +968,7 @@ def _mean_shift_in_memory(
     called directly on row slices by a thread pool (no task graph)."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    backend = resolve_backend(params.backend)
+    backend = resolve_backend(params.backend, here=True)
     points = np.asarray(points, dtype=np.float64)
     n, d = points.shape
     origin, span = _bounds(_summary_block(points), n)
@@ -1297,6 +1298,7 @@ def _binned(
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
+    backend = resolve_backend(params.backend)
     n, d = points.shape
     if weights is not None:
         weights = weights.astype(np.float64).rechunk((points.chunks[0],))
@@ -1310,7 +1312,7 @@ def _binned(
     cells = None if checkpoint is None else checkpoint.load_cells()
     resumed = None
     if cells is None:
-        cells = _bin_points(points, weights, cell, resolve_backend(params.backend))
+        cells = _bin_points(points, weights, cell, backend)
         if checkpoint is not None:
             checkpoint.save_cells(cells)
     else:
@@ -1331,9 +1333,11 @@ def _binned(
             "method": inner_method,
             "label_by": "mode" if seeds_are_cells else "nearest",
             "cluster_all": True,
+            "backend": backend,
         }
     )
-    if len(centroids) <= CELLS_IN_PROCESS_MAX:  # small: no round trips to the workers
+    # small: in this process, no round trips to the workers (if it can run the backend)
+    if len(centroids) <= CELLS_IN_PROCESS_MAX and runs_here(backend):
         inner = _mean_shift_in_memory(
             centroids, inner_params, inner_method, seeds, counts, progress, None
         )
@@ -1376,7 +1380,7 @@ def _binned(
             bandwidth,
             centers_z,
             params.cluster_all,
-            resolve_backend(params.backend),
+            backend,
             params.block_bytes,
             drop_axis=1,
             meta=np.empty(0, dtype=np.int32),

@@ -17,6 +17,7 @@ exactly the points of its 3^d neighbour cells), and to twice them against the CP
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -350,6 +351,54 @@ def test_emulated_binning_pass_of_a_dask_array(emulated):
     assert cpu.keys() == device.keys()
     for name in cpu:
         assert cpu[name].tobytes() == device[name].tobytes(), name
+
+
+@pytest.mark.parametrize("method", ["binned", "exact"])
+def test_emulated_client_without_a_gpu_runs_jobs_on_gpu_workers(
+    emulated, monkeypatch, seed_data, method
+):
+    """A login node without a GPU sends a cupy run to workers advertising the GPU
+    resource: every task runs there, nothing that needs the device runs in the client."""
+    import logging
+
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from pipeline import backend, gpu
+    from pipeline.engine import mean_shift
+    from pipeline.errors import ParameterError
+    from pipeline.params import make_params
+
+    monkeypatch.setattr(backend, "gpu_available", lambda: False)  # this process: no GPU
+    threads = []
+    for name in ("shift", "grid_shift"):  # record where the device kernels run
+        original = getattr(gpu, name)
+
+        def recorded(*args, original=original, **kwargs):
+            threads.append(threading.current_thread().name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(gpu, name, recorded)
+    points = seed_data[0]
+    params = make_params(kernel="gaussian", bandwidth=2.5, method=method, backend="cupy")
+    expected = mean_shift(points, params.model_copy(update={"backend": "numpy"}))
+    with pytest.raises(ParameterError, match="no Dask worker advertises the GPU resource"):
+        backend.resolve_backend("cupy")
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1},
+                     dashboard_address=":0", silence_logs=logging.ERROR) as cluster,
+        Client(cluster, set_as_default=True) as client,
+    ):  # fmt: skip
+        assert backend.resolve_backend("auto") == "cupy"
+        assert backend.resolve_backend("auto", here=True) == "numpy"
+        client.get_task_stream()  # start recording
+        result = mean_shift(da.from_array(points, chunks=(500, 2)), params)
+        labels = result.labels.compute()
+        workers = set(client.scheduler_info()["workers"])
+        assert {task["worker"] for task in client.get_task_stream()} == workers
+    assert threads and threading.main_thread().name not in threads  # kernels ran on the worker
+    np.testing.assert_array_equal(labels, np.asarray(expected.labels))
+    np.testing.assert_allclose(result.centers, expected.centers, atol=1e-4)
 
 
 def test_gpu_module_imports_without_cupy():
