@@ -6,7 +6,7 @@
 # (default ./gpu-check-out): versions.txt, tests-gpu.log, bench.log, results.json,
 # tests-cpu.log, summary.txt.
 #
-# On a machine without dask/zarr (the lent GPU machines), wheels carried in .whl/ are
+# On an offline machine without dask/zarr, wheels carried in .whl/ are
 # installed into /tmp/site first (see docs/gpu.md). Without a GPU every GPU stage is
 # skipped with a message and the script still succeeds.
 #
