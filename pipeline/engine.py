@@ -535,7 +535,9 @@ def _saving_chunks(state: da.Array, checkpoint: Checkpoint) -> tuple[da.Array, i
     blocks = state.to_delayed().ravel()
     parts: list[Any] = [None] * len(blocks)
     for index, array in saved.items():
-        parts[index] = da.from_array(array, chunks=array.shape, name=task_name("resume", index))
+        parts[index] = da.from_array(
+            array, chunks=array.shape, name=task_name("resume", str(array.store_path), index)
+        )
     todo = [i for i in range(len(blocks)) if i not in saved]
     for index, block, handle in _as_finished([blocks[i] for i in todo], todo):
         checkpoint.save_chunk(index, chunks, block)
