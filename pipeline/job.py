@@ -190,7 +190,7 @@ def run_job(
     n, d = source.array.shape
     fingerprint = job_fingerprint(source, params, drop_invalid_rows)
     if not overwrite:
-        done = _completed_report(output_url, fingerprint)
+        done = _completed_report(output_url, fingerprint, write_modes)
         if done is not None:
             return done
     resuming = not overwrite and resumable(output_url, fingerprint)
@@ -266,14 +266,17 @@ def run_job(
     )
 
 
-def _completed_report(output_url: str, fingerprint: str) -> JobReport | None:
-    """The report of ``output_url`` if it is a complete output of this very job, else None."""
+def _completed_report(output_url: str, fingerprint: str, modes: bool) -> JobReport | None:
+    """The report of ``output_url`` if it is a complete output of this very job (holding
+    ``modes`` if they are asked for), else None."""
     attributes = store.existing_attributes(output_url) or {}
     if attributes.get("status") != store.STATUS_COMPLETE:
         return None
     if attributes.get("fingerprint") != fingerprint:
         return None
     group = store.open_result(output_url)
+    if modes and "modes" not in group:
+        return None
     centers = group["centers"][...]
     inputs = attributes["input"]
     return JobReport(
