@@ -82,6 +82,8 @@ class MeanShiftResult:
         The saved iteration a blurring run continued from (0: it started afresh).
     resumed : str or None
         What a resumed run took from its checkpoint (None: it started afresh).
+    backend : {"numpy", "cupy"}
+        The array module the run used.
     """
 
     labels: da.Array
@@ -100,6 +102,7 @@ class MeanShiftResult:
     n_cells: int | None = None
     resumed_from_iteration: int = 0
     resumed: str | None = None
+    backend: str = "numpy"
 
 
 # --------------------------------------------------------------------------- tasks
@@ -778,17 +781,21 @@ def mean_shift(
             weights, chunks=(points.chunks[0],), name=task_name("weights", weights)
         )
     method = resolve_method(*points.shape, params)
+    backend = resolve_backend(params.backend)  # decided once, here, for the whole run
     # GPU runs: GPU workers only (where any advertise the GPU resource)
-    with task_resources(resolve_backend(params.backend)):
+    with task_resources(backend):
         if method == "binned":
-            return _binned(points, params, seeds, weights, progress, checkpoint)
-        return _mean_shift_points(points, params, method, seeds, weights, progress, checkpoint)
+            return _binned(points, params, backend, seeds, weights, progress, checkpoint)
+        return _mean_shift_points(
+            points, params, method, backend, seeds, weights, progress, checkpoint
+        )
 
 
 def _mean_shift_points(
     points: da.Array,
     params: MeanShiftParams,
     method: str,
+    backend: str,
     seeds: np.ndarray | None,
     weights: da.Array | None,
     progress: ProgressCallback | None,
@@ -797,7 +804,6 @@ def _mean_shift_points(
     """Mean shift with the points themselves as the shared set (methods exact and grid)."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    backend = resolve_backend(params.backend)
     data = _prepare(points, weights)
     n, d = data.points.shape
     seeds = _check_seeds(seeds, d, params)
@@ -850,7 +856,7 @@ def _mean_shift_points(
 
     return _points_result(
         labels, centers, sizes, modes, data.origin, bandwidth, estimated, iterated, n_seeds,
-        timings, method,
+        timings, method, backend,
     )  # fmt: skip
 
 
@@ -866,6 +872,7 @@ def _points_result(
     n_seeds: int,
     timings: dict[str, float],
     method: str,
+    backend: str,
 ) -> MeanShiftResult:
     """The result in data units (warns when the clusters are nearly as many as the points)."""
     n = labels.shape[0]
@@ -891,6 +898,7 @@ def _points_result(
         method=method,
         resumed_from_iteration=iterated.resumed_from,
         resumed=iterated.resumed,
+        backend=backend,
     )
 
 
@@ -1029,7 +1037,7 @@ def _mean_shift_in_memory(
     timings["label_s"] = time.perf_counter() - clock
     return _points_result(
         labels, centers, sizes, modes, origin, bandwidth, estimated, iterated,
-        n if seed_rows is None else len(seed_rows), timings, method,
+        n if seed_rows is None else len(seed_rows), timings, method, backend,
     )  # fmt: skip
 
 
@@ -1286,6 +1294,7 @@ def _point_labels_block(
 def _binned(
     points: da.Array,
     params: MeanShiftParams,
+    backend: str,
     seeds: np.ndarray | None,
     weights: da.Array | None,
     progress: ProgressCallback | None,
@@ -1300,7 +1309,6 @@ def _binned(
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    backend = resolve_backend(params.backend)
     n, d = points.shape
     if weights is not None:
         weights = weights.astype(np.float64).rechunk((points.chunks[0],))
@@ -1349,6 +1357,7 @@ def _binned(
             da.from_array(centroids, chunks=(rows, d), name=task_name("cells", centroids)),
             inner_params,
             inner_method,
+            backend,
             seeds,
             da.from_array(counts, chunks=(rows,), name=task_name("counts", counts)),
             progress,
@@ -1416,6 +1425,7 @@ def _binned(
         method="binned",
         n_cells=len(centroids),
         resumed=resumed,
+        backend=backend,
     )
 
 

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from . import store
-from .backend import resolve_backend
 from .checkpoint import ZarrCheckpoint, resumable
 from .cluster import dask_client
 from .engine import MeanShiftResult, ProgressCallback, mean_shift
@@ -80,7 +79,7 @@ def result_attributes(
         "stop_reason": result.stop_reason,
         "max_shift_per_iteration": result.max_shift,
         "versions": package_versions(),
-        "backend": resolve_backend(params.backend),
+        "backend": result.backend,
         "precision": precision(params.kernel),
         "finished_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
