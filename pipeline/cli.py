@@ -226,7 +226,7 @@ def _execute(
 
     def announce(client: Any) -> None:
         if not quiet:
-            click.echo(f"dashboard: {client.dashboard_link}")
+            click.echo(f"dashboard: {client.dashboard_link} (scheduler {client.scheduler.address})")
 
     try:
         report = run_spec(

@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+import warnings
 from collections.abc import Iterator
 
 from distributed import Client, LocalCluster
+from distributed.core import Status
 from distributed.security import Security
+from distributed.worker_memory import parse_memory_limit
 
 from .errors import ClusterError, ParameterError
 
@@ -104,19 +108,136 @@ def dask_client(
     workers = default_workers() if n_workers is None else n_workers
     if workers < 1:
         raise ClusterError("the embedded cluster needs at least 1 worker")
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=threads_per_worker,
-        processes=processes,
-        dashboard_address=":0",  # a free port: never collide with another cluster
-        silence_logs=logging.CRITICAL,  # task errors reach the user as one line, not twice
-        preload=["pipeline.worker"],
-    )
+    cluster = start_local_cluster(workers, threads_per_worker, processes)
     try:
         with Client(cluster, set_as_default=True) as client:
             yield client
     finally:
         cluster.close()
+
+
+_log = logging.getLogger(__name__)
+
+WORKER_START_TIMEOUT_S = 300.0
+"""Seconds an embedded cluster waits for its workers before running with those that started."""
+
+_GONE = {Status.failed, Status.closing, Status.closed, Status.closing_gracefully}
+
+
+def start_local_cluster(
+    n_workers: int,
+    threads_per_worker: int = 1,
+    processes: bool = True,
+    timeout: float = WORKER_START_TIMEOUT_S,
+) -> LocalCluster:
+    """Start an embedded ``LocalCluster`` that tolerates workers lost while starting.
+
+    The scheduler starts first, then the workers. A worker whose process dies or
+    fails during its start (killed, out of memory, a failing preload) is replaced
+    once per worker asked for; a worker whose replacement fails too is given up, and
+    the job runs on the workers that started (with a warning). Workers that have not
+    started after ``timeout`` seconds are given up the same way.
+
+    Parameters
+    ----------
+    n_workers : int
+        Workers to start (at least 1).
+    threads_per_worker : int
+    processes : bool
+        Workers as processes (True) or threads of this process.
+    timeout : float
+        Seconds to wait for the workers.
+
+    Raises
+    ------
+    ClusterError
+        When the scheduler cannot start or no worker can be started.
+    """
+    options: dict = {
+        "n_workers": 0,
+        "threads_per_worker": threads_per_worker,
+        "processes": processes,
+        "dashboard_address": ":0",  # a free port: never collide with another cluster
+        "silence_logs": logging.CRITICAL,  # task errors reach the user as one line, not twice
+        "preload": ["pipeline.worker"],
+        # what LocalCluster gives each of n_workers workers (it cannot know n here)
+        "memory_limit": parse_memory_limit("auto", 1, n_workers, logger=_log),
+    }
+    try:
+        cluster = LocalCluster(**options)
+    except Exception as exc:
+        raise ClusterError(f"cannot start the embedded Dask cluster: {_reason(exc)}") from None
+    try:
+        _start_workers(cluster, n_workers, timeout)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def _start_workers(cluster: LocalCluster, wanted: int, timeout: float) -> None:
+    """Scale ``cluster`` to ``wanted`` workers, replacing each lost one once (see
+    :func:`start_local_cluster`)."""
+    target, replacements, lost = wanted, wanted, 0
+    cluster.sync(_rescale, cluster, (), target)
+    deadline = time.monotonic() + timeout
+    while True:
+        planned, states = cluster.sync(_worker_states, cluster)
+        running = [name for name in planned if states.get(name) == Status.running]
+        failed = [name for name in planned if states.get(name) in _GONE]
+        if not failed and len(running) >= target:
+            break
+        if time.monotonic() > deadline:  # run with the workers that started
+            if not running:
+                raise ClusterError(f"no Dask worker started within {timeout:g} s")
+            stalled = [name for name in planned if name not in running]
+            cluster.sync(_rescale, cluster, stalled, len(running))
+            lost, target = lost + len(stalled), len(running)
+            break
+        if failed:
+            lost += len(failed)
+            replaced = min(len(failed), replacements)
+            replacements -= replaced
+            target -= len(failed) - replaced
+            if target < 1:
+                raise ClusterError(
+                    f"no Dask worker could be started: {lost} worker processes stopped "
+                    "while starting"
+                )
+            cluster.sync(_rescale, cluster, failed, target)
+        time.sleep(0.05)
+    if lost:
+        started = "replaced them" if target == wanted else f"running on {target} of {wanted}"
+        warnings.warn(
+            f"{lost} Dask worker(s) stopped while the embedded cluster started; {started}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+async def _worker_states(cluster: LocalCluster) -> tuple[list, dict]:
+    """The workers the cluster plans to have, and the status of each it has launched."""
+    planned = list(cluster.worker_spec)
+    return planned, {name: worker.status for name, worker in cluster.workers.items()}
+
+
+async def _rescale(cluster: LocalCluster, forget: list | tuple, n: int) -> None:
+    """Close and forget the given workers, then ask the cluster for ``n`` workers
+    (a replacement may reuse a forgotten worker's name)."""
+    for name in forget:
+        cluster.worker_spec.pop(name, None)
+        worker = cluster.workers.pop(name, None)
+        if worker is not None:
+            await worker.close()
+    cluster.scale(n)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message, following ``raise ... from`` causes."""
+    while exc.__cause__ is not None and not str(exc).strip():
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 GPU_WORKER_RESOURCES = {"GPU": 1}

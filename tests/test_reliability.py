@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import zarr
 
+from pipeline.engine import mean_shift
+from pipeline.params import make_params
+
 from .support import tree_digest
 
 
@@ -54,18 +57,20 @@ def test_killing_a_worker_mid_run_gives_the_undisturbed_result(tmp_path):
     data = str(tmp_path / "in.zarr")
     generated = meanshift("generate", "-o", data, "--per-cluster", "4000", "--chunk", "2000")
     assert generated.returncode == 0
-    options = ["-b", "2.5", "--kernel", "gaussian", "--method", "exact", "--quiet"]
+    options = ["-b", "2.5", "--kernel", "gaussian", "--method", "exact"]
     reference = str(tmp_path / "reference.zarr")
-    undisturbed = meanshift("run", "-i", data, "-o", reference, "--n-workers", "2", *options)
+    undisturbed = meanshift("run", "-i", data, "-o", reference, "--n-workers", "2", "--quiet",
+                            *options)  # fmt: skip
     assert undisturbed.returncode == 0, undisturbed.stderr
     out = str(tmp_path / "disturbed.zarr")
     command = [sys.executable, "-m", "pipeline.cli", "run", "-i", data, "-o", out,
                "--n-workers", "2", *options]  # fmt: skip
-    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    killed = _kill_a_worker_when_busy(run.pid)
-    still_running = run.poll() is None
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    address = _scheduler_address(run)
+    # the job's own seed tasks ("<job name>-standard-<token>") are running on that worker
+    killed = _kill_the_worker_running(address, "disturbed-standard-")
     _, err = run.communicate(timeout=300)
-    assert killed and still_running, "no worker was killed while the job ran"
+    assert killed, "no task of the job was seen running"
     assert run.returncode == 0, err
     a, b = zarr.open_group(reference, mode="r"), zarr.open_group(out, mode="r")
     assert b.attrs["status"] == "complete"
@@ -74,20 +79,91 @@ def test_killing_a_worker_mid_run_gives_the_undisturbed_result(tmp_path):
     assert a.attrs["n_iter"] == b.attrs["n_iter"]
 
 
-def _kill_a_worker_when_busy(root: int, timeout: float = 120.0) -> bool:
-    """SIGKILL the first worker process of ``root``'s cluster seen using CPU after its start."""
-    import signal
+def test_a_worker_killed_while_the_cluster_starts_is_replaced(seed_store, seed_data, tmp_path):
+    out = str(tmp_path / "out.zarr")
+    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", seed_store, "-o", out,
+               "-b", "2.5", "--n-workers", "2", "--quiet"]  # fmt: skip
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    killed = _kill_workers_as_they_start(run, most=1)
+    _, err = run.communicate(timeout=300)
+    assert killed == 1
+    assert run.returncode == 0, err
+    assert "1 Dask worker(s) stopped while the embedded cluster started; replaced them" in err
+    result = zarr.open_group(out, mode="r")
+    assert result.attrs["status"] == "complete"
+    reference = mean_shift(seed_data[0], make_params(bandwidth=2.5))
+    np.testing.assert_array_equal(result["labels"][...], np.asarray(reference.labels))
+    np.testing.assert_allclose(result["centers"][...], reference.centers, atol=1e-9)
+
+
+def test_no_worker_able_to_start_is_one_line_and_exit_5(seed_store, tmp_path):
+    out = str(tmp_path / "out.zarr")
+    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", seed_store, "-o", out,
+               "-b", "2.5", "--n-workers", "1"]  # fmt: skip
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    killed = _kill_workers_as_they_start(run, most=10)
+    _, err = run.communicate(timeout=300)
+    assert killed == 2, err  # the worker and its one replacement
+    assert run.returncode == 5, err
+    assert err.strip().splitlines() == [
+        "meanshift: error: no Dask worker could be started: 2 worker processes stopped "
+        "while starting"
+    ]
+    assert meanshift("status", out).stdout.strip() != "complete"
+
+
+def _scheduler_address(run: subprocess.Popen, timeout: float = 120.0) -> str:
+    """The scheduler address from the ``dashboard: … (scheduler tcp://…)`` line of a run."""
+    import re
     import time
 
     deadline = time.monotonic() + timeout
+    assert run.stdout is not None
     while time.monotonic() < deadline:
-        workers = [p for p in _descendants(root) if _is_worker(p)]
-        busy = [p for p in workers if _cpu_ticks(p) > 300]  # past start-up: computing
-        if len(workers) >= 2 and busy:
-            os.kill(busy[0], signal.SIGKILL)
-            return True
-        time.sleep(0.05)
+        line = run.stdout.readline()
+        found = re.search(r"\(scheduler (tcp://[^)]+)\)", line)
+        if found:
+            return found.group(1)
+        assert line, "the run ended without announcing its cluster"
+    raise AssertionError("no cluster announced")
+
+
+def _kill_the_worker_running(address: str, key_prefix: str, timeout: float = 120.0) -> bool:
+    """SIGKILL the worker process that the scheduler at ``address`` shows processing a
+    task whose key starts with ``key_prefix``."""
+    import signal
+    import time
+
+    from distributed import Client
+
+    with Client(address, timeout=30, set_as_default=False) as client:
+        pids = client.run(os.getpid)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for worker, keys in client.processing().items():
+                if any(str(key).lstrip("('").startswith(key_prefix) for key in keys):
+                    os.kill(pids[worker], signal.SIGKILL)
+                    return True
+            time.sleep(0.05)
     return False
+
+
+def _kill_workers_as_they_start(run: subprocess.Popen, most: int, timeout: float = 120) -> int:
+    """SIGKILL each worker process of ``run``'s embedded cluster as soon as it appears
+    (long before it can have started), at most ``most`` of them; the number killed."""
+    import signal
+    import time
+
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while run.poll() is None and len(killed) < most and time.monotonic() < deadline:
+        for pid in _descendants(run.pid):
+            if pid not in killed and _is_worker(pid):
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+                break
+        time.sleep(0.02)
+    return len(killed)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -113,18 +189,9 @@ def _descendants(pid: int) -> list[int]:
 def _is_worker(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"multiprocessing" in handle.read()
+            return b"spawn_main" in handle.read()  # not multiprocessing's resource tracker
     except OSError:
         return False
-
-
-def _cpu_ticks(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def _limit_file_size(limit: int):
