@@ -79,16 +79,26 @@ def test_killing_a_worker_mid_run_gives_the_undisturbed_result(tmp_path):
     assert a.attrs["n_iter"] == b.attrs["n_iter"]
 
 
-def test_a_worker_killed_while_the_cluster_starts_is_replaced(seed_store, seed_data, tmp_path):
+@pytest.mark.parametrize(
+    ("kills", "outcome"),
+    [
+        (1, "1 Dask worker(s) stopped while the embedded cluster started; replaced them"),
+        # both first workers, then one of their replacements: the job runs on the other
+        (3, "3 Dask worker(s) stopped while the embedded cluster started; running on 1 of 2"),
+    ],
+)
+def test_workers_killed_while_the_cluster_starts_are_replaced(
+    seed_store, seed_data, tmp_path, kills, outcome
+):
     out = str(tmp_path / "out.zarr")
     command = [sys.executable, "-m", "pipeline.cli", "run", "-i", seed_store, "-o", out,
                "-b", "2.5", "--n-workers", "2", "--quiet"]  # fmt: skip
     run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    killed = _kill_workers_as_they_start(run, most=1)
+    killed = _kill_workers_as_they_start(run, most=kills)
     _, err = run.communicate(timeout=300)
-    assert killed == 1
+    assert killed == kills
     assert run.returncode == 0, err
-    assert "1 Dask worker(s) stopped while the embedded cluster started; replaced them" in err
+    assert err.strip().splitlines() == [f"meanshift: warning: {outcome}"]
     result = zarr.open_group(out, mode="r")
     assert result.attrs["status"] == "complete"
     reference = mean_shift(seed_data[0], make_params(bandwidth=2.5))
