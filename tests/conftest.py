@@ -10,6 +10,8 @@ from distributed import Client, LocalCluster
 
 from pipeline.datasets import make_blobs, write_blobs
 
+from .support import StandingCluster
+
 
 @pytest.fixture(scope="session")
 def seed_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -43,3 +45,11 @@ def client_2proc(cluster_2proc):
     """A client of the two-process cluster, set as the default scheduler."""
     with Client(cluster_2proc, set_as_default=True) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def plain_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A standing cluster: ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1."""
+    cluster = StandingCluster(str(tmp_path_factory.mktemp("plain-cluster")))
+    yield cluster
+    cluster.close()

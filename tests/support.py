@@ -3,7 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
+import time
+
+from distributed import Client
+
+from pipeline.cluster import tls_security
+
+CLI = [sys.executable, "-m", "pipeline.cli"]
+"""The ``meanshift`` command line of the interpreter running the tests."""
+
+
+def meanshift(
+    *args: str, cwd: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run ``meanshift ARGS`` in a new process; its exit code and captured text output."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def tree_digest(path: str) -> str:
@@ -65,3 +83,61 @@ def write_tls_files(folder: str) -> tuple[str, str, str]:
         with open(path, "wb") as handle:
             handle.write(content)
     return paths[0], paths[1], paths[2]
+
+
+DASK = os.path.join(os.path.dirname(sys.executable), "dask")
+
+
+class StandingCluster:
+    """A scheduler and two single-threaded workers, each its own process."""
+
+    def __init__(self, folder: str, tls: tuple[str, str, str] | None = None) -> None:
+        self.tls = tls
+        self.tls_args = []
+        if tls is not None:
+            self.tls_args = ["--tls-ca-file", tls[0], "--tls-cert", tls[1], "--tls-key", tls[2]]
+        os.makedirs(folder, exist_ok=True)
+        scheduler_file = os.path.join(folder, "scheduler.json")
+        protocol = ["--protocol", "tls"] if tls else []
+        self.processes = [
+            subprocess.Popen(
+                [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                 "--dashboard-address", "127.0.0.1:0", "--scheduler-file", scheduler_file,
+                 *protocol, *self.tls_args],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        ]  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not os.path.exists(scheduler_file) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)  # the file is written whole, but give the writer a moment
+        with open(scheduler_file) as handle:
+            self.address = json.load(handle)["address"]
+        for i in range(2):
+            self.processes.append(
+                subprocess.Popen(
+                    [DASK, "worker", self.address, "--nworkers", "1", "--nthreads", "1",
+                     "--no-dashboard", "--preload", "pipeline.worker",
+                     "--local-directory", os.path.join(folder, f"worker-{i}"), *self.tls_args],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        with self.client() as client:
+            client.wait_for_workers(2, timeout=120)
+
+    def client(self) -> Client:
+        security = None if self.tls is None else tls_security(*self.tls)
+        return Client(self.address, security=security, timeout=30)
+
+    def close(self) -> None:
+        """Stop the workers, then the scheduler (a worker whose scheduler is gone first
+        waits for it to come back)."""
+        scheduler, workers = self.processes[0], self.processes[1:]
+        for group in (workers, [scheduler]):
+            for process in group:
+                process.terminate()
+            for process in group:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()

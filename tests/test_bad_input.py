@@ -8,8 +8,6 @@ that the input folder is byte-for-byte unchanged.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 import zarr
 
-from .support import tree_digest
+from .support import meanshift, tree_digest
 
 BLOBS = np.concatenate(
     [np.random.default_rng(c).normal(centre, 0.5, (100, 2))
@@ -157,11 +155,6 @@ CASES = {
         lambda f: _store(f, BLOBS, name="coords"), [], 3, "no array 'points'",
     ),
 }  # fmt: skip
-
-
-def meanshift(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -13,17 +13,7 @@ import zarr
 from pipeline.backend import gpu_available
 from pipeline.store import STATUS_COMPLETE
 
-from .support import tree_digest
-
-
-def meanshift(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
+from .support import meanshift, tree_digest
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["generate"], ["demo"]])

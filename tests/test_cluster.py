@@ -3,83 +3,20 @@ processes on 127.0.0.1, over plain TCP and over TLS with certificates made here.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import zarr
-from distributed import Client
+from distributed import get_task_stream
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline.cluster import tls_security
 from pipeline.engine import mean_shift
 from pipeline.params import make_params
 
-from .support import write_tls_files
-
-DASK = os.path.join(os.path.dirname(sys.executable), "dask")
-
-
-class StandingCluster:
-    """A scheduler and two single-threaded workers, each its own process."""
-
-    def __init__(self, folder: str, tls: tuple[str, str, str] | None = None) -> None:
-        self.tls = tls
-        self.tls_args = []
-        if tls is not None:
-            self.tls_args = ["--tls-ca-file", tls[0], "--tls-cert", tls[1], "--tls-key", tls[2]]
-        os.makedirs(folder, exist_ok=True)
-        scheduler_file = os.path.join(folder, "scheduler.json")
-        protocol = ["--protocol", "tls"] if tls else []
-        self.processes = [
-            subprocess.Popen(
-                [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                 "--dashboard-address", "127.0.0.1:0", "--scheduler-file", scheduler_file,
-                 *protocol, *self.tls_args],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-        ]  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not os.path.exists(scheduler_file) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.2)  # the file is written whole, but give the writer a moment
-        with open(scheduler_file) as handle:
-            self.address = json.load(handle)["address"]
-        for i in range(2):
-            self.processes.append(
-                subprocess.Popen(
-                    [DASK, "worker", self.address, "--nworkers", "1", "--nthreads", "1",
-                     "--no-dashboard", "--preload", "pipeline.worker",
-                     "--local-directory", os.path.join(folder, f"worker-{i}"), *self.tls_args],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )
-            )  # fmt: skip
-        with self.client() as client:
-            client.wait_for_workers(2, timeout=120)
-
-    def client(self) -> Client:
-        security = None if self.tls is None else tls_security(*self.tls)
-        return Client(self.address, security=security, timeout=30)
-
-    def close(self) -> None:
-        for process in reversed(self.processes):
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-@pytest.fixture(scope="module")
-def plain_cluster(tmp_path_factory):
-    cluster = StandingCluster(str(tmp_path_factory.mktemp("plain-cluster")))
-    yield cluster
-    cluster.close()
+from .support import CLI, StandingCluster, meanshift, write_tls_files
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +25,6 @@ def tls_cluster(tmp_path_factory):
     cluster = StandingCluster(folder, tls=write_tls_files(folder))
     yield cluster
     cluster.close()
-
-
-def meanshift(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pipeline.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 JOBS = {  # name: (CLI options, the same parameters for the in-process reference)
@@ -115,7 +47,7 @@ def test_concurrent_jobs_on_a_standing_cluster(plain_cluster, seed_store, seed_d
     for name, (options, _) in JOBS.items():
         out = str(tmp_path / f"{name}.zarr")
         where = ["--scheduler", plain_cluster.address, "--name", name, "--quiet"]
-        command = [sys.executable, "-m", "pipeline.cli", "run", "-i", seed_store, "-o", out]
+        command = [*CLI, "run", "-i", seed_store, "-o", out]
         command += where + options
         launched[name] = (out, subprocess.Popen(command, stderr=subprocess.PIPE, text=True))
     for name, (out, process) in launched.items():
@@ -158,7 +90,7 @@ def test_tls_cluster_runs_jobs_and_refuses_clients_without_the_certificate(
     settings = {"CA_FILE": ca, "CLIENT__CERT": cert, "CLIENT__KEY": key}
     env = os.environ | {f"DASK_DISTRIBUTED__COMM__TLS__{k}": v for k, v in settings.items()}
     by_config = str(tmp_path / "tls-config.zarr")
-    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", seed_store, "-o", by_config,
+    command = [*CLI, "run", "-i", seed_store, "-o", by_config,
                "--scheduler", tls_cluster.address, *options]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
@@ -187,6 +119,7 @@ def test_tls_cluster_refuses_a_certificate_from_another_authority(
     assert len(lines) == 1 and "cannot reach Dask scheduler" in lines[0], refused.stderr
 
 
+@pytest.mark.slow  # fast version: test_concurrent_jobs_on_a_standing_cluster (3 jobs)
 def test_ten_concurrent_jobs_on_two_workers_all_finish(
     plain_cluster, seed_store, seed_data, tmp_path
 ):
@@ -196,7 +129,7 @@ def test_ten_concurrent_jobs_on_two_workers_all_finish(
     launched = []
     for i, bandwidth in enumerate(bandwidths):
         out = str(tmp_path / f"load-{i}.zarr")
-        command = [sys.executable, "-m", "pipeline.cli", "run", "-i", seed_store, "-o", out,
+        command = [*CLI, "run", "-i", seed_store, "-o", out,
                    "--scheduler", plain_cluster.address, "--kernel", "gaussian", "--quiet",
                    "--bandwidth", str(bandwidth), "--name", f"load{i}"]  # fmt: skip
         launched.append((out, bandwidth, subprocess.Popen(command, stderr=subprocess.PIPE)))
@@ -214,10 +147,9 @@ def test_ten_concurrent_jobs_on_two_workers_all_finish(
 def test_a_job_on_a_cluster_whose_workers_are_all_busy_waits_and_finishes(
     plain_cluster, seed_store, tmp_path
 ):
-    occupied_for = 8.0
-    with plain_cluster.client() as client:
+    with plain_cluster.client() as client, get_task_stream(client) as stream:
         # one long task per worker thread: nothing is free when the job arrives
-        busy = [client.submit(time.sleep, occupied_for, pure=False, workers=[worker])
+        busy = [client.submit(time.sleep, 8.0, pure=False, workers=[worker])
                 for worker in client.scheduler_info()["workers"]]  # fmt: skip
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -225,12 +157,18 @@ def test_a_job_on_a_cluster_whose_workers_are_all_busy_waits_and_finishes(
             if sum(len(keys) for keys in processing.values()) >= len(busy):
                 break
             time.sleep(0.05)
-        started = time.monotonic()
         out = str(tmp_path / "waited.zarr")
-        done = meanshift("run", "-i", seed_store, "-o", out, "--scheduler", plain_cluster.address,
-                         "--kernel", "flat", "-b", "2.5", "--quiet")  # fmt: skip
-        waited = time.monotonic() - started
+        where = ["--scheduler", plain_cluster.address, "--name", "waited", "--quiet"]
+        done = meanshift(
+            "run", "-i", seed_store, "-o", out, "--kernel", "flat", "-b", "2.5", *where
+        )
         client.gather(busy)
     assert done.returncode == 0, done.stderr
     assert zarr.open_group(out, mode="r").attrs["status"] == "complete"
-    assert waited >= occupied_for * 0.5  # it queued behind the busy workers
+    # it queued behind the busy workers: every task of the job started after they were free
+    spans = {str(task["key"]): task["startstops"] for task in stream.data}
+    sleeps_end = max(span["stop"] for key, steps in spans.items() if key.startswith("sleep")
+                     for span in steps)  # fmt: skip
+    job_starts = [span["start"] for key, steps in spans.items() if "waited-" in key
+                  for span in steps if span["action"] == "compute"]  # fmt: skip
+    assert job_starts and min(job_starts) >= sleeps_end

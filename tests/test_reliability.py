@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,12 +12,7 @@ import zarr
 from pipeline.engine import mean_shift
 from pipeline.params import make_params
 
-from .support import tree_digest
-
-
-def meanshift(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+from .support import CLI, meanshift, tree_digest
 
 
 @pytest.fixture
@@ -63,7 +57,7 @@ def test_killing_a_worker_mid_run_gives_the_undisturbed_result(tmp_path):
                             *options)  # fmt: skip
     assert undisturbed.returncode == 0, undisturbed.stderr
     out = str(tmp_path / "disturbed.zarr")
-    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", data, "-o", out,
+    command = [*CLI, "run", "-i", data, "-o", out,
                "--n-workers", "2", *options]  # fmt: skip
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     address = _scheduler_address(run)
@@ -91,7 +85,7 @@ def test_workers_killed_while_the_cluster_starts_are_replaced(
     seed_store, seed_data, tmp_path, kills, outcome
 ):
     out = str(tmp_path / "out.zarr")
-    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", seed_store, "-o", out,
+    command = [*CLI, "run", "-i", seed_store, "-o", out,
                "-b", "2.5", "--n-workers", "2", "--quiet"]  # fmt: skip
     run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     killed = _kill_workers_as_they_start(run, most=kills)
@@ -108,7 +102,7 @@ def test_workers_killed_while_the_cluster_starts_are_replaced(
 
 def test_no_worker_able_to_start_is_one_line_and_exit_5(seed_store, tmp_path):
     out = str(tmp_path / "out.zarr")
-    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", seed_store, "-o", out,
+    command = [*CLI, "run", "-i", seed_store, "-o", out,
                "-b", "2.5", "--n-workers", "1"]  # fmt: skip
     run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     killed = _kill_workers_as_they_start(run, most=10)
@@ -223,7 +217,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_the_input_alone(chunked_store, 
     assert warm.returncode == 0, warm.stderr
     digest = tree_digest(chunked_store)
     out = str(tmp_path / "out.zarr")
-    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", chunked_store, "-o", out,
+    command = [*CLI, "run", "-i", chunked_store, "-o", out,
                "-b", "2.5", "--quiet", "--n-workers", "1"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           preexec_fn=_limit_file_size(limit))  # fmt: skip
@@ -305,7 +299,7 @@ def test_a_killed_driver_resumes_from_its_last_iteration(tmp_path):
     reference = str(tmp_path / "reference.zarr")
     assert meanshift("run", "-i", data, "-o", reference, *options).returncode == 0
     out = str(tmp_path / "out.zarr")
-    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", data, "-o", out, *options]
+    command = [*CLI, "run", "-i", data, "-o", out, *options]
     saved = _kill_driver_once(command, out, lambda state: state.get("iteration", 0) >= 2)
     assert saved.get("iteration", 0) >= 2, "the run ended before two iterations were saved"
     assert zarr.open_group(out, mode="r").attrs["status"] == "running"  # not complete
@@ -332,7 +326,7 @@ def test_a_killed_standard_run_reuses_its_finished_seed_chunks(tmp_path):
     reference = str(tmp_path / "reference.zarr")
     assert meanshift("run", "-i", data, "-o", reference, *options).returncode == 0
     out = str(tmp_path / "out.zarr")
-    command = [sys.executable, "-m", "pipeline.cli", "run", "-i", data, "-o", out, *options]
+    command = [*CLI, "run", "-i", data, "-o", out, *options]
     saved = _kill_driver_once(command, out, lambda state: len(state.get("done", [])) >= 2)
     done = len(saved.get("done", []))
     assert saved.get("stage") == "standard" and 2 <= done < len(saved["chunks"]), saved
@@ -380,7 +374,15 @@ def test_the_binned_method_resumes_after_its_binning_pass(seed_store, tmp_path):
     assert "checkpoint" not in b
 
 
-@pytest.mark.parametrize(("every", "expected"), [(1, 4), (3, 3), (0, 0)])
+@pytest.mark.parametrize(
+    ("every", "expected"),
+    [
+        # the default interval: test_a_killed_driver_resumes_from_its_last_iteration
+        pytest.param(1, 4, marks=pytest.mark.slow),
+        (3, 3),
+        (0, 0),
+    ],
+)
 def test_the_checkpoint_interval_sets_where_a_blurring_run_resumes(
     seed_store, tmp_path, every, expected
 ):
@@ -425,9 +427,13 @@ def test_rerunning_a_finished_job_is_a_no_op_and_another_job_is_refused(chunked_
 
 @pytest.mark.parametrize(
     "config",
-    [dict(kernel="gaussian", blurring=True, method="exact"),
-     dict(kernel="flat", method="binned", bandwidth=2.0)],
-)  # fmt: skip
+    [
+        dict(kernel="gaussian", blurring=True, method="exact"),
+        # binned: test_results_do_not_depend_on_chunking (test_methods) in process and
+        # test_binned_job_on_worker_processes_matches_one_worker (test_job)
+        pytest.param(dict(kernel="flat", method="binned", bandwidth=2.0), marks=pytest.mark.slow),
+    ],
+)
 def test_identical_results_across_worker_counts_threads_and_processes(seed_store, tmp_path, config):
     from distributed import LocalCluster
 

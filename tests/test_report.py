@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import matplotlib.image
 import pytest
 
@@ -12,10 +9,7 @@ from pipeline.job import run_job
 from pipeline.params import make_params
 from pipeline.report import write_report
 
-
-def meanshift(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+from .support import meanshift
 
 
 @pytest.fixture(scope="module")

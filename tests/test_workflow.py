@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,14 +13,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from pipeline.spec import load_spec
 
-from .support import tree_digest
+from .support import meanshift, tree_digest
 
 WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "workflows")
-
-
-def meanshift(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pipeline.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def copy_example(name: str, folder) -> str:
@@ -75,18 +68,14 @@ def test_large_binned_spec_runs(tmp_path):
     assert adjusted_rand_score(truth, out["labels"][...]) >= 0.999
 
 
-def test_cluster_spec_runs_with_flags_overriding_the_spec(tmp_path, seed_store, seed_data):
-    from .test_cluster import StandingCluster
-
+def test_cluster_spec_runs_with_flags_overriding_the_spec(
+    tmp_path, seed_store, seed_data, plain_cluster
+):
     spec = copy_example("cluster-job.yaml", tmp_path)
-    cluster = StandingCluster(str(tmp_path / "cluster"))
-    try:
-        out = str(tmp_path / "cluster-out.zarr")
-        done = meanshift("run", "--spec", spec, "-i", seed_store, "-o", out, "--scheduler",
-                         cluster.address, "--kernel", "gaussian", "--bandwidth", "2.5",
-                         "--quiet")  # fmt: skip
-    finally:
-        cluster.close()
+    out = str(tmp_path / "cluster-out.zarr")
+    done = meanshift("run", "--spec", spec, "-i", seed_store, "-o", out, "--scheduler",
+                     plain_cluster.address, "--kernel", "gaussian", "--bandwidth", "2.5",
+                     "--quiet")  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = zarr.open_group(out, mode="r")
     assert result.attrs["parameters"]["kernel"] == "gaussian"  # the flag, not the spec's flat
