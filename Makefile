@@ -1,10 +1,11 @@
 # Two entry points: `make demo` runs the seed demo on an embedded Dask cluster,
-# `make test` runs the test suite. Both create .venv with python3 and pip.
+# `make test` runs the test suite (`make test-all` adds the slow tests: what CI runs).
+# All create .venv with python3 and pip.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-all bench install clean
 
 $(BIN)/meanshift: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +19,10 @@ demo: install
 	$(BIN)/meanshift demo
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+	$(BIN)/python -m pytest -q -n auto -m "not slow and not gpu"
+
+test-all: install
+	$(BIN)/python -m pytest -q -n auto -m "not gpu"
 
 clean:
 	rm -rf $(VENV) meanshift-demo.png .pytest_cache

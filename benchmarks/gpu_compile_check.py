@@ -73,8 +73,7 @@ def main() -> int:
                 )
     for kernel in ("gaussian", "epanechnikov"):  # the GEMM route's elementwise body
         body = (
-            gpu.GEMM_WEIGHT_PRELUDE
-            + 'extern "C" __global__ void gemm_weight(const float* G, const float* QN,'
+            gpu.PRELUDE + 'extern "C" __global__ void gemm_weight(const float* G, const float* QN,'
             " const float* PN, const float* PW, float* W, int n) {\n"
             " int i = blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
             " float g = G[i], qn = QN[i], pn = PN[i], pw = PW[i]; float w;\n "

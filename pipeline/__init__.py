@@ -6,9 +6,13 @@ The same engine serves three doors: the estimator :class:`MeanShift`, the
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("meanshift-pipeline")  # pyproject.toml's
+except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "unknown"
 __all__ = [
     "MeanShift",
     "MeanShiftParams",

@@ -15,8 +15,6 @@ import numpy as np
 
 from .errors import ParameterError
 
-BackendName = Literal["auto", "numpy", "cupy"]
-
 
 def gpu_available() -> bool:
     """Return True when CuPy is installed and sees at least one CUDA device."""

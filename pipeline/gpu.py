@@ -390,9 +390,6 @@ def grid_source(n_dims: int, kernel: str, weighted: bool, threads: int = GRID_TH
     return "".join(lines)
 
 
-GEMM_WEIGHT_PRELUDE = PRELUDE
-
-
 def gemm_weight_operation(kernel: str) -> str:
     """Elementwise operation of the GEMM route: squared distance from the product, weight."""
     expr = _weight_expression(kernel, weighted=True)
@@ -434,7 +431,7 @@ def _gemm_weight_kernel(kernel: str) -> Any:
         "float32 w",
         gemm_weight_operation(kernel),
         f"ms_gemm_weight_{kernel}",
-        preamble=GEMM_WEIGHT_PRELUDE,
+        preamble=PRELUDE,
     )
 
 

@@ -37,11 +37,6 @@ def job_tag(text: str) -> Iterator[str]:
         _tag.reset(token)
 
 
-def current_tag() -> str:
-    """The tag of the job being built (``meanshift`` outside :func:`job_tag`)."""
-    return _tag.get()
-
-
 def task_name(stage: str, *parts: Any) -> str:
     """``<tag>-<stage>-<token of parts and tag>``: one key name per distinct input.
 

@@ -147,9 +147,10 @@ def test_ten_concurrent_jobs_on_two_workers_all_finish(
 def test_a_job_on_a_cluster_whose_workers_are_all_busy_waits_and_finishes(
     plain_cluster, seed_store, tmp_path
 ):
+    occupied_for = 8.0
     with plain_cluster.client() as client, get_task_stream(client) as stream:
         # one long task per worker thread: nothing is free when the job arrives
-        busy = [client.submit(time.sleep, 8.0, pure=False, workers=[worker])
+        busy = [client.submit(time.sleep, occupied_for, pure=False, workers=[worker])
                 for worker in client.scheduler_info()["workers"]]  # fmt: skip
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -165,10 +166,12 @@ def test_a_job_on_a_cluster_whose_workers_are_all_busy_waits_and_finishes(
         client.gather(busy)
     assert done.returncode == 0, done.stderr
     assert zarr.open_group(out, mode="r").attrs["status"] == "complete"
-    # it queued behind the busy workers: every task of the job started after they were free
-    spans = {str(task["key"]): task["startstops"] for task in stream.data}
-    sleeps_end = max(span["stop"] for key, steps in spans.items() if key.startswith("sleep")
-                     for span in steps)  # fmt: skip
-    job_starts = [span["start"] for key, steps in spans.items() if "waited-" in key
-                  for span in steps if span["action"] == "compute"]  # fmt: skip
-    assert job_starts and min(job_starts) >= sleeps_end
+    # it queued behind the busy workers: on each worker, the job's tasks started only
+    # once that worker's long task had slept its time
+    freed = {task["worker"]: min(span["start"] for span in task["startstops"]) + occupied_for
+             for task in stream.data if str(task["key"]).startswith("sleep")}  # fmt: skip
+    job_starts = [(task["worker"], span["start"]) for task in stream.data
+                  if "waited-" in str(task["key"])
+                  for span in task["startstops"] if span["action"] == "compute"]  # fmt: skip
+    assert len(freed) == len(busy) and job_starts
+    assert all(start >= freed[worker] - 1e-3 for worker, start in job_starts)

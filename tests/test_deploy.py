@@ -132,3 +132,36 @@ def test_conda_environments_match_the_package_dependencies():
         assert core <= listed, (env_file, core - listed)
         assert test <= listed, (env_file, test - listed)
         assert extra <= listed, (env_file, extra - listed)
+
+
+def test_ci_runs_a_test_command_the_readme_gives_and_the_makefile_defines():
+    ci = [line.strip() for line in read(".ci/run").splitlines()]
+    command = ci[-1]  # the last line runs the tests
+    assert command.startswith("make ")
+    readme = read("README.md")
+    assert f"{command} " in readme  # given in the README's test section
+    target = command.split()[1]
+    makefile = read("Makefile")
+    recipe = makefile.split(f"\n{target}: ", 1)[1].split("\n\n", 1)[0]
+    assert "pytest" in recipe and '-m "not gpu"' in recipe  # everything a CPU can run
+    fast = makefile.split("\ntest: ", 1)[1].split("\n\n", 1)[0]
+    assert '-m "not slow and not gpu"' in fast
+    assert readme.splitlines()[:12].count("make test    # the test suite") == 1
+    markers = tomllib.loads(read("pyproject.toml"))["tool"]["pytest"]["ini_options"]["markers"]
+    assert {m.split(":")[0] for m in markers} == {"slow", "gpu"}
+
+
+def test_every_slow_test_names_the_faster_test_of_its_property():
+    """A ``slow`` mark sits next to a comment naming the fast test that checks the same."""
+    tests = os.path.dirname(__file__)
+    found = 0
+    for name in sorted(os.listdir(tests)):
+        if not name.startswith("test_") or not name.endswith(".py"):
+            continue
+        lines = read(os.path.join("tests", name)).splitlines()
+        for i, line in enumerate(lines):
+            if "mark.slow" in line and "markers" not in line:
+                found += 1
+                comments = [x.split("#", 1)[1] for x in lines[max(0, i - 3) : i + 1] if "#" in x]
+                assert re.search(r"\btest_\w+", " ".join(comments)), (name, i + 1)
+    assert found >= 1
