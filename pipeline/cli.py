@@ -6,14 +6,12 @@ import os
 import sys
 import tempfile
 import warnings
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from .errors import PipelineError
-from .params import KERNELS
-
-RULES = {"auto": "knn", "knn": "knn", "scott": "scott", "silverman": "silverman"}
+from .params import BANDWIDTH_ESTIMATES, MeanShiftParams
 
 
 class BandwidthType(click.ParamType):
@@ -24,8 +22,8 @@ class BandwidthType(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> float | str | None:
         if value is None:
             return None
-        if isinstance(value, str) and value.lower() in RULES:
-            return RULES[value.lower()]
+        if isinstance(value, str) and value.lower() in BANDWIDTH_ESTIMATES:
+            return BANDWIDTH_ESTIMATES[value.lower()]
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -75,70 +73,51 @@ def generate(
     )
 
 
+def parameter_option(name: str) -> Any:
+    """The ``run`` option of one run parameter, built from its field in MeanShiftParams
+    (flag name, choices, range, default and help)."""
+    field = MeanShiftParams.model_fields[name]
+    flag = "--" + name.replace("_", "-")
+    settings: dict[str, Any] = {"default": field.default, "help": field.description}
+    settings["show_default"] = field.default is not None
+    if field.annotation is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", **settings)
+    choices = [a for a in get_args(field.annotation) if isinstance(a, str)]
+    choices += [c for a in get_args(field.annotation) for c in get_args(a)]
+    if choices:
+        return click.option(flag, type=click.Choice(choices), **settings)
+    bounds: dict[str, Any] = {}
+    for rule in field.metadata:  # pydantic's ge / gt / le / lt constraints
+        for key, bound, is_open in (("ge", "min", False), ("gt", "min", True),
+                                    ("le", "max", False), ("lt", "max", True)):  # fmt: skip
+            if getattr(rule, key, None) is not None:
+                bounds[bound], bounds[f"{bound}_open"] = getattr(rule, key), is_open
+    if field.annotation is int:
+        bounds = {k: v for k, v in bounds.items() if not k.endswith("_open")}
+        return click.option(flag, type=click.IntRange(**bounds), **settings)
+    return click.option(flag, type=click.FloatRange(**bounds), **settings)
+
+
+PARAMETERS_ELSEWHERE = {"bandwidth_rule": "--bandwidth auto|knn|scott|silverman"}
+"""Run parameters without an option of their own, and where the command line takes them."""
+
+
 def _run_options(func: Any) -> Any:
-    options = [
-        click.option(
-            "--bandwidth",
-            "-b",
-            type=BandwidthType(),
-            default="auto",
-            show_default=True,
-            help="Kernel bandwidth, or 'auto' to estimate it from a sample.",
-        ),
-        click.option("--kernel", type=click.Choice(KERNELS), default="flat", show_default=True),
-        click.option(
-            "--blurring/--no-blurring",
-            default=False,
-            show_default=True,
-            help="Blurring mean shift (the point set moves) or standard (seeds move).",
-        ),
-        click.option(
-            "--bin-seeding",
-            is_flag=True,
-            help="Seed from grid bins of side bandwidth (standard mean shift).",
-        ),
-        click.option("--min-bin-freq", default=1, show_default=True, type=click.IntRange(min=1)),
-        click.option(
-            "--cluster-all/--no-cluster-all",
-            default=True,
-            show_default=True,
-            help="Without it, points farther than the bandwidth from their centre get label -1.",
-        ),
-        click.option(
-            "--method",
-            type=click.Choice(["auto", "exact", "grid", "binned"]),
-            default="auto",
-            show_default=True,
-            help="exact: all pairs; grid: neighbouring cells only; binned: weighted cells first.",
-        ),
-        click.option(
-            "--bin-fraction",
-            default=0.25,
-            show_default=True,
-            type=click.FloatRange(min=0, max=1, min_open=True),
-            help="Cell side of the binned method, as a fraction of the bandwidth.",
-        ),
-        click.option(
-            "--label-by",
-            type=click.Choice(["nearest", "mode"]),
-            default=None,
-            help="Join the centre nearest to each point (scikit-learn) or to its mode "
-            "[default: mode when blurring, else nearest].",
-        ),
-        click.option("--max-iter", default=300, show_default=True, type=click.IntRange(min=1)),
-        click.option(
-            "--tol",
-            default=1e-3,
-            show_default=True,
-            type=click.FloatRange(min=0, max=1, max_open=True),
-            help="Stop when shifts are at most tol x bandwidth.",
-        ),
-        click.option(
-            "--backend",
-            type=click.Choice(["auto", "numpy", "cupy"]),
-            default="auto",
-            show_default=True,
-        ),
+    bandwidth = click.option(
+        "--bandwidth",
+        "-b",
+        type=BandwidthType(),
+        default="auto",
+        show_default=True,
+        help="Kernel bandwidth, or the rule that estimates it from a sample "
+        "(auto = knn, scott, silverman).",
+    )
+    options = [bandwidth] + [
+        parameter_option(name)
+        for name in MeanShiftParams.model_fields
+        if name != "bandwidth" and name not in PARAMETERS_ELSEWHERE
+    ]
+    options += [
         click.option(
             "--scheduler",
             default=None,

@@ -16,7 +16,7 @@ from .backend import namespace_of, to_host
 from .cluster import dask_client
 from .engine import mean_shift, rows_per_chunk
 from .kernels import nearest
-from .params import DEFAULT_BLOCK_BYTES, make_params
+from .params import DEFAULT_BLOCK_BYTES, MeanShiftParams, make_params, parameters_doc
 
 
 class MeanShift(ClusterMixin, BaseEstimator):
@@ -27,46 +27,17 @@ class MeanShift(ClusterMixin, BaseEstimator):
 
     Parameters
     ----------
-    bandwidth : float, optional
-        Kernel bandwidth; estimated from a sample of at most
-        ``bandwidth_n_samples`` points when omitted.
     seeds : array of shape (m, d), optional
-        Starting points of standard mean shift.
-    bin_seeding : bool, default False
-        Seed from grid bins of side ``bandwidth``.
-    min_bin_freq : int, default 1
-        Fewest points a bin needs to become a seed.
-    cluster_all : bool, default True
-        When False, points farther than ``bandwidth`` from their centre get -1.
+        Starting points of standard mean shift (overrides ``bin_seeding``).
     n_jobs : int, optional
         Threads for in-memory input (default: one per CPU; no effect on a Dask cluster).
-    max_iter : int, default 300
-    kernel : {"flat", "gaussian", "epanechnikov"}, default "flat"
-    blurring : bool, default False
-        Blurring mean shift: all points move together (the seed notebook's algorithm).
-    tol : float, default 1e-3
-        Convergence threshold as a fraction of the bandwidth.
-    backend : {"auto", "numpy", "cupy"}, default "auto"
     scheduler : str, optional
         Address of a Dask scheduler to run on. Without it, dask input runs on the
         active Dask scheduler and in-memory input in this process, without a task
         graph (methods exact and grid).
     n_workers : int, optional
         Start an embedded local Dask cluster with this many worker processes for the fit.
-    bandwidth_rule : {"knn", "scott", "silverman"}, default "knn"
-        How an omitted bandwidth is estimated.
-    bandwidth_quantile : float, default 0.3
-    bandwidth_n_samples : int, default 5000
-    random_state : int, default 0
-    block_bytes : int, default 64 MiB
-        Most memory of pairwise intermediates one task holds.
-    label_by : {"nearest", "mode"}, optional
-        ``nearest``: each point joins the nearest centre (scikit-learn); ``mode``:
-        the centre nearest to where it converged. Default: ``mode`` when blurring.
-    method : {"auto", "exact", "grid", "binned"}, default "auto"
-        How far each query looks; see :class:`pipeline.params.MeanShiftParams`.
-    bin_fraction : float, default 0.25
-        Cell side of the binned method, as a fraction of the bandwidth.
+    {run_parameters}
 
     Attributes
     ----------
@@ -135,26 +106,9 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self.method = method
         self.bin_fraction = bin_fraction
 
-    def _params(self):
-        return make_params(
-            bandwidth=self.bandwidth,
-            kernel=self.kernel,
-            blurring=self.blurring,
-            bin_seeding=self.bin_seeding,
-            min_bin_freq=self.min_bin_freq,
-            cluster_all=self.cluster_all,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            bandwidth_rule=self.bandwidth_rule,
-            bandwidth_quantile=self.bandwidth_quantile,
-            bandwidth_n_samples=self.bandwidth_n_samples,
-            random_state=self.random_state,
-            block_bytes=self.block_bytes,
-            backend=self.backend,
-            label_by=self.label_by,
-            method=self.method,
-            bin_fraction=self.bin_fraction,
-        )
+    def _params(self) -> MeanShiftParams:
+        """The run parameters: this estimator's attributes of the same names."""
+        return make_params(**{name: getattr(self, name) for name in MeanShiftParams.model_fields})
 
     @property
     def _on_cluster(self) -> bool:
@@ -264,3 +218,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
 def _predict_block(block: np.ndarray, centers: np.ndarray, block_bytes: int) -> np.ndarray:
     index, _ = nearest(np.asarray(block, dtype=np.float64), centers, np, block_bytes)
     return index.astype(np.int32)
+
+
+assert MeanShift.__doc__ is not None
+MeanShift.__doc__ = MeanShift.__doc__.replace("    {run_parameters}", parameters_doc())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+import textwrap
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -17,77 +18,110 @@ from pydantic import (
 from .errors import ParameterError
 
 KernelName = Literal["gaussian", "flat", "epanechnikov"]
-KERNELS: tuple[str, ...] = ("gaussian", "flat", "epanechnikov")
+KERNELS: tuple[str, ...] = get_args(KernelName)
 DEFAULT_BLOCK_BYTES = 64 * 2**20
+
+BANDWIDTH_ESTIMATES = {"auto": "knn", "knn": "knn", "scott": "scott", "silverman": "silverman"}
+"""Names a user may give instead of a bandwidth (CLI, specs), and the rule each stands for."""
 
 
 class MeanShiftParams(BaseModel):
     """Parameters of one mean shift run.
 
-    Attributes
-    ----------
-    bandwidth : float or None
-        Kernel bandwidth in data units; ``None`` estimates it (see
-        :func:`pipeline.bandwidth.estimate_bandwidth`).
-    kernel : {"gaussian", "flat", "epanechnikov"}
-        Weight given to a point at distance ``r``: ``exp(-r²/2h²)``, ``r <= h``
-        (scikit-learn's kernel), or ``max(0, 1 - r²/h²)``.
-    blurring : bool
-        Blurring mean shift (every point moves, the set moves with it) instead of
-        standard mean shift (seeds move against the fixed point set).
-    bin_seeding, min_bin_freq :
-        Seed standard mean shift from grid cells of side ``bandwidth`` holding at
-        least ``min_bin_freq`` points, as scikit-learn does.
-    cluster_all : bool
-        Label every point; when False, points farther than ``bandwidth`` from
-        their cluster centre get label -1.
-    max_iter : int
-        Most iterations of the shift (per seed for standard mean shift).
-    tol : float
-        Convergence threshold as a fraction of the bandwidth: a seed (or, when
-        blurring, every point) that moves at most ``tol * bandwidth`` has stopped.
-    bandwidth_rule, bandwidth_quantile, bandwidth_n_samples, random_state :
-        Controls of the bandwidth estimate (see :func:`pipeline.bandwidth.estimate_bandwidth`).
-    block_bytes : int
-        Most bytes of pairwise intermediates one task holds at a time.
-    backend : {"auto", "numpy", "cupy"}
-        Array module for the shift kernels.
-    method : {"auto", "exact", "grid", "binned"}
-        ``exact``: every point meets every point. ``grid``: only points in
-        neighbouring grid cells meet (exact for flat/Epanechnikov, Gaussian weights
-        beyond 5 bandwidths ignored). ``binned``: points are first reduced to weighted
-        cells of side ``bin_fraction * bandwidth`` and mean shift runs on the cells.
-        ``auto``: exact up to 20,000 points or beyond 6 dimensions, binned up to 4
-        dimensions, grid otherwise.
-    bin_fraction : float
-        Cell side of the binned method, as a fraction of the bandwidth.
-    label_by : {"nearest", "mode"} or None
-        ``nearest``: a point joins the centre nearest to it (scikit-learn).
-        ``mode``: a point joins the centre nearest to where it converged (its basin
-        of attraction; needs the points as seeds; with the binned method, where its
-        cell converged). None: ``mode`` for blurring mean shift and the binned
-        method, ``nearest`` otherwise.
+    The fields below are the one declaration of the run parameters: the command
+    line's options, the estimator's parameter docs and the workflow spec's
+    ``params`` are built from them (each field's ``description``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bandwidth: float | None = None
-    kernel: KernelName = "flat"
-    blurring: bool = False
-    bin_seeding: bool = False
-    min_bin_freq: int = Field(default=1, ge=1)
-    cluster_all: bool = True
-    max_iter: int = Field(default=300, ge=1)
-    tol: float = Field(default=1e-3, ge=0.0, lt=1.0)
-    bandwidth_rule: Literal["knn", "scott", "silverman"] = "knn"
-    bandwidth_quantile: float = Field(default=0.3, gt=0.0, le=1.0)
-    bandwidth_n_samples: int = Field(default=5000, ge=2)
-    random_state: int = Field(default=0, ge=0)
-    block_bytes: int = Field(default=DEFAULT_BLOCK_BYTES, ge=2**16)
-    backend: Literal["auto", "numpy", "cupy"] = "auto"
-    method: Literal["auto", "exact", "grid", "binned"] = "auto"
-    bin_fraction: float = Field(default=0.25, gt=0.0, le=1.0)
-    label_by: Literal["nearest", "mode"] | None = None
+    bandwidth: float | None = Field(
+        default=None,
+        description="Kernel bandwidth in data units; None estimates it from a sample "
+        "(bandwidth_rule).",
+    )
+    kernel: KernelName = Field(
+        default="flat",
+        description="Weight of a point at distance r: gaussian exp(-r^2/2h^2), flat r <= h "
+        "(scikit-learn's), or epanechnikov max(0, 1 - r^2/h^2).",
+    )
+    blurring: bool = Field(
+        default=False,
+        description="Blurring mean shift (every point moves, the set moves with it) instead "
+        "of standard mean shift (seeds move against the fixed point set).",
+    )
+    bin_seeding: bool = Field(
+        default=False,
+        description="Seed standard mean shift from grid cells of side bandwidth, as "
+        "scikit-learn does.",
+    )
+    min_bin_freq: int = Field(
+        default=1, ge=1, description="Fewest points a grid cell needs to become a seed."
+    )
+    cluster_all: bool = Field(
+        default=True,
+        description="Label every point; otherwise points farther than the bandwidth from "
+        "their cluster centre get label -1.",
+    )
+    max_iter: int = Field(
+        default=300,
+        ge=1,
+        description="Most iterations of the shift (per seed for standard mean shift).",
+    )
+    tol: float = Field(
+        default=1e-3,
+        ge=0.0,
+        lt=1.0,
+        description="Convergence threshold as a fraction of the bandwidth: a seed (when "
+        "blurring, every point) that moves at most tol x bandwidth has stopped.",
+    )
+    bandwidth_rule: Literal["knn", "scott", "silverman"] = Field(
+        default="knn",
+        description="How an omitted bandwidth is estimated: knn (a quantile of "
+        "nearest-neighbour distances, scikit-learn's estimate), scott or silverman.",
+    )
+    bandwidth_quantile: float = Field(
+        default=0.3,
+        gt=0.0,
+        le=1.0,
+        description="Quantile of the nearest-neighbour distances the knn estimate takes.",
+    )
+    bandwidth_n_samples: int = Field(
+        default=5000, ge=2, description="Points sampled for the bandwidth estimate."
+    )
+    random_state: int = Field(
+        default=0, ge=0, description="Seed of the bandwidth estimate's sample."
+    )
+    block_bytes: int = Field(
+        default=DEFAULT_BLOCK_BYTES,
+        ge=2**16,
+        description="Most bytes of pairwise intermediates one task holds at a time.",
+    )
+    backend: Literal["auto", "numpy", "cupy"] = Field(
+        default="auto",
+        description="Array module of the shift kernels: cupy where a GPU is usable (auto), "
+        "or numpy.",
+    )
+    method: Literal["auto", "exact", "grid", "binned"] = Field(
+        default="auto",
+        description="exact: every point meets every point; grid: only points in "
+        "neighbouring cells meet (Gaussian weights beyond 5 bandwidths ignored); binned: "
+        "points are first reduced to weighted cells of side bin_fraction x bandwidth; "
+        "auto: exact up to 20,000 points or beyond 6 dimensions, binned up to 4, "
+        "grid otherwise.",
+    )
+    bin_fraction: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=1.0,
+        description="Cell side of the binned method, as a fraction of the bandwidth.",
+    )
+    label_by: Literal["nearest", "mode"] | None = Field(
+        default=None,
+        description="nearest: a point joins the centre nearest to it (scikit-learn); mode: "
+        "the centre nearest to where it converged (needs the points as seeds); None: mode "
+        "when blurring or binned, else nearest.",
+    )
 
     @field_validator("bandwidth")
     @classmethod
@@ -110,6 +144,40 @@ class MeanShiftParams(BaseModel):
             return self.blurring or method == "binned"
         return self.label_by == "mode"
 
+
+def parameters_doc(names: list[str] | tuple[str, ...] | None = None, indent: str = "    ") -> str:
+    """A numpydoc section body documenting run parameters from their field declarations.
+
+    Parameters
+    ----------
+    names : sequence of str, optional
+        Fields to document, in this order (default: all, in declaration order).
+    indent : str
+        Indentation of the field lines (descriptions get four spaces more).
+    """
+    lines = []
+    for name in names or tuple(MeanShiftParams.model_fields):
+        field = MeanShiftParams.model_fields[name]
+        default = "64 MiB" if name == "block_bytes" else repr(field.default)
+        lines.append(f"{indent}{name} : {_type_text(field.annotation)}, default {default}")
+        lines.append(textwrap.fill(field.description or "", 88, break_on_hyphens=False,
+                                   initial_indent=indent + "    ",
+                                   subsequent_indent=indent + "    "))  # fmt: skip
+    return "\n".join(lines)
+
+
+def _type_text(annotation: Any) -> str:
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if args and all(isinstance(a, str) for a in args):  # a Literal
+        return "{" + ", ".join(f'"{a}"' for a in args) + "}"
+    if args:  # X | None, Literal[...] | None
+        return _type_text(args[0]) + " or None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+MeanShiftParams.__doc__ = (
+    f"{MeanShiftParams.__doc__.rstrip()}\n\n    Attributes\n    ----------\n{parameters_doc()}\n"
+)
 
 EXACT_MAX_POINTS = 20_000
 GRID_MAX_DIMS = 6

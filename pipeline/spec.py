@@ -34,10 +34,9 @@ from pydantic import (
 )
 
 from .errors import ParameterError
-from .params import MeanShiftParams, describe_validation_error
+from .params import BANDWIDTH_ESTIMATES, MeanShiftParams, describe_validation_error
 
 PLACEHOLDERS = ("name", "date", "run_id")
-ESTIMATES = {"auto": "knn", "knn": "knn", "scott": "scott", "silverman": "silverman"}
 
 
 class _Strict(BaseModel):
@@ -163,12 +162,12 @@ def params_values(params: dict[str, Any]) -> dict[str, Any]:
     values = dict(params)
     bandwidth = values.get("bandwidth")
     if isinstance(bandwidth, str):
-        if bandwidth.lower() not in ESTIMATES:
+        if bandwidth.lower() not in BANDWIDTH_ESTIMATES:
             raise ValueError(
                 f"bandwidth: {bandwidth!r} is neither a number nor auto/scott/silverman"
             )
         values["bandwidth"] = None
-        values["bandwidth_rule"] = ESTIMATES[bandwidth.lower()]
+        values["bandwidth_rule"] = BANDWIDTH_ESTIMATES[bandwidth.lower()]
     return values
 
 
