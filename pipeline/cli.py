@@ -417,7 +417,7 @@ def validate(specs: tuple[str, ...]) -> None:
         try:
             spec = load_spec(path)
         except PipelineError as exc:
-            click.echo(f"meanshift: error: {exc}", err=True)
+            click.echo(f"meanshift: error: {exc.worded(option_name)}", err=True)
             failed += 1
             continue
         when = f", schedule '{spec.schedule.cron}'" if spec.schedule else ""
@@ -523,6 +523,24 @@ def status(output: str) -> None:
         sys.exit(1)
 
 
+OPTION_NAMES = {
+    "n_clusters": "--clusters",
+    "n_dims": "--dims",
+    "ca_file": "--tls-ca-file",
+    "cert_file": "--tls-cert",
+    "key_file": "--tls-key",
+    "security": "--tls-ca-file and --tls-cert",
+}
+"""Library parameter names whose command-line option is not ``--`` + the name."""
+
+
+def option_name(parameter: str, value: Any) -> str:
+    """How the command line names a parameter in an error message (its option; a
+    switch that would change the outcome as the flag that sets it)."""
+    flag = OPTION_NAMES.get(parameter, "--" + parameter.replace("_", "-"))
+    return f"--no-{flag[2:]}" if value is False else flag
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``meanshift`` console script."""
     warnings.showwarning = _show_warning
@@ -539,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"meanshift: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except PipelineError as exc:
-        click.echo(f"meanshift: error: {exc}", err=True)
+        click.echo(f"meanshift: error: {exc.worded(option_name)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("meanshift: interrupted", err=True)

@@ -14,7 +14,7 @@ from distributed.core import Status
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
 
-from .errors import ClusterError, ParameterError
+from .errors import ClusterError, ParameterError, literal
 
 
 def tls_security(
@@ -34,7 +34,9 @@ def tls_security(
         return None
     if ca_file is None or cert_file is None:
         raise ParameterError(
-            "TLS needs at least a CA file and a certificate (--tls-ca-file, --tls-cert)"
+            "TLS needs at least a CA file and a certificate ({ca_file}, {cert_file})",
+            ca_file=None,
+            cert_file=None,
         )
     for what, path in given.items():
         if path is not None and not os.path.isfile(path):
@@ -88,8 +90,9 @@ def dask_client(
             settings = security or Security()  # default: Dask's distributed.comm.tls config
             if settings.get_connection_args("client").get("ssl_context") is None:
                 raise ClusterError(
-                    f"{scheduler} needs TLS: give --tls-ca-file and --tls-cert "
-                    "(or set distributed.comm.tls in the Dask config)"
+                    f"{literal(scheduler)} needs TLS: give {{security}} "
+                    "(or set distributed.comm.tls in the Dask config)",
+                    security=None,
                 )
         try:
             client = Client(scheduler, timeout=timeout, set_as_default=True, security=security)
@@ -271,7 +274,7 @@ def _cuda_cluster(n_workers: int | None) -> Iterator[Client]:
         from dask_cuda import LocalCUDACluster
     except ImportError:
         raise ClusterError(
-            "--cluster local-cuda needs dask-cuda: pip install 'meanshift-pipeline[gpu]'"
+            "a local-cuda cluster needs dask-cuda: pip install 'meanshift-pipeline[gpu]'"
         ) from None
     try:
         cluster = LocalCUDACluster(**cuda_cluster_options(n_workers))

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import zarr
 
-from .errors import OutputError, ParameterError
+from .errors import OutputError, ParameterError, literal
 from .store import existing_attributes, is_local, local_path
 
 GENERATOR = "meanshift generate"
@@ -60,18 +60,26 @@ def write_blobs(
     from N(centroid_c, spread·I). Memory use is bounded by ``GENERATION_BLOCK`` rows.
     """
     if n_clusters < 1 or per_cluster < 1 or n_dims < 1:
-        raise ParameterError("--clusters, --per-cluster and --dims must be at least 1")
+        raise ParameterError(
+            "{n_clusters}, {per_cluster} and {n_dims} must be at least 1",
+            n_clusters=None,
+            per_cluster=None,
+            n_dims=None,
+        )
     if not (spread > 0 and np.isfinite(spread)):
-        raise ParameterError("--spread must be a positive number")
+        raise ParameterError("{spread} must be a positive number", spread=None)
     n = n_clusters * per_cluster
     chunk = min(n, chunk or min(n, 2**18))
     if chunk < 1:
-        raise ParameterError("--chunk must be at least 1")
+        raise ParameterError("{chunk} must be at least 1", chunk=None)
     if is_local(url) and os.path.lexists(local_path(url)):
         if (existing_attributes(url) or {}).get("generator") != GENERATOR:
             raise OutputError(f"output {url} exists and is not generated data; not replacing it")
         if not overwrite:
-            raise OutputError(f"output {url} already exists; pass --overwrite to replace it")
+            raise OutputError(
+                f"output {literal(url)} already exists; pass {{overwrite}} to replace it",
+                overwrite=True,
+            )
     try:
         group = zarr.open_group(url, mode="w")
     except OSError as exc:

@@ -11,11 +11,56 @@ Exit codes
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 class PipelineError(Exception):
-    """Base class of the errors meant for users: the message is one line."""
+    """Base class of the errors meant for users: the message is one line.
+
+    The message names the parameters it is about as ``{name}`` placeholders, so
+    that each door words them its own way: ``str(error)`` in the library's terms
+    (``n_dims``; ``overwrite=True`` for a value that changes the outcome), the
+    command line as its options (``--dims``, ``--overwrite``: :meth:`worded`).
+
+    Parameters
+    ----------
+    message : str
+        One line; ``{name}`` for each parameter named in ``parameters``.
+    **parameters
+        The parameters the message names: ``None`` for the parameter itself, or the
+        value that would change the outcome (``overwrite=True``).
+    """
 
     exit_code: int = 1
+
+    def __init__(self, message: str, **parameters: Any) -> None:
+        self.template = message
+        self.parameters = parameters
+        super().__init__(self.worded(_library_name))
+
+    def worded(self, name: Callable[[str, Any], str]) -> str:
+        """The message with each parameter written as ``name(parameter, value)``."""
+        if not self.parameters:
+            return self.template
+        return self.template.format_map({p: name(p, v) for p, v in self.parameters.items()})
+
+    def __reduce__(self) -> tuple[Any, ...]:  # Dask sends errors between processes
+        return (_rebuild, (type(self), self.template, self.parameters))
+
+
+def literal(text: str) -> str:
+    """``text`` (a path, another error's message) to stand as it is in a message that
+    names parameters as ``{name}``."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _library_name(parameter: str, value: Any) -> str:
+    return parameter if value is None else f"{parameter}={value!r}"
+
+
+def _rebuild(cls: type[PipelineError], message: str, parameters: dict[str, Any]) -> PipelineError:
+    return cls(message, **parameters)
 
 
 class ParameterError(PipelineError, ValueError):

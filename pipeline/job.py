@@ -17,7 +17,7 @@ from . import store
 from .checkpoint import ZarrCheckpoint, resumable
 from .cluster import dask_client
 from .engine import MeanShiftResult, ProgressCallback, mean_shift
-from .errors import InvalidRowsError
+from .errors import InvalidRowsError, literal
 from .naming import job_tag
 from .params import MeanShiftParams
 from .rows import keep_finite_rows
@@ -218,7 +218,10 @@ def run_job(
                 try:
                     result = mean_shift(points, params, progress=progress, checkpoint=checkpoint)
                 except InvalidRowsError as exc:
-                    raise InvalidRowsError(f"{exc}; --drop-invalid-rows leaves them out") from None
+                    raise InvalidRowsError(
+                        f"{literal(str(exc))}; {{drop_invalid_rows}} leaves them out",
+                        drop_invalid_rows=True,
+                    ) from None
                 labels, modes = result.labels, result.modes
                 if kept is not None:
                     labels = kept.spread(labels, -1)

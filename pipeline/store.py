@@ -26,7 +26,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
-from .errors import InputDataError, OutputError
+from .errors import InputDataError, OutputError, literal
 from .naming import task_name
 
 STATUS_RUNNING = "running"
@@ -242,7 +242,9 @@ def create_output(
             )
         if not overwrite and status != STATUS_FAILED:
             raise OutputError(
-                f"output {url} already exists (status '{status}'); pass --overwrite to replace it"
+                f"output {literal(url)} already exists (status '{status}'); "
+                "pass {overwrite} to replace it",
+                overwrite=True,
             )
         replace = True
     try:
@@ -252,7 +254,10 @@ def create_output(
             "labels", shape=(n_points,), chunks=(row_chunk,), dtype="int32", fill_value=-1
         )
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
-        raise OutputError(f"output {url} already exists; pass --overwrite to replace it") from None
+        raise OutputError(
+            f"output {literal(url)} already exists; pass {{overwrite}} to replace it",
+            overwrite=True,
+        ) from None
     except OSError as exc:
         raise OutputError(f"cannot write output {url}: {exc.strerror or exc}") from None
     except Exception as exc:  # fsspec protocol errors, missing filesystem packages
