@@ -20,7 +20,7 @@ from .engine import MeanShiftResult, ProgressCallback, mean_shift
 from .errors import InvalidRowsError, literal
 from .naming import job_tag
 from .params import MeanShiftParams
-from .rows import keep_finite_rows
+from .rows import KeptRows, keep_finite_rows
 from .worker import warm_up
 
 
@@ -186,18 +186,14 @@ def run_job(
     """
     opened = time.perf_counter()
     source = store.open_points(input_url, array, storage_options)
-    n, d = source.array.shape
     fingerprint = job_fingerprint(source, params, drop_invalid_rows)
     if not overwrite:
         done = _completed_report(output_url, fingerprint, write_modes)
         if done is not None:
             return done
-    resuming = not overwrite and resumable(output_url, fingerprint)
-    if resuming:  # the same job stopped part way: continue from its saved state
-        group = store.reopen_output(output_url)
-    else:
-        group = store.create_output(output_url, n, source.row_chunk, overwrite, input_url=input_url)
+    group = _open_output(output_url, input_url, source, fingerprint, overwrite)
     checkpoint = ZarrCheckpoint(group, source.row_chunk, fingerprint, checkpoint_every)
+    job_name = name or default_job_name(output_url)
     try:
         before_cluster = time.perf_counter()
         warming = threading.Thread(target=warm_up, daemon=True)  # while the cluster starts
@@ -210,61 +206,106 @@ def run_job(
             link = client.dashboard_link if dashboard else None
             if on_cluster_ready is not None:
                 on_cluster_ready(client)
-            with job_tag(name or default_job_name(output_url)):
-                points, kept = store.points_as_dask(source), None
-                if drop_invalid_rows:
-                    kept = keep_finite_rows(points)
-                    points = kept.points
-                try:
-                    result = mean_shift(points, params, progress=progress, checkpoint=checkpoint)
-                except InvalidRowsError as exc:
-                    raise InvalidRowsError(
-                        f"{literal(str(exc))}; {{drop_invalid_rows}} leaves them out",
-                        drop_invalid_rows=True,
-                    ) from None
-                labels, modes = result.labels, result.modes
-                if kept is not None:
-                    labels = kept.spread(labels, -1)
-                    modes = None if modes is None else kept.spread(modes, np.nan)
+            with job_tag(job_name):
+                result, kept = _cluster(source, params, progress, checkpoint, drop_invalid_rows)
                 clock = time.perf_counter()
-                store.write_per_point(group, "labels", labels, source.row_chunk)
-                if write_modes and modes is not None:
-                    store.write_per_point(group, "modes", modes, source.row_chunk)
+                _write_per_point(group, result, kept, source.row_chunk, write_modes)
             timings = dict(result.timings)
             timings["write_s"] = time.perf_counter() - clock
             timings["cluster_start_s"] = cluster_start  # includes loading this process's kernels
             timings["pipeline_s"] = time.perf_counter() - opened - cluster_start
-            attributes = result_attributes(result, params, source, n)
-            attributes["timings"] = timings
-            attributes["job"] = {"name": name or default_job_name(output_url), "run_id": run_id}
-            attributes["resumed_from_iteration"] = result.resumed_from_iteration
-            attributes["resumed"] = result.resumed
-            attributes["fingerprint"] = fingerprint
-            attributes["dropped_rows"] = 0 if kept is None else kept.dropped
+            attributes = result_attributes(result, params, source, source.array.shape[0])
+            attributes |= {
+                "timings": timings,
+                "job": {"name": job_name, "run_id": run_id},
+                "resumed_from_iteration": result.resumed_from_iteration,
+                "resumed": result.resumed,
+                "fingerprint": fingerprint,
+                "dropped_rows": 0 if kept is None else kept.dropped,
+            }
             checkpoint.clear()
             store.write_summary(group, result.centers, result.sizes, attributes)
     except BaseException as exc:
         store.mark_failed(group, f"{type(exc).__name__}: {exc}")
         raise
+    return _job_report(input_url, output_url, attributes, result.centers, result.sizes, link)
+
+
+def _open_output(
+    output_url: str, input_url: str, source: store.InputInfo, fingerprint: str, overwrite: bool
+) -> Any:
+    """The output group: reopened when this job stopped part way (to continue from its
+    saved state), created (``status: "running"``) otherwise."""
+    if not overwrite and resumable(output_url, fingerprint):
+        return store.reopen_output(output_url)
+    n = source.array.shape[0]
+    return store.create_output(output_url, n, source.row_chunk, overwrite, input_url=input_url)
+
+
+def _cluster(
+    source: store.InputInfo,
+    params: MeanShiftParams,
+    progress: ProgressCallback | None,
+    checkpoint: ZarrCheckpoint,
+    drop_invalid_rows: bool,
+) -> tuple[MeanShiftResult, KeptRows | None]:
+    """Mean shift of the input's points (those without NaN/Inf if ``drop_invalid_rows``)."""
+    points, kept = store.points_as_dask(source), None
+    if drop_invalid_rows:
+        kept = keep_finite_rows(points)
+        points = kept.points
+    try:
+        return mean_shift(points, params, progress=progress, checkpoint=checkpoint), kept
+    except InvalidRowsError as exc:
+        raise InvalidRowsError(
+            f"{literal(str(exc))}; {{drop_invalid_rows}} leaves them out",
+            drop_invalid_rows=True,
+        ) from None
+
+
+def _write_per_point(
+    group: Any, result: MeanShiftResult, kept: KeptRows | None, row_chunk: int, modes: bool
+) -> None:
+    """Write the labels (and modes), -1 and NaN for rows left out."""
+    labels, point_modes = result.labels, result.modes
+    if kept is not None:
+        labels = kept.spread(labels, -1)
+        point_modes = None if point_modes is None else kept.spread(point_modes, np.nan)
+    store.write_per_point(group, "labels", labels, row_chunk)
+    if modes and point_modes is not None:
+        store.write_per_point(group, "modes", point_modes, row_chunk)
+
+
+def _job_report(
+    input_url: str,
+    output_url: str,
+    attributes: dict[str, Any],
+    centers: Any,
+    sizes: Any,
+    dashboard: str | None = None,
+    already_complete: bool = False,
+) -> JobReport:
+    """The report of a job from its output's attributes, centres and sizes."""
     return JobReport(
         input=input_url,
         output=output_url,
-        n_points=n,
-        n_dims=d,
-        n_clusters=len(result.sizes),
-        sizes=[int(s) for s in result.sizes],
-        centers=np.asarray(result.centers).tolist(),
-        bandwidth=result.bandwidth,
-        bandwidth_estimated=result.bandwidth_estimated,
-        n_iter=result.n_iter,
-        converged=result.converged,
-        stop_reason=result.stop_reason,
-        method=result.method,
-        n_cells=result.n_cells,
-        timings=timings,
-        dashboard=link,
-        resumed=result.resumed,
-        dropped_rows=0 if kept is None else kept.dropped,
+        n_points=int(attributes["n_points"]),
+        n_dims=int(attributes["input"]["shape"][1]),
+        n_clusters=int(attributes["n_clusters"]),
+        sizes=[int(s) for s in np.asarray(sizes)],
+        centers=np.asarray(centers).tolist(),
+        bandwidth=float(attributes["bandwidth"]),
+        bandwidth_estimated=bool(attributes["bandwidth_estimated"]),
+        n_iter=int(attributes["n_iter"]),
+        converged=bool(attributes["converged"]),
+        stop_reason=str(attributes["stop_reason"]),
+        method=str(attributes["method"]),
+        n_cells=attributes.get("n_cells"),
+        timings=dict(attributes.get("timings") or {}),
+        dashboard=dashboard,
+        resumed=attributes.get("resumed"),
+        already_complete=already_complete,
+        dropped_rows=int(attributes.get("dropped_rows") or 0),
     )
 
 
@@ -279,25 +320,11 @@ def _completed_report(output_url: str, fingerprint: str, modes: bool) -> JobRepo
     group = store.open_result(output_url)
     if modes and "modes" not in group:
         return None
-    centers = group["centers"][...]
-    inputs = attributes["input"]
-    return JobReport(
-        input=inputs["url"],
-        output=output_url,
-        n_points=int(attributes["n_points"]),
-        n_dims=int(inputs["shape"][1]),
-        n_clusters=int(attributes["n_clusters"]),
-        sizes=[int(s) for s in group["sizes"][...]],
-        centers=centers.tolist(),
-        bandwidth=float(attributes["bandwidth"]),
-        bandwidth_estimated=bool(attributes["bandwidth_estimated"]),
-        n_iter=int(attributes["n_iter"]),
-        converged=bool(attributes["converged"]),
-        stop_reason=str(attributes["stop_reason"]),
-        method=str(attributes["method"]),
-        n_cells=attributes.get("n_cells"),
-        timings=dict(attributes.get("timings") or {}),
-        resumed=attributes.get("resumed"),
+    return _job_report(
+        attributes["input"]["url"],
+        output_url,
+        attributes,
+        group["centers"][...],
+        group["sizes"][...],
         already_complete=True,
-        dropped_rows=int(attributes.get("dropped_rows") or 0),
     )
