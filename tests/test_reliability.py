@@ -456,3 +456,12 @@ def test_identical_results_across_worker_counts_threads_and_processes(seed_store
         np.testing.assert_array_equal(other["centers"][...], first["centers"][...])
         np.testing.assert_array_equal(other["sizes"][...], first["sizes"][...])
         assert other.attrs["n_iter"] == first.attrs["n_iter"]
+
+
+def test_workers_not_started_in_time_are_a_cluster_error():
+    from pipeline.cluster import start_local_cluster
+    from pipeline.errors import ClusterError
+
+    # no worker process can import and register in a hundredth of a second
+    with pytest.raises(ClusterError, match=r"^no Dask worker started within 0\.01 s$"):
+        start_local_cluster(1, timeout=0.01)
