@@ -14,7 +14,7 @@ from distributed.core import Status
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
 
-from .errors import ClusterError, ParameterError, literal
+from .errors import ClusterError, ParameterError, first_line, literal
 
 
 def tls_security(
@@ -97,8 +97,9 @@ def dask_client(
         try:
             client = Client(scheduler, timeout=timeout, set_as_default=True, security=security)
         except (OSError, TimeoutError, ValueError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ClusterError(f"cannot reach Dask scheduler {scheduler}: {reason}") from None
+            raise ClusterError(
+                f"cannot reach Dask scheduler {scheduler}: {first_line(exc)}"
+            ) from None
         with client:
             yield client
         return
@@ -169,7 +170,7 @@ def start_local_cluster(
     try:
         cluster = LocalCluster(**options)
     except Exception as exc:
-        raise ClusterError(f"cannot start the embedded Dask cluster: {_reason(exc)}") from None
+        raise ClusterError(f"cannot start the embedded Dask cluster: {first_line(exc)}") from None
     try:
         _start_workers(cluster, n_workers, timeout)
     except BaseException:
@@ -233,14 +234,6 @@ async def _rescale(cluster: LocalCluster, forget: list | tuple, n: int) -> None:
         if worker is not None:
             await worker.close()
     cluster.scale(n)
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of an exception's message, following ``raise ... from`` causes."""
-    while exc.__cause__ is not None and not str(exc).strip():
-        exc = exc.__cause__
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 GPU_WORKER_RESOURCES = {"GPU": 1}

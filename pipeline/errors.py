@@ -55,6 +55,12 @@ def literal(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _library_name(parameter: str, value: Any) -> str:
     return parameter if value is None else f"{parameter}={value!r}"
 

@@ -26,7 +26,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
-from .errors import InputDataError, OutputError, literal
+from .errors import InputDataError, OutputError, first_line, literal
 from .naming import task_name
 
 STATUS_RUNNING = "running"
@@ -147,10 +147,9 @@ class CheckedReader:
             start = rows.start or 0 if isinstance(rows, slice) else 0
             stop = rows.stop if isinstance(rows, slice) and rows.stop else self.shape[0]
             chunks = f"{start // self.info.row_chunk}-{(stop - 1) // self.info.row_chunk}"
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputDataError(
                 f"cannot read rows {start}-{stop - 1} of input {self.info.url} "
-                f"(row chunks {chunks}): {reason}"
+                f"(row chunks {chunks}): {first_line(exc)}"
             ) from None
 
 
