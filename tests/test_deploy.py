@@ -146,6 +146,7 @@ def test_ci_runs_a_test_command_the_readme_gives_and_the_makefile_defines():
     assert "pytest" in recipe and '-m "not gpu"' in recipe  # everything a CPU can run
     fast = makefile.split("\ntest: ", 1)[1].split("\n\n", 1)[0]
     assert '-m "not slow and not gpu"' in fast
+    assert "-n auto" in fast and "-n auto" in recipe  # one test process per core
     assert readme.splitlines()[:12].count("make test    # the test suite") == 1
     markers = tomllib.loads(read("pyproject.toml"))["tool"]["pytest"]["ini_options"]["markers"]
     assert {m.split(":")[0] for m in markers} == {"slow", "gpu"}
