@@ -102,8 +102,9 @@ PARAMETERS_ELSEWHERE = {"bandwidth_rule": "--bandwidth auto|knn|scott|silverman"
 """Run parameters without an option of their own, and where the command line takes them."""
 
 
-def _run_options(func: Any) -> Any:
-    bandwidth = click.option(
+def _bandwidth_option() -> Any:
+    """The ``run`` option of the bandwidth: a number or the name of an estimate."""
+    return click.option(
         "--bandwidth",
         "-b",
         type=BandwidthType(),
@@ -112,12 +113,11 @@ def _run_options(func: Any) -> Any:
         help="Kernel bandwidth, or the rule that estimates it from a sample "
         "(auto = knn, scott, silverman).",
     )
-    options = [bandwidth] + [
-        parameter_option(name)
-        for name in MeanShiftParams.model_fields
-        if name != "bandwidth" and name not in PARAMETERS_ELSEWHERE
-    ]
-    options += [
+
+
+def _cluster_options() -> list[Any]:
+    """The ``run`` options choosing the Dask cluster: a running scheduler or an embedded one."""
+    return [
         click.option(
             "--scheduler",
             default=None,
@@ -144,6 +144,12 @@ def _run_options(func: Any) -> Any:
             type=click.IntRange(min=1),
             help="Workers of the embedded cluster [default: one per core, at most 8].",
         ),
+    ]
+
+
+def _tls_options() -> list[Any]:
+    """The ``run`` options naming the certificate files of a tls:// scheduler."""
+    return [
         click.option(
             "--tls-ca-file",
             default=None,
@@ -157,6 +163,12 @@ def _run_options(func: Any) -> Any:
             metavar="FILE",
             help="Client private key (if not in the cert).",
         ),
+    ]
+
+
+def _job_options() -> list[Any]:
+    """The ``run`` options of the job's name on the dashboard and of what it prints."""
+    return [
         click.option(
             "--name",
             default=None,
@@ -166,9 +178,67 @@ def _run_options(func: Any) -> Any:
             "--quiet", "-q", is_flag=True, help="No progress bar or summary; errors only."
         ),
     ]
+
+
+def _run_options(func: Any) -> Any:
+    """Add the options shared by every job of ``run``: parameters, cluster, TLS, name, quiet."""
+    options = [_bandwidth_option()] + [
+        parameter_option(name)
+        for name in MeanShiftParams.model_fields
+        if name != "bandwidth" and name not in PARAMETERS_ELSEWHERE
+    ]
+    options += _cluster_options() + _tls_options() + _job_options()
     for option in reversed(options):
         func = option(func)
     return func
+
+
+class _ProgressBar:
+    """A progress callback drawing a tqdm bar on stderr, opened at the first iteration."""
+
+    def __init__(self, params: MeanShiftParams) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._params = params
+        self._bar: Any = None
+
+    def __call__(self, iteration: int, shift: float, moving: int) -> None:
+        """Advance the bar by one iteration and show the largest shift and the points moving."""
+        if self._bar is None:
+            self._bar = self._tqdm(
+                total=self._params.max_iter,
+                desc="blurring" if self._params.blurring else "mean shift",
+                unit="it",
+                file=sys.stderr,
+                leave=False,
+                disable=None,
+            )
+        self._bar.update(1)
+        self._bar.set_postfix(max_shift=f"{shift:.3g}", moving=moving)
+
+    def close(self) -> None:
+        """Close the bar, if the job got as far as opening it."""
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _echo_outcome(
+    report: Any, spec: Any, params: MeanShiftParams, quiet: bool, run_id: str | None
+) -> None:
+    """Print how a job ended: already complete, or its summary (only the first if quiet)."""
+    from .spec import make_run_id
+
+    if report is None:
+        click.echo(f"already complete: {spec.output_path(run_id or make_run_id())}")
+    elif report.already_complete:
+        if not quiet:
+            click.echo(
+                f"already complete: {report.output} holds this job's result (same input and "
+                "parameters); nothing to do (--overwrite recomputes it)"
+            )
+    elif not quiet:
+        click.echo(format_summary(report, params))
 
 
 def _execute(
@@ -179,29 +249,12 @@ def _execute(
     skip_complete: bool = False,
 ):
     """Run one job from a spec file and/or command-line options (those the user gave)."""
-    from .spec import load_spec, make_run_id
+    from .spec import load_spec
     from .workflow import run_spec, spec_with_options
 
     spec = spec_with_options(None if spec_file is None else load_spec(spec_file), given)
     params = spec.mean_shift_params()
-    bar = None
-    progress = None
-    if not quiet:
-        from tqdm import tqdm
-
-        def progress(iteration: int, shift: float, moving: int) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = tqdm(
-                    total=params.max_iter,
-                    desc="blurring" if params.blurring else "mean shift",
-                    unit="it",
-                    file=sys.stderr,
-                    leave=False,
-                    disable=None,
-                )
-            bar.update(1)
-            bar.set_postfix(max_shift=f"{shift:.3g}", moving=moving)
+    progress = None if quiet else _ProgressBar(params)
 
     def announce(client: Any) -> None:
         if not quiet:
@@ -217,21 +270,9 @@ def _execute(
             skip_complete=skip_complete,
         )
     finally:
-        if bar is not None:
-            bar.close()
-    if report is None:
-        click.echo(f"already complete: {spec.output_path(run_id or make_run_id())}")
-        return None
-    if report.already_complete:
-        if quiet:
-            return report
-        click.echo(
-            f"already complete: {report.output} holds this job's result (same input and "
-            "parameters); nothing to do (--overwrite recomputes it)"
-        )
-        return report
-    if not quiet:
-        click.echo(format_summary(report, params))
+        if progress is not None:
+            progress.close()
+    _echo_outcome(report, spec, params, quiet, run_id)
     return report
 
 
