@@ -276,6 +276,50 @@ if AVAILABLE:
             for k in range(d):
                 out[i, k] = acc[k] / den if den > 0.0 else 0.0
 
+    @njit(inline="always", fastmath=True)
+    def _span_distances(
+        q: np.ndarray, i: int, pt: np.ndarray, b: int, m: int, buf: np.ndarray
+    ) -> None:  # pragma: no cover - compiled
+        """Squared distances of query ``i`` to points ``b:b+m``, into ``buf[:m]``."""
+        d = pt.shape[0]
+        for j in range(m):
+            buf[j] = 0.0
+        for k in range(d):
+            qk = q[i, k]
+            pk = pt[k, b : b + m]
+            for j in range(m):
+                t = pk[j] - qk
+                buf[j] += t * t
+
+    @njit(inline="always", fastmath=True)
+    def _span_weights(
+        w: np.ndarray, b: int, m: int, kernel: int, buf: np.ndarray, heaviest: float
+    ) -> tuple[float, float]:  # pragma: no cover - compiled
+        """Weights of points ``b:b+m`` into ``buf[:m]``; their sum and the heaviest kernel value."""
+        wb = w[b : b + m]
+        sw = 0.0
+        for j in range(m):
+            v = _weight(buf[j], kernel)
+            heaviest = max(heaviest, v)
+            x = v * wb[j]
+            buf[j] = x
+            sw += x
+        return sw, heaviest
+
+    @njit(inline="always", fastmath=True)
+    def _span_moments(
+        q: np.ndarray, i: int, pt: np.ndarray, b: int, m: int, buf: np.ndarray, acc: np.ndarray
+    ) -> None:  # pragma: no cover - compiled
+        """Add the weighted offsets of points ``b:b+m`` from query ``i`` to ``acc``."""
+        d = pt.shape[0]
+        for k in range(d):
+            qk = q[i, k]
+            pk = pt[k, b : b + m]
+            s_k = 0.0
+            for j in range(m):
+                s_k += buf[j] * (pk[j] - qk)
+            acc[k] += s_k
+
     @njit(nogil=True, fastmath=True, cache=True)
     def _shift_spans(q, pt, w, lo, hi, cell, kernel, buf, out, dens, floored):  # pragma: no cover
         # Each query meets the points in its own spans [lo, hi) of the sorted points.
@@ -291,30 +335,10 @@ if AVAILABLE:
             for s in range(lo.shape[1]):
                 for b in range(lo[c, s], hi[c, s], BLOCK):
                     m = min(BLOCK, hi[c, s] - b)
-                    for j in range(m):
-                        buf[j] = 0.0
-                    for k in range(d):
-                        qk = q[i, k]
-                        pk = pt[k, b : b + m]
-                        for j in range(m):
-                            t = pk[j] - qk
-                            buf[j] += t * t
-                    wb = w[b : b + m]
-                    sw = 0.0
-                    for j in range(m):
-                        v = _weight(buf[j], kernel)
-                        heaviest = max(heaviest, v)
-                        x = v * wb[j]
-                        buf[j] = x
-                        sw += x
+                    _span_distances(q, i, pt, b, m, buf)
+                    sw, heaviest = _span_weights(w, b, m, kernel, buf, heaviest)
                     den += sw
-                    for k in range(d):
-                        qk = q[i, k]
-                        pk = pt[k, b : b + m]
-                        s_k = 0.0
-                        for j in range(m):
-                            s_k += buf[j] * (pk[j] - qk)
-                        acc[k] += s_k
+                    _span_moments(q, i, pt, b, m, buf, acc)
             dens[i] = den
             floored[i] = kernel == 0 and den > 0.0 and heaviest <= 2.0 * WEIGHT_FLOOR
             for k in range(d):
