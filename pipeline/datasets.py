@@ -44,6 +44,45 @@ def make_blobs(
     return points, truth, centroids
 
 
+def _check_blob_shape(n_clusters: int, per_cluster: int, spread: float, n_dims: int) -> None:
+    """Refuse counts below 1 and a spread that is not a positive finite number."""
+    if n_clusters < 1 or per_cluster < 1 or n_dims < 1:
+        raise ParameterError(
+            "{n_clusters}, {per_cluster} and {n_dims} must be at least 1",
+            n_clusters=None,
+            per_cluster=None,
+            n_dims=None,
+        )
+    if not (spread > 0 and np.isfinite(spread)):
+        raise ParameterError("{spread} must be a positive number", spread=None)
+
+
+def _chunk_rows(n: int, chunk: int | None) -> int:
+    """Rows per Zarr chunk: as asked (default 2^18), at most ``n``."""
+    chunk = min(n, chunk or min(n, 2**18))
+    if chunk < 1:
+        raise ParameterError("{chunk} must be at least 1", chunk=None)
+    return chunk
+
+
+def _open_blob_group(url: str, overwrite: bool) -> zarr.Group:
+    """Create the output group, replacing only earlier generated data and only if asked."""
+    if is_local(url) and os.path.lexists(local_path(url)):
+        if (existing_attributes(url) or {}).get("generator") != GENERATOR:
+            raise OutputError(f"output {url} exists and is not generated data; not replacing it")
+        if not overwrite:
+            raise OutputError(
+                f"output {literal(url)} already exists; pass {{overwrite}} to replace it",
+                overwrite=True,
+            )
+    try:
+        return zarr.open_group(url, mode="w")
+    except OSError as exc:
+        raise OutputError(f"cannot write {url}: {exc.strerror or exc}") from None
+    except Exception as exc:  # fsspec protocol errors, missing filesystem packages
+        raise OutputError(f"cannot write {url}: {exc}") from None
+
+
 def write_blobs(
     url: str,
     n_clusters: int = 6,
@@ -59,33 +98,10 @@ def write_blobs(
     Cluster ``c`` occupies rows ``c*per_cluster`` to ``(c+1)*per_cluster``, drawn
     from N(centroid_c, spread·I). Memory use is bounded by ``GENERATION_BLOCK`` rows.
     """
-    if n_clusters < 1 or per_cluster < 1 or n_dims < 1:
-        raise ParameterError(
-            "{n_clusters}, {per_cluster} and {n_dims} must be at least 1",
-            n_clusters=None,
-            per_cluster=None,
-            n_dims=None,
-        )
-    if not (spread > 0 and np.isfinite(spread)):
-        raise ParameterError("{spread} must be a positive number", spread=None)
+    _check_blob_shape(n_clusters, per_cluster, spread, n_dims)
     n = n_clusters * per_cluster
-    chunk = min(n, chunk or min(n, 2**18))
-    if chunk < 1:
-        raise ParameterError("{chunk} must be at least 1", chunk=None)
-    if is_local(url) and os.path.lexists(local_path(url)):
-        if (existing_attributes(url) or {}).get("generator") != GENERATOR:
-            raise OutputError(f"output {url} exists and is not generated data; not replacing it")
-        if not overwrite:
-            raise OutputError(
-                f"output {literal(url)} already exists; pass {{overwrite}} to replace it",
-                overwrite=True,
-            )
-    try:
-        group = zarr.open_group(url, mode="w")
-    except OSError as exc:
-        raise OutputError(f"cannot write {url}: {exc.strerror or exc}") from None
-    except Exception as exc:  # fsspec protocol errors, missing filesystem packages
-        raise OutputError(f"cannot write {url}: {exc}") from None
+    chunk = _chunk_rows(n, chunk)
+    group = _open_blob_group(url, overwrite)
     group.update_attributes({"generator": GENERATOR})
     centroids = blob_centroids(n_clusters, n_dims, seed)
     points = group.create_array(
