@@ -71,11 +71,7 @@ def write_report(
     plt = pyplot()
     result = open_result(output_url)
     attrs = result.attrs.asdict()
-    folder = folder or default_report_folder(output_url)
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot write the report to {folder}: {exc.strerror or exc}") from None
+    folder = _make_report_folder(folder or default_report_folder(output_url))
     centers = np.asarray(result["centers"][...])
     sizes = np.asarray(result["sizes"][...])
     labels_array = result["labels"]
@@ -83,6 +79,36 @@ def write_report(
     rows = sample_rows(n, max_points, random_state)
     labels = np.asarray(labels_array.get_orthogonal_selection((rows,)))
     points = _input_rows(attrs, rows)
+    d = points.shape[1]
+    shown = f"{len(rows):,} of {n:,} points" + (" (random sample)" if len(rows) < n else "")
+    k = max(len(centers), 1)
+    colours = plt.cm.tab10(np.arange(k) % 10)  # cluster i and i + 10 share a colour
+    _plot_clusters(plt, folder, points, labels, centers, colours, shown)
+    _plot_convergence(plt, folder, attrs)
+    _plot_sizes(plt, folder, sizes, colours, n)
+
+    page = os.path.join(folder, "index.html")
+    try:
+        with open(page, "w") as handle:
+            handle.write(_html(output_url, attrs, centers, sizes, n, d, shown))
+    except OSError as exc:
+        raise OutputError(f"cannot write {page}: {exc.strerror or exc}") from None
+    return page
+
+
+def _make_report_folder(folder: str) -> str:
+    """Create the report folder if need be; the folder."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write the report to {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def _plot_plane(
+    points: np.ndarray, centers: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Points and centres in the plotted plane, and the names of its two axes."""
     d = points.shape[1]
     if d > 2:
         mean, axes, explained = principal_plane(points)
@@ -94,21 +120,34 @@ def write_report(
         xy = np.column_stack([points[:, 0], np.zeros(len(points))])
         cxy = np.column_stack([centers[:, 0], np.zeros(len(centers))])
         axis_names = ["x0", ""]
-    shown = f"{len(rows):,} of {n:,} points" + (" (random sample)" if len(rows) < n else "")
+    return xy, cxy, axis_names
 
+
+def _plot_clusters(
+    plt: Any,
+    folder: str,
+    points: np.ndarray,
+    labels: np.ndarray,
+    centers: np.ndarray,
+    colours: np.ndarray,
+    shown: str,
+) -> None:
+    """Write ``clusters.png``: the (sampled) points coloured by cluster, centres marked."""
+    xy, cxy, axis_names = _plot_plane(points, centers)
     fig, ax = plt.subplots(figsize=(7, 7), dpi=100)
-    k = max(len(centers), 1)
-    colours = plt.cm.tab10(np.arange(k) % 10)  # cluster i and i + 10 share a colour
     draw_clusters(ax, xy, labels, cxy, colours, outlier_label="outliers (-1)")
     if (labels < 0).any():
         ax.legend(loc="best")
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
     ax.set_title(f"{len(centers)} clusters; {shown}")
-    if d >= 2:
+    if points.shape[1] >= 2:
         ax.set_aspect("equal", adjustable="datalim")
     save_figure(fig, os.path.join(folder, "clusters.png"))
 
+
+def _plot_convergence(plt: Any, folder: str, attrs: dict[str, Any]) -> None:
+    """Write ``convergence.png``: largest shift per blurring iteration, or a standard run's note."""
     shifts = attrs.get("max_shift_per_iteration") or []
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if shifts:
@@ -124,6 +163,9 @@ def write_report(
                 f"{attrs.get('stop_reason', '')}", ha="center", va="center")  # fmt: skip
     save_figure(fig, os.path.join(folder, "convergence.png"))
 
+
+def _plot_sizes(plt: Any, folder: str, sizes: np.ndarray, colours: np.ndarray, n: int) -> None:
+    """Write ``sizes.png``: a bar per cluster (the 50 largest at most)."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     top = min(len(sizes), 50)
     ax.bar(np.arange(top), sizes[:top], color=colours[:top])
@@ -131,14 +173,6 @@ def write_report(
     ax.set_ylabel("points")
     ax.set_title(f"cluster sizes ({int(sizes.sum()):,} points in clusters, {n:,} in all)")
     save_figure(fig, os.path.join(folder, "sizes.png"))
-
-    page = os.path.join(folder, "index.html")
-    try:
-        with open(page, "w") as handle:
-            handle.write(_html(output_url, attrs, centers, sizes, n, d, shown))
-    except OSError as exc:
-        raise OutputError(f"cannot write {page}: {exc.strerror or exc}") from None
-    return page
 
 
 def _input_rows(attrs: dict[str, Any], rows: np.ndarray) -> np.ndarray:
