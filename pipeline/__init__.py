@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
 
         return MeanShiftParams
     if name == "estimate_bandwidth":
-        from .bandwidth import estimate_bandwidth
+        from .engine.bandwidth import estimate_bandwidth
 
         return estimate_bandwidth
     if name == "mean_shift":

@@ -11,8 +11,13 @@ Exit codes
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 class PipelineError(Exception):
@@ -59,6 +64,15 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn, pointing at the first caller outside this package (the user's line),
+    however deep in the package the warning arises."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _library_name(parameter: str, value: Any) -> str:

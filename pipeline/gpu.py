@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -734,10 +734,23 @@ def grid_shift(
 # --------------------------------------------------------------------------- binning pass
 
 
-def bin_block(block: Any, cell: float, fixed_point: float) -> tuple | None:
+class DeviceCells(NamedTuple):
+    """One chunk's weighted cells as :func:`bin_block` finds them (NumPy arrays)."""
+
+    bad: int  # rows holding NaN or Inf (left out)
+    low: np.ndarray  # per column minimum of the finite rows
+    high: np.ndarray  # per column maximum
+    key_low: np.ndarray  # int64: the lowest cell key per column
+    strides: np.ndarray  # int64: row-major strides of the box of cells from key_low
+    occupied: np.ndarray  # int64: linear keys of the occupied cells in that box
+    counts: np.ndarray  # points in each occupied cell
+    sums: np.ndarray  # (c, d): summed fixed-point offsets inside each cell
+
+
+def bin_block(block: Any, cell: float, fixed_point: float) -> DeviceCells | None:
     """The binned method's binning of one unweighted chunk on the device.
 
-    The same integers and sums as the CPU pass (``pipeline.engine._bin_block``), bit for
+    The same integers and sums as the CPU pass (``pipeline.engine.binned.bin_chunk``), bit for
     bit: cell keys are ``floor(x / cell)`` (IEEE float64 division and floor, one CuPy
     kernel per operation, so nothing is contracted into fused multiply-adds); each
     point's offset inside its cell is the integer ``floor((x / cell - key) * fixed_point)``
@@ -747,10 +760,9 @@ def bin_block(block: Any, cell: float, fixed_point: float) -> tuple | None:
 
     Returns
     -------
-    (bad, low, high, key_low, strides, occupied, counts, sums) as NumPy arrays, with
-    ``occupied`` the linear keys of the occupied cells (row-major over the box from
-    ``key_low`` with these strides), or None where the CPU pass is to decide (no finite
-    row; coordinates or a box of cells too large for int64 keys).
+    DeviceCells or None
+        None where the CPU pass is to decide (no finite row; coordinates or a box of
+        cells too large for int64 keys).
     """
     import cupy
 
@@ -794,7 +806,7 @@ def bin_block(block: Any, cell: float, fixed_point: float) -> tuple | None:
     if dense:
         occupied = cupy.flatnonzero(counts)
         counts, sums = counts[occupied], sums[occupied]
-    return (
+    return DeviceCells(
         bad,
         low,
         high,

@@ -21,13 +21,14 @@ def warm_up() -> None:
     """Import the task code and Zarr, load (or compile) the numba kernels, run a binning step."""
     import zarr  # noqa: F401  (tasks read the input with it; the import alone takes ~0.3 s)
 
-    from . import compiled, engine
+    from . import compiled
+    from .engine.binned import bin_chunk
 
     if compiled.AVAILABLE:
         points = np.zeros((4, 2))
         for kernel in ("gaussian", "epanechnikov", "flat"):
             compiled.shift_offsets(points, compiled.pack_points(points, None, kernel))
-    engine._bin_block(np.arange(8.0).reshape(4, 2), None, 1.0)
+    bin_chunk(np.arange(8.0).reshape(4, 2), None, 1.0)
 
 
 def warm_up_gpu() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import estimate_bandwidth as sklearn_estimate_bandwidth
 
-from pipeline.bandwidth import estimate_bandwidth, sample_rows
+from pipeline.engine.bandwidth import estimate_bandwidth, sample_rows
 from pipeline.datasets import make_blobs
 
 

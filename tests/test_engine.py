@@ -205,7 +205,7 @@ def test_seeding_options_need_standard_mean_shift(seed_data):
 
 
 def test_estimated_bandwidth_is_recorded(seed_data):
-    from pipeline.bandwidth import estimate_bandwidth
+    from pipeline.engine.bandwidth import estimate_bandwidth
 
     points, _, _ = seed_data
     with dask.config.set(scheduler="sync"):

@@ -306,12 +306,12 @@ def bin_cases():
 
 
 def check_device_binning(xp):
-    from pipeline.engine import _bin_block
+    from pipeline.engine.binned import bin_chunk
 
     for name, block in bin_cases().items():
         for cell in (0.25, 0.625):
-            expected = _bin_block(block, None, cell)
-            got = _bin_block(block, None, cell, "cupy")
+            expected = bin_chunk(block, None, cell)
+            got = bin_chunk(block, None, cell, "cupy")
             assert got[0] == expected[0], name
             for a, b in zip(got[1:], expected[1:], strict=True):
                 assert isinstance(a, np.ndarray) and a.dtype == b.dtype, name
@@ -321,7 +321,7 @@ def check_device_binning(xp):
 
 def test_emulated_binning_pass_on_the_device(emulated, monkeypatch):
     from pipeline import gpu
-    from pipeline.engine import _bin_block
+    from pipeline.engine.binned import bin_chunk
 
     calls = []
     original = gpu.bin_block
@@ -332,7 +332,7 @@ def test_emulated_binning_pass_on_the_device(emulated, monkeypatch):
     block = np.r_[np.ones((3, 2)), [[np.nan, 0.0]]]
     weights = np.array([1.0, 2.0, 0.5, 1.0])
     np.testing.assert_array_equal(
-        _bin_block(block, weights, 0.5, "cupy")[4], _bin_block(block, weights, 0.5)[4]
+        bin_chunk(block, weights, 0.5, "cupy")[4], bin_chunk(block, weights, 0.5)[4]
     )
     assert gpu.bin_block(np.full((3, 2), np.nan), 0.5, 2.0**20) is None
     assert gpu.bin_block(np.array([[-1e12, 0.0], [1e12, 1e12]]), 1.0, 2.0**20) is None
@@ -342,12 +342,12 @@ def test_emulated_binning_pass_of_a_dask_array(emulated):
     import dask
     import dask.array as da
 
-    from pipeline.engine import _bin_points
+    from pipeline.engine.binned import bin_points
 
     points = da.from_array(bin_cases()["blobs"], chunks=(4000, 2))
     with dask.config.set(scheduler="sync"):
-        cpu = _bin_points(points, None, 0.3)
-        device = _bin_points(points, None, 0.3, "cupy")
+        cpu = bin_points(points, None, 0.3)
+        device = bin_points(points, None, 0.3, "cupy")
     assert cpu.keys() == device.keys()
     for name in cpu:
         assert cpu[name].tobytes() == device[name].tobytes(), name

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline.merge import combine_candidates, mode_candidates, size_order, suppress
+from pipeline.engine.merge import combine_candidates, mode_candidates, size_order, suppress
 
 
 def sklearn_suppression(centers, intensity, radius):

@@ -154,18 +154,18 @@ def test_compiled_path_precision_away_from_the_origin():
 
 @pytest.mark.parametrize("dense", [True, False])
 def test_cell_table_finds_each_points_cell_and_refuses_unknown_cells(dense, monkeypatch):
-    from pipeline import engine
+    from pipeline.engine import binned
     from pipeline.errors import InputDataError
 
     if not dense:
-        monkeypatch.setattr(engine, "DENSE_TABLE_MIN_CELLS", 0)
-        monkeypatch.setattr(engine, "DENSE_TABLE_CELLS_PER_KEY", 0)
+        monkeypatch.setattr(binned, "DENSE_TABLE_MIN_CELLS", 0)
+        monkeypatch.setattr(binned, "DENSE_TABLE_CELLS_PER_KEY", 0)
     rng = np.random.default_rng(0)
     points = (rng.normal(0, 3, (5000, 2)) + 1e4).astype(np.float32)  # as Zarr inputs often are
     point_keys = np.floor(points.astype(np.float64) / 0.5).astype(np.int64)  # binning's rounding
     keys = np.unique(point_keys, axis=0)
     rng.shuffle(keys)
-    table = engine._CellTable.build(keys, 0.5)
+    table = binned.CellTable.build(keys, 0.5)
     assert (table.dense is not None) == dense
     np.testing.assert_array_equal(keys[table.lookup(points)], point_keys)
     for stray in ([1e4 + 50, 1e4], [1e4 - 50, 1e4 - 50], [0.0, 0.0]):  # empty or outside
