@@ -32,6 +32,42 @@ CLI_TO_SPEC = {
 NOT_PARAMS = {"scheduler", "tls_ca_file", "tls_cert", "tls_key", "name", "quiet", "spec", "run_id"}
 
 
+def _spec_fields(spec: WorkflowSpec | None) -> dict[str, Any]:
+    """The spec's fields as plain data, every part present (all empty without a spec)."""
+    data: dict[str, Any] = (
+        spec.model_dump(exclude_none=True)
+        if spec is not None
+        else {"input": {}, "output": {}, "params": {}, "cluster": {}}
+    )
+    for part in ("input", "output", "params", "cluster"):
+        data.setdefault(part, {})
+    return data
+
+
+def _apply_option(data: dict[str, Any], option: str, value: Any) -> None:
+    """Put one command-line option's value where it lands in the spec's fields."""
+    if option in CLI_TO_SPEC:
+        part, key = CLI_TO_SPEC[option]
+        data[part][key] = value
+    elif option == "scheduler":
+        data["cluster"].update(kind="remote", scheduler=value)
+    elif option in ("tls_ca_file", "tls_cert", "tls_key"):
+        key = {"tls_ca_file": "ca_file", "tls_cert": "cert", "tls_key": "key"}[option]
+        data["cluster"].setdefault("tls", {})[key] = value
+    elif option == "name":
+        data["name"] = value
+    elif option not in NOT_PARAMS:
+        data["params"][option] = value
+
+
+def _require_input_and_output(data: dict[str, Any]) -> None:
+    """Refuse a job from options alone that lacks --input or --output."""
+    for part, flag in (("input", "url"), ("output", "path")):
+        if part in data and flag not in data[part]:
+            option = "--input" if part == "input" else "--output"
+            raise ParameterError(f"missing option {option} (or give --spec FILE)")
+
+
 def spec_with_options(spec: WorkflowSpec | None, options: dict[str, Any]) -> WorkflowSpec:
     """A spec with command-line options applied over it (or built from them alone).
 
@@ -47,36 +83,16 @@ def spec_with_options(spec: WorkflowSpec | None, options: dict[str, Any]) -> Wor
     ParameterError
         The result is not a valid job (one line naming the field).
     """
-    data: dict[str, Any] = (
-        spec.model_dump(exclude_none=True)
-        if spec is not None
-        else {"input": {}, "output": {}, "params": {}, "cluster": {}}
-    )
-    for part in ("input", "output", "params", "cluster"):
-        data.setdefault(part, {})
+    data = _spec_fields(spec)
     if "scheduler" in options and "cluster" in options:
         raise ParameterError("give either --scheduler (a running cluster) or --cluster, not both")
     for option, value in options.items():
-        if option in CLI_TO_SPEC:
-            part, key = CLI_TO_SPEC[option]
-            data[part][key] = value
-        elif option == "scheduler":
-            data["cluster"].update(kind="remote", scheduler=value)
-        elif option in ("tls_ca_file", "tls_cert", "tls_key"):
-            key = {"tls_ca_file": "ca_file", "tls_cert": "cert", "tls_key": "key"}[option]
-            data["cluster"].setdefault("tls", {})[key] = value
-        elif option == "name":
-            data["name"] = value
-        elif option not in NOT_PARAMS:
-            data["params"][option] = value
+        _apply_option(data, option, value)
     if "name" not in data:
         output = data["output"].get("path")
         data["name"] = clean_tag(default_job_name(output)) if output else "meanshift"
     if spec is None:
-        for part, flag in (("input", "url"), ("output", "path")):
-            if part in data and flag not in data[part]:
-                option = "--input" if part == "input" else "--output"
-                raise ParameterError(f"missing option {option} (or give --spec FILE)")
+        _require_input_and_output(data)
     try:
         merged = WorkflowSpec(**data)
     except ValidationError as exc:
@@ -84,6 +100,15 @@ def spec_with_options(spec: WorkflowSpec | None, options: dict[str, Any]) -> Wor
         raise ParameterError(where + describe_spec_error(exc)) from None
     merged._source = None if spec is None else spec.source
     return merged
+
+
+def _security(spec: WorkflowSpec) -> Any:
+    """The Dask security of the spec's tls:// cluster, its files resolved (None: no TLS)."""
+    tls = spec.cluster.tls
+    if tls is None:
+        return None
+    key = None if tls.key is None else spec.resolve(tls.key)
+    return tls_security(spec.resolve(tls.ca_file), spec.resolve(tls.cert), key)
 
 
 def run_spec(
@@ -122,11 +147,7 @@ def run_spec(
             return None
         overwrite = overwrite or status is not None  # our own partial output of this run
     cluster = spec.cluster
-    security = None
-    if cluster.tls is not None:
-        tls = cluster.tls
-        key = None if tls.key is None else spec.resolve(tls.key)
-        security = tls_security(spec.resolve(tls.ca_file), spec.resolve(tls.cert), key)
+    security = _security(spec)
     return run_job(
         spec.resolve(spec.input.url),
         output,
