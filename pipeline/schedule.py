@@ -224,6 +224,79 @@ def _on_missed(event: Any) -> None:
               scheduled=[str(t) for t in when])  # fmt: skip
 
 
+def _scheduled_specs(locations: list[str]) -> dict[str, tuple[str, WorkflowSpec]]:
+    """The specs found at ``locations`` that have a schedule, by job name, with their paths."""
+    specs: dict[str, tuple[str, WorkflowSpec]] = {}
+    for path in find_specs(locations):
+        spec = load_spec(path)
+        if spec.schedule is not None:
+            specs[spec.name] = (path, spec)
+    if not specs:
+        raise ParameterError("no spec with a schedule found")
+    return specs
+
+
+def _new_scheduler(state: str, max_parallel: int) -> Any:
+    """A background scheduler on the SQLite job store at ``state``, logging missed runs."""
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    scheduler = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{state}")},
+        executors={"default": ThreadPoolExecutor(max_parallel)},
+        job_defaults={"coalesce": True, "max_instances": 1},
+        timezone="UTC",
+    )
+    scheduler.add_listener(_on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+    return scheduler
+
+
+def _remove_stale_jobs(scheduler: Any, specs: dict[str, tuple[str, WorkflowSpec]]) -> None:
+    """Remove stored jobs (and their retries) whose spec is no longer among ``specs``."""
+    for job in scheduler.get_jobs():
+        name = job.id.split("-retry-")[0]
+        if name not in specs:
+            scheduler.remove_job(job.id)
+            log_event("job_removed", job=job.id)
+
+
+def _register_job(scheduler: Any, name: str, path: str, spec: WorkflowSpec, state: str) -> None:
+    """(Re)register a spec's schedule unless the store holds it unchanged; log its next run."""
+    assert spec.schedule is not None
+    trigger = cron_trigger(spec.schedule.cron, spec.schedule.timezone)
+    existing = scheduler.get_job(name)
+    grace = int(spec.schedule.misfire_grace_s)
+    same = (
+        existing is not None
+        and str(existing.trigger) == str(trigger)
+        and list(existing.args) == [path, state]
+        and existing.misfire_grace_time == grace
+    )
+    if not same:
+        scheduler.add_job(
+            run_scheduled,
+            trigger,
+            args=[path, state],
+            id=name,
+            name=name,
+            replace_existing=True,
+            misfire_grace_time=grace,
+        )
+    job = scheduler.get_job(name)
+    upcoming = job.next_run_time.isoformat() if job.next_run_time else None
+    log_event("job_scheduled", job=name, spec=path, cron=spec.schedule.cron,
+              next_run=upcoming)  # fmt: skip
+
+
+def _drop_retries() -> None:
+    """Log and drop the retries asked for during the shutdown (they cannot be stored now)."""
+    while not _retries.empty():
+        name, _, _, run_id, attempt, _ = _retries.get_nowait()
+        log_event("retry_dropped", logging.WARNING, job=name, run_id=run_id, attempt=attempt)
+
+
 def serve(
     locations: list[str], state_dir: str, max_parallel: int = 2, stop: threading.Event | None = None
 ) -> None:
@@ -233,59 +306,15 @@ def serve(
     time (so runs missed while the scheduler was down are honoured); new or changed
     schedules are (re)registered; jobs whose spec is gone are removed.
     """
-    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
-    from apscheduler.executors.pool import ThreadPoolExecutor
-    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    specs = {}
-    for path in find_specs(locations):
-        spec = load_spec(path)
-        if spec.schedule is not None:
-            specs[spec.name] = (path, spec)
-    if not specs:
-        raise ParameterError("no spec with a schedule found")
+    specs = _scheduled_specs(locations)
     state = state_path(state_dir)
     History(state)
-    scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{state}")},
-        executors={"default": ThreadPoolExecutor(max_parallel)},
-        job_defaults={"coalesce": True, "max_instances": 1},
-        timezone="UTC",
-    )
-    scheduler.add_listener(_on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+    scheduler = _new_scheduler(state, max_parallel)
     scheduler.start(paused=True)
     try:
-        for job in scheduler.get_jobs():
-            name = job.id.split("-retry-")[0]
-            if name not in specs:
-                scheduler.remove_job(job.id)
-                log_event("job_removed", job=job.id)
+        _remove_stale_jobs(scheduler, specs)
         for name, (path, spec) in specs.items():
-            assert spec.schedule is not None
-            trigger = cron_trigger(spec.schedule.cron, spec.schedule.timezone)
-            existing = scheduler.get_job(name)
-            grace = int(spec.schedule.misfire_grace_s)
-            same = (
-                existing is not None
-                and str(existing.trigger) == str(trigger)
-                and list(existing.args) == [path, state]
-                and existing.misfire_grace_time == grace
-            )
-            if not same:
-                scheduler.add_job(
-                    run_scheduled,
-                    trigger,
-                    args=[path, state],
-                    id=name,
-                    name=name,
-                    replace_existing=True,
-                    misfire_grace_time=grace,
-                )
-            job = scheduler.get_job(name)
-            upcoming = job.next_run_time.isoformat() if job.next_run_time else None
-            log_event("job_scheduled", job=name, spec=path, cron=spec.schedule.cron,
-                      next_run=upcoming)  # fmt: skip
+            _register_job(scheduler, name, path, spec, state)
         scheduler.resume()
         stop = stop or threading.Event()
         while not stop.wait(0.2):
@@ -294,7 +323,5 @@ def serve(
     finally:
         log_event("scheduler_stopping")
         scheduler.shutdown(wait=True)  # lets running runs finish
-        while not _retries.empty():  # asked for during the shutdown: cannot be stored now
-            name, _, _, run_id, attempt, _ = _retries.get_nowait()
-            log_event("retry_dropped", logging.WARNING, job=name, run_id=run_id, attempt=attempt)
+        _drop_retries()
         log_event("scheduler_stopped")
