@@ -58,10 +58,9 @@ def b1() -> dict:
     import cupy
 
     from benchmarks.references import seed_batched
-    from pipeline import gpu
     from pipeline.datasets import make_blobs
     from pipeline.engine import mean_shift
-    from pipeline.kernels import blocked_shift
+    from pipeline.kernels import blocked_shift, gpu
     from pipeline.params import make_params
 
     points, _, _ = make_blobs(6, 250, 5.0, 2, seed=0)
@@ -121,7 +120,7 @@ def _events_time(function, repeat: int = 5) -> float:
 def b2() -> dict:
     import cupy
 
-    from pipeline import gpu
+    from pipeline.kernels import gpu
 
     out: dict = {}
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Compile the generated CUDA sources of pipeline.gpu with NVRTC, no GPU needed.
+"""Compile the generated CUDA sources of pipeline.kernels.gpu with NVRTC, no GPU needed.
 
     python benchmarks/gpu_compile_check.py [--arch compute_90] [--ptxas]
 
@@ -18,7 +18,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline import gpu  # noqa: E402  (the sources are plain strings: no CuPy import)
+from pipeline.kernels import gpu  # noqa: E402  (the sources are plain strings: no CuPy import)
 
 
 def nvrtc_ptx(source: str, arch: str) -> bytes:

@@ -21,8 +21,8 @@ def warm_up() -> None:
     """Import the task code and Zarr, load (or compile) the numba kernels, run a binning step."""
     import zarr  # noqa: F401  (tasks read the input with it; the import alone takes ~0.3 s)
 
-    from . import compiled
     from .engine.binned import bin_chunk
+    from .kernels import compiled
 
     if compiled.AVAILABLE:
         points = np.zeros((4, 2))
@@ -41,8 +41,7 @@ def warm_up_gpu() -> None:
     try:
         import cupy
 
-        from . import gpu
-        from .kernels import shift_points
+        from .kernels import gpu, shift_points
 
         points = cupy.zeros((4, 2))
         for kernel in ("gaussian", "epanechnikov", "flat"):

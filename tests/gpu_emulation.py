@@ -1,10 +1,10 @@
-"""Run pipeline.gpu's generated CUDA sources on the CPU, to test them without a GPU.
+"""Run pipeline.kernels.gpu's generated CUDA sources on the CPU, to test them without a GPU.
 
 Each kernel source is compiled unchanged by the host C++ compiler with a few shims
 (``__shared__`` becomes a static shared by the block's threads, ``__syncthreads`` a
 barrier); one block runs at a time, one ``std::thread`` per CUDA thread. ``fake_cupy()``
 is a module named ``cupy`` backed by NumPy whose ``RawKernel`` and ``ElementwiseKernel``
-run that way, so the whole Python side of :mod:`pipeline.gpu` (splits, launches, the
+run that way, so the whole Python side of :mod:`pipeline.kernels.gpu` (splits, launches, the
 finishing kernel, the underflow redo, the GEMM route) runs too.
 
 Floating point differs from a GPU's only where the CUDA compiler contracts

@@ -3,7 +3,7 @@
 Tests marked ``gpu`` need CuPy and a CUDA device (skipped otherwise). The others run
 the generated CUDA sources on the CPU (``tests/gpu_emulation.py``: compiled by the host
 C++ compiler, one thread per CUDA thread, a NumPy-backed ``cupy``), so the kernels'
-logic and the Python side of :mod:`pipeline.gpu` are tested where there is no GPU.
+logic and the Python side of :mod:`pipeline.kernels.gpu` are tested where there is no GPU.
 
 Tolerances (bandwidth units): Gaussian and Epanechnikov work in float32 with float64
 sums, positions within ``ATOL`` = 1e-5 of the float64 array path and densities within
@@ -66,7 +66,7 @@ def emulated(monkeypatch):
     """``cupy`` replaced by the NumPy-backed emulation for the duration of a test."""
     if not compiler_available():
         pytest.skip("needs g++ (C++20) to run the CUDA sources on the CPU")
-    from pipeline import gpu
+    from pipeline.kernels import gpu
 
     fake = fake_cupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
@@ -90,8 +90,7 @@ def emulated(monkeypatch):
     ],
 )
 def test_emulated_kernels_match_the_array_path(emulated, d, kernel, weighted):
-    from pipeline import gpu
-    from pipeline.kernels import shift_points
+    from pipeline.kernels import gpu, shift_points
 
     rng = np.random.default_rng(d)
     points = rng.normal(0, 1.5 if d > 16 else 2, (5000, d))  # 5000 points: two splits
@@ -103,7 +102,7 @@ def test_emulated_kernels_match_the_array_path(emulated, d, kernel, weighted):
 
 
 def test_emulated_results_do_not_depend_on_the_query_block(emulated):
-    from pipeline import gpu
+    from pipeline.kernels import gpu
 
     rng = np.random.default_rng(1)
     points = rng.normal(0, 2, (4500, 2))
@@ -210,11 +209,10 @@ def grid_reference(grid, queries):
 
 
 def check_device_grid(xp, monkeypatch, d, kernel, weighted):
-    from pipeline import kernels
-    from pipeline.kernels import GridPointSet
+    from pipeline.kernels import GridPointSet, dispatch
 
-    monkeypatch.setattr(kernels, "GPU_DENSE_MAX_POINTS", 0)  # the grid kernel, whatever the size
-    monkeypatch.setattr(kernels, "GPU_GRID_GAIN", 0.0)  # and the neighbourhoods
+    monkeypatch.setattr(dispatch, "GPU_DENSE_MAX_POINTS", 0)  # the grid kernel, whatever the size
+    monkeypatch.setattr(dispatch, "GPU_GRID_GAIN", 0.0)  # and the neighbourhoods
     points, weights, queries = grid_data(d, kernel, weighted)
     grid = GridPointSet(points, weights, kernel, np, 2**22)
     device = grid.on(xp)
@@ -253,10 +251,9 @@ def test_emulated_small_grid_sets_are_met_whole(emulated):
 
 
 def test_emulated_grid_routes(emulated, monkeypatch):
-    from pipeline import kernels
-    from pipeline.kernels import GridPointSet
+    from pipeline.kernels import GridPointSet, dispatch
 
-    monkeypatch.setattr(kernels, "GPU_DENSE_MAX_POINTS", 1000)
+    monkeypatch.setattr(dispatch, "GPU_DENSE_MAX_POINTS", 1000)
     rng = np.random.default_rng(4)
     spread = rng.uniform(-40, 40, (3000, 2))  # about 4 points per 3 x 3 cells
     compact = rng.normal(0, 2, (3000, 2))  # Gaussian cells of 5: every point is a neighbour
@@ -273,10 +270,9 @@ def test_emulated_grid_routes(emulated, monkeypatch):
 
 def test_emulated_device_grid_sparse_cells(emulated, monkeypatch):
     """Many empty cells and runs of 0 to a few points: the searches' edges, exactly (flat)."""
-    from pipeline import kernels
-    from pipeline.kernels import GridPointSet
+    from pipeline.kernels import GridPointSet, dispatch
 
-    monkeypatch.setattr(kernels, "GPU_DENSE_MAX_POINTS", 0)
+    monkeypatch.setattr(dispatch, "GPU_DENSE_MAX_POINTS", 0)
     rng = np.random.default_rng(5)
     points = np.round(rng.uniform(-8, 8, (1500, 3)), 1)  # on cell boundaries too
     queries = np.concatenate([points[::6], rng.uniform(-9, 9, (60, 3)), np.round(points[:20])])
@@ -320,8 +316,8 @@ def check_device_binning(xp):
 
 
 def test_emulated_binning_pass_on_the_device(emulated, monkeypatch):
-    from pipeline import gpu
     from pipeline.engine.binned import bin_chunk
+    from pipeline.kernels import gpu
 
     calls = []
     original = gpu.bin_block
@@ -364,9 +360,10 @@ def test_emulated_client_without_a_gpu_runs_jobs_on_gpu_workers(
     import dask.array as da
     from distributed import Client, LocalCluster
 
-    from pipeline import backend, gpu
+    from pipeline import backend
     from pipeline.engine import mean_shift
     from pipeline.errors import ParameterError
+    from pipeline.kernels import gpu
     from pipeline.params import make_params
 
     monkeypatch.setattr(backend, "gpu_available", lambda: False)  # this process: no GPU
@@ -403,7 +400,7 @@ def test_emulated_client_without_a_gpu_runs_jobs_on_gpu_workers(
 
 def test_gpu_module_imports_without_cupy():
     """The sources are plain strings: generating them needs no CuPy."""
-    from pipeline import gpu
+    from pipeline.kernels import gpu
 
     source = gpu.fused_source(3, "gaussian", True)
     assert gpu.fused_name(3, "gaussian", True) in source
@@ -449,7 +446,7 @@ def test_cupy_shift_matches_numpy(kernel, d, weighted):
 def test_cupy_large_set_many_splits_and_launches():
     import cupy
 
-    from pipeline import gpu
+    from pipeline.kernels import gpu
 
     rng = np.random.default_rng(5)
     points = rng.normal(0, 3, (300_000, 2))
@@ -492,11 +489,10 @@ def test_cupy_device_grid_matches_the_cpu_grid(monkeypatch, d, kernel, weighted)
 def test_cupy_large_grid_set_takes_the_grid_kernel(kernel):
     import cupy
 
-    from pipeline import kernels
-    from pipeline.kernels import GridPointSet
+    from pipeline.kernels import GridPointSet, dispatch
 
     rng = np.random.default_rng(7)
-    points = rng.uniform(-150, 150, (kernels.GPU_DENSE_MAX_POINTS * 4, 2))
+    points = rng.uniform(-150, 150, (dispatch.GPU_DENSE_MAX_POINTS * 4, 2))
     points[:5000] = rng.normal(20, 0.5, (5000, 2))  # a crowded corner: long runs
     queries = np.concatenate([points[::97], points[:5000:50]])
     grid = GridPointSet(points, None, kernel, np, 2**22)
@@ -558,13 +554,13 @@ def test_cupy_in_memory_equals_numpy(seed_data, kernel, method, blurring):
 def test_cupy_grid_method_equals_numpy():
     """36,000 points, neighbourhoods of about 7% of them: the grid kernel (the NumPy run takes
     about 8 s on 2 cores, so a few seconds on the GPU machines' 16)."""
-    from pipeline import kernels
     from pipeline.datasets import make_blobs
     from pipeline.engine import mean_shift
+    from pipeline.kernels import dispatch
     from pipeline.params import make_params
 
     points, _, _ = make_blobs(6, 6000, 5.0, 3, seed=1)
-    assert len(points) > kernels.GPU_DENSE_MAX_POINTS
+    assert len(points) > dispatch.GPU_DENSE_MAX_POINTS
     results = {}
     for backend in ("numpy", "cupy"):
         params = make_params(kernel="flat", bandwidth=2.5, backend=backend, method="grid")

@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline import compiled
 from pipeline.kernels import (
     DensePointSet,
     GridPointSet,
     blocked_shift,
+    compiled,
     converge_seeds,
     nearest,
     shift_points,
@@ -203,7 +203,7 @@ def test_wide_vector_preference_can_be_turned_off():
     import sys
 
     probe = (
-        "import pipeline.compiled as c; from numba.core import config; "
+        "import pipeline.kernels.compiled as c; from numba.core import config; "
         "print(c.WIDE_VECTORS, config.CPU_FEATURES is not None)"
     )
 

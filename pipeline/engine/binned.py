@@ -111,7 +111,7 @@ def bin_chunk(
     (:func:`pipeline.gpu.bin_block`).
     """
     if backend == "cupy" and weights is None:
-        from .. import gpu
+        from ..kernels import gpu
 
         found = gpu.bin_block(block, cell, FIXED_POINT)
         if found is not None:  # (None: the cases the CPU pass decides)

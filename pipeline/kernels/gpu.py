@@ -30,11 +30,13 @@ take the float64 array path altogether (float32 would lose more than 1e-5 bandwi
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from .array import row_major_strides
+from .dispatch import COMPILED_MAX_COORDINATE, GAUSSIAN_SCALE, KERNELS
 
 THREADS = 256
 """Threads (queries) per block, and points per shared-memory tile."""
@@ -51,18 +53,12 @@ MAX_SPLITS = 256
 GEMM_TILE = 4096
 """Points per tile of the GEMM route (the float32 sums inside a product run over this many)."""
 
-GAUSSIAN_SCALE = math.sqrt(math.log2(math.e) / 2)
-"""Coordinate scale that turns exp(-|x|²/2) into 2^-|x'|² (as the CPU kernels)."""
-
 UNDERFLOW_FRACTION = 2.0**-96
 """A Gaussian query whose density is at most this fraction of the total point weight is
 recomputed in float64 (float32 weights flush to zero below 2^-126, so what was lost is at
 most 2^-30 of what was kept)."""
 
-COMPILED_MAX_COORDINATE = 150.0
-"""Largest coordinate magnitude (bandwidths) the float32 kernels take (as the CPU kernels)."""
-
-GPU_KERNELS = ("gaussian", "epanechnikov", "flat")
+GPU_KERNELS = KERNELS
 
 COMPILE_OPTIONS: tuple[str, ...] = ()
 """NVRTC options (the architecture is CuPy's choice: the device's own)."""
@@ -783,9 +779,7 @@ def bin_block(block: Any, cell: float, fixed_point: float) -> DeviceCells | None
     extent = np.floor(high / cell).astype(np.int64) - key_low + 1
     if float(np.prod(extent.astype(float))) >= 2.0**62:
         return None
-    strides = np.ones(d, dtype=np.int64)  # row-major (as pipeline.kernels.row_major_strides)
-    for k in range(d - 2, -1, -1):
-        strides[k] = strides[k + 1] * extent[k + 1]
+    strides = row_major_strides(extent)
     scaled = columns / cell
     keys = cupy.floor(scaled)
     linear = cupy.zeros(kept, dtype=cupy.int64)

@@ -19,12 +19,13 @@ query's result does not depend on which other queries share its block.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .dispatch import GAUSSIAN_SCALE
 
 WIDE_VECTORS_ENV = "MEANSHIFT_WIDE_VECTORS"
 """Set to ``0`` to keep numba's default vector width."""
@@ -78,9 +79,6 @@ WEIGHT_FLOOR = 2.0**-FLOOR_EXPONENT
 PAD = 64
 """The points are padded with zero weights to a multiple of this, so that the compiled
 loops run whole vector iterations only (no scalar remainder)."""
-
-GAUSSIAN_SCALE = math.sqrt(math.log2(math.e) / 2)
-"""Coordinate scale that turns exp(-|x|^2 / 2) into 2^-|x'|^2."""
 
 EXP_RELATIVE_ERROR = 1e-5
 """Bound on the relative error of the compiled Gaussian weight for d² < 88 (2.7e-6 from

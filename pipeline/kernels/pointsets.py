@@ -1,12 +1,8 @@
-"""Mean shift kernels for a block of query points against a weighted point set.
+"""The shared point set every query is shifted against: dense (every query meets every
+point) or on a grid of cells (a query meets its neighbour cells only).
 
-Every function takes the array module ``xp`` (NumPy or CuPy) and works in
-*bandwidth units*: coordinates are divided by the bandwidth before they get here,
-so a kernel's radius is 1. No function holds more than about ``block_bytes`` of
-pairwise intermediates at once, whatever the sizes of its inputs: queries and
-points are visited in blocks, and the point set is always cut at the same fixed
-offsets, so a query's result does not depend on which other queries share its
-block.
+A point set is built once per computation and fetched by every task; it moves to
+the GPU once per worker (:meth:`on`), and chooses once how it meets queries there.
 """
 
 from __future__ import annotations
@@ -19,241 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from .backend import to_host
-
-POINT_BLOCK = 8192
-"""Points per block of the shared set (fixed, so results do not depend on partitioning)."""
-
-DIRECT_MAX_DIMS = 16
-"""Up to this many dimensions distances are taken from coordinate differences (exact, and a
-query's result is bitwise independent of its block); above it, from one matrix product."""
-
-_TEMPORARIES = 5
-"""Pairwise (queries × points) arrays alive at once inside one block step."""
-
-
-def rows_per_block(n_columns: int, itemsize: int, block_bytes: int) -> int:
-    """Query rows per block so that the pairwise temporaries fit in ``block_bytes``."""
-    return max(1, block_bytes // (_TEMPORARIES * itemsize * max(1, n_columns)))
-
-
-def squared_distances(queries: Any, points: Any, xp: ModuleType) -> Any:
-    """Squared Euclidean distances between rows, ``(len(queries), len(points))``.
-
-    Low dimensions: a sum of squared coordinate differences, exact to rounding and
-    independent of far-away offsets. High dimensions: ``|q-c|² + |x-c|² - 2 (q-c)·(x-c)``
-    with ``c`` the queries' mean (one matrix product; negatives from rounding are clipped).
-    """
-    n_dims = queries.shape[1]
-    if n_dims <= DIRECT_MAX_DIMS:
-        d2 = xp.zeros((queries.shape[0], points.shape[0]), dtype=queries.dtype)
-        for k in range(n_dims):
-            diff = points[None, :, k] - queries[:, k, None]
-            diff *= diff
-            d2 += diff
-        return d2
-    centre = queries.mean(axis=0)
-    q = queries - centre
-    p = points - centre
-    d2 = q @ p.T
-    d2 *= -2.0
-    d2 += (q * q).sum(axis=1)[:, None]
-    d2 += (p * p).sum(axis=1)[None, :]
-    return xp.maximum(d2, 0.0, out=d2)
-
-
-def kernel_weights(d2: Any, kernel: str, xp: ModuleType) -> Any:
-    """Kernel weights for squared distances in bandwidth units (overwrites ``d2``).
-
-    ``gaussian``: ``exp(-d²/2)``; ``flat``: 1 where ``d <= 1`` else 0 (scikit-learn's
-    kernel); ``epanechnikov``: ``max(0, 1 - d²)``.
-    """
-    if kernel == "gaussian":
-        d2 *= -0.5
-        return xp.exp(d2, out=d2)
-    if kernel == "flat":
-        return (d2 <= 1.0).astype(d2.dtype)
-    if kernel == "epanechnikov":
-        xp.subtract(1.0, d2, out=d2)
-        return xp.maximum(d2, 0.0, out=d2)
-    raise ValueError(f"unknown kernel {kernel!r}")
-
-
-def _weighted_offsets(w: Any, block: Any, part: Any, xp: ModuleType) -> Any:
-    """``sum_j w_ij (x_j - q_i)`` per query row, shape (rows, d)."""
-    n_dims = block.shape[1]
-    if n_dims <= DIRECT_MAX_DIMS:
-        out = xp.empty_like(block)
-        for k in range(n_dims):
-            diff = part[None, :, k] - block[:, k, None]
-            diff *= w
-            out[:, k] = diff.sum(axis=1)
-        return out
-    return w @ part - w.sum(axis=1)[:, None] * block
-
-
-COMPILED_KERNELS = ("gaussian", "epanechnikov", "flat")
-"""Kernels with a compiled CPU path (float32 for gaussian/epanechnikov; float64 for flat,
-so that whether a point lies within the bandwidth is decided in float64, as on the
-array path)."""
-
-COMPILED_MAX_COORDINATE = 150.0
-"""Largest coordinate magnitude (bandwidths) the float32 compiled path takes (error <= 1e-5)."""
-
-
-def largest_coordinate(points: Any) -> float:
-    """Largest coordinate magnitude of a point set (0 for an empty one)."""
-    return float(abs(points).max()) if points.size else 0.0
-
-
-def _compiled_available(kernel: str, xp: ModuleType) -> bool:
-    if xp is not np or kernel not in COMPILED_KERNELS:
-        return False
-    from . import compiled  # numba loads on first use only
-
-    return compiled.AVAILABLE
-
-
-def _use_compiled(
-    queries: Any, points: Any, kernel: str, xp: ModuleType, points_largest: float | None
-) -> bool:
-    if not _compiled_available(kernel, xp):
-        return False
-    if queries.shape[0] == 0 or points.shape[0] == 0:
-        return False
-    if kernel == "flat":  # float64: no range limit
-        return True
-    if points_largest is None:
-        points_largest = largest_coordinate(points)
-    return max(largest_coordinate(queries), points_largest) <= COMPILED_MAX_COORDINATE
-
-
-def _on_gpu(xp: ModuleType) -> bool:
-    """Whether ``xp`` is CuPy (its shift kernels, :mod:`pipeline.gpu`, apply)."""
-    return xp is not np and getattr(xp, "__name__", "") == "cupy"
-
-
-def _array_path(
-    points: Any, weights: Any | None, kernel: str, xp: ModuleType, block_bytes: int
-) -> Any:
-    """``queries -> blocked_shift(queries, points, ...)``: the float64 array path."""
-    return lambda queries: blocked_shift(queries, points, weights, kernel, xp, block_bytes)
-
-
-def shift_points(
-    queries: Any,
-    points: Any,
-    weights: Any | None,
-    kernel: str,
-    xp: ModuleType,
-    block_bytes: int,
-    points_largest: float | None = None,
-    packed: Any = None,
-) -> tuple[Any, Any]:
-    """One mean shift step: move each query to the kernel-weighted mean of the points.
-
-    Parameters
-    ----------
-    queries : array, shape (m, d)
-        Positions to update, in bandwidth units.
-    points : array, shape (n, d)
-        The shared point set, in bandwidth units.
-    weights : array, shape (n,), or None
-        Multiplicity of each point (None: all 1).
-    kernel : {"gaussian", "flat", "epanechnikov"}
-    xp : module
-        ``numpy`` or ``cupy``.
-    block_bytes : int
-        Bound on the pairwise intermediates held at once.
-    points_largest : float, optional
-        :func:`largest_coordinate` of ``points``, when the caller already knows it.
-    packed : callable, optional
-        Returns ``points`` and ``weights`` already packed for the compiled kernels, or
-        for the GPU kernels when ``xp`` is CuPy (called only when they are used).
-
-    Returns
-    -------
-    shifted : array, shape (m, d)
-        New positions; a query with no point inside the kernel stays where it is.
-    density : array, shape (m,)
-        Weighted kernel sum at the query's position (for ``flat``: the weighted
-        number of points within the bandwidth).
-    """
-    if _on_gpu(xp):
-        from . import gpu
-
-        layout = (
-            packed() if packed is not None else gpu.pack(points, weights, kernel, points_largest)
-        )
-        return gpu.shift(
-            queries, layout, block_bytes, _array_path(points, weights, kernel, xp, block_bytes)
-        )
-    if _use_compiled(queries, points, kernel, xp, points_largest):
-        from . import compiled
-
-        layout = packed() if packed is not None else compiled.pack_points(points, weights, kernel)
-        offsets, density = compiled.shift_offsets(queries, layout)
-        shifted = queries + offsets
-        if layout.floor_density > 0:  # Gaussian: redo queries with every weight at the floor
-            isolated = np.flatnonzero(density <= 2 * layout.floor_density)
-            if len(isolated):  # (no point within 9.4 bandwidths)
-                exact = blocked_shift(queries[isolated], points, weights, kernel, xp, block_bytes)
-                shifted[isolated], density[isolated] = exact
-        return shifted, density
-    return blocked_shift(queries, points, weights, kernel, xp, block_bytes)
-
-
-def blocked_shift(
-    queries: Any,
-    points: Any,
-    weights: Any | None,
-    kernel: str,
-    xp: ModuleType,
-    block_bytes: int,
-) -> tuple[Any, Any]:
-    """:func:`shift_points` with array operations only (NumPy or CuPy, float64-exact)."""
-    n_queries = queries.shape[0]
-    n_points = points.shape[0]
-    shifted = xp.empty_like(queries)
-    density = xp.zeros(n_queries, dtype=queries.dtype)
-    step = rows_per_block(min(n_points, POINT_BLOCK), queries.dtype.itemsize, block_bytes)
-    for q_start in range(0, n_queries, step):
-        block = queries[q_start : q_start + step]
-        offsets = xp.zeros_like(block)
-        denominator = xp.zeros(block.shape[0], dtype=queries.dtype)
-        for p_start in range(0, n_points, POINT_BLOCK):
-            part = points[p_start : p_start + POINT_BLOCK]
-            w = kernel_weights(squared_distances(block, part, xp), kernel, xp)
-            if weights is not None:
-                w *= weights[None, p_start : p_start + POINT_BLOCK]
-            offsets += _weighted_offsets(w, block, part, xp)
-            denominator += w.sum(axis=1)
-        empty = denominator <= 0
-        safe = xp.where(empty, 1.0, denominator)
-        shifted[q_start : q_start + step] = block + xp.where(
-            empty[:, None], 0.0, offsets / safe[:, None]
-        )
-        density[q_start : q_start + step] = denominator
-    return shifted, density
-
-
-GAUSSIAN_CUTOFF = 5.0
-"""Radius (bandwidths) past which the grid method ignores Gaussian weights (< 3.7e-6)."""
-
-
-def kernel_radius(kernel: str) -> float:
-    """Distance (bandwidths) beyond which a kernel's weight is zero, or ignored by the grid."""
-    return GAUSSIAN_CUTOFF if kernel == "gaussian" else 1.0
-
-
-def row_major_strides(extent: np.ndarray) -> np.ndarray:
-    """Strides numbering the integer points of a box of this extent in C order (int64)."""
-    extent = np.asarray(extent, dtype=np.int64)
-    strides = np.ones(len(extent), dtype=np.int64)
-    for k in range(len(extent) - 2, -1, -1):
-        strides[k] = strides[k + 1] * extent[k + 1]
-    return strides
-
+from ..backend import to_host
+from .array import kernel_radius, largest_coordinate, row_major_strides
+from .dispatch import (
+    GAUSSIAN_SCALE,
+    compiled_available,
+    grid_route_on_gpu,
+    on_gpu,
+    shift_points,
+    use_compiled,
+)
 
 _CLONE_LOCK = threading.Lock()
 
@@ -307,13 +78,13 @@ class DensePointSet(_OnDevice):
         self.xp, self.block_bytes = xp, block_bytes
         self.largest = largest_coordinate(points)  # once, not on every step
         self._packed: Any = None
-        if _use_compiled(points[:1], points, kernel, xp, self.largest):
+        if use_compiled(points[:1], points, kernel, xp, self.largest):
             self._packed_points()  # now, not in each of the threads that will share the set
 
     def _packed_points(self) -> Any:
         """The points laid out for the compiled (CPU) or GPU kernels, built on first use only."""
         if self._packed is None:
-            if _on_gpu(self.xp):
+            if on_gpu(self.xp):
                 from . import gpu
 
                 self._packed = gpu.pack(self.points, self.weights, self.kernel, self.largest)
@@ -373,10 +144,8 @@ class GridPointSet(_OnDevice):
         offsets = np.array(list(itertools.product((-1, 0, 1), repeat=n_dims)), dtype=np.int64)
         self.offsets = xp.asarray(offsets @ strides)
         self._columns: Any = None  # the compiled kernel's layout (NumPy)
-        if _compiled_available(kernel, xp) and len(self.points):
-            from . import compiled
-
-            scale = compiled.GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
+        if compiled_available(kernel, xp) and len(self.points):
+            scale = GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
             self._columns = np.ascontiguousarray(self.points.T * scale)
             self._weights = (
                 np.ones(len(self.points)) if self.weights is None else self.weights.astype(float)
@@ -391,7 +160,7 @@ class GridPointSet(_OnDevice):
         the neighbourhood: the same result for the flat and Epanechnikov kernels, and the
         exact one for the Gaussian).
         """
-        if _on_gpu(self.xp):
+        if on_gpu(self.xp):
             route = self._gpu_route()
             if route == "dense":
                 return self._dense().shift(queries)
@@ -413,33 +182,14 @@ class GridPointSet(_OnDevice):
         return dense
 
     def _gpu_route(self) -> str:
-        """How this set meets queries on a GPU (chosen once per set, from the set alone).
-
-        ``dense``: the fused kernel over every point, for sets of up to
-        ``GPU_DENSE_MAX_POINTS`` points, or whose average neighbourhood (estimated from a
-        fixed sample of the points as queries) holds at least ``1 / GPU_GRID_GAIN`` of the
-        points, where the fused kernel applies (flat kernel, or coordinates within
-        ``COMPILED_MAX_COORDINATE``). ``grid``: the grid kernel. ``cells``: one array-path
-        call per occupied cell (kernels or dimensions the grid kernel does not take).
-        """
+        """How this set meets queries on a GPU (:func:`.dispatch.grid_route_on_gpu`, chosen
+        once per set, from the set alone)."""
         route = self.__dict__.get("_device_route")
         if route is None:
-            from . import gpu
-
-            n, d = self.points.shape
-            if not gpu.grid_route(d, self.kernel):
-                route = "dense" if n <= GPU_DENSE_MAX_POINTS else "cells"
-            else:
-                whole = (
-                    self.kernel == "flat"
-                    or largest_coordinate(self.points) <= gpu.COMPILED_MAX_COORDINATE
-                )
-                if whole and (
-                    n <= GPU_DENSE_MAX_POINTS or self.mean_neighbourhood() * GPU_GRID_GAIN >= n
-                ):
-                    route = "dense"
-                else:
-                    route = "grid"
+            route = grid_route_on_gpu(
+                self.points.shape, self.kernel, lambda: largest_coordinate(self.points),
+                self.mean_neighbourhood,
+            )  # fmt: skip
             self.__dict__["_device_route"] = route
         return route
 
@@ -512,7 +262,7 @@ class GridPointSet(_OnDevice):
         wanted = unique[:, None] + self.offsets[None, :]
         lo = np.searchsorted(self.keys, wanted[:, 0::3], side="left")
         hi = np.searchsorted(self.keys, wanted[:, 2::3], side="right")
-        scale = compiled.GAUSSIAN_SCALE if self.kernel == "gaussian" else 1.0
+        scale = GAUSSIAN_SCALE if self.kernel == "gaussian" else 1.0
         local = queries[rows]
         offsets, dens, floored = compiled.shift_spans(
             local * scale, self._columns, self._weights, lo, hi, cell.ravel(), self.kernel
@@ -559,17 +309,6 @@ class GridPointSet(_OnDevice):
 
 
 PointSet = DensePointSet | GridPointSet
-
-GPU_DENSE_MAX_POINTS = 2**15
-"""Grid sets up to this size meet every point on a GPU (the fused kernel, at most 2^15
-pair evaluations per query: little for the grid kernel to save); larger ones take the
-grid kernel (:func:`pipeline.gpu.grid_shift`) unless their neighbourhoods are large."""
-
-GPU_GRID_GAIN = 8.0
-"""A grid set on a GPU takes the grid kernel only where a query's neighbourhood holds on
-average fewer than ``1 / GPU_GRID_GAIN`` of the points: a guess (not measured on a GPU) at
-how much more a pair costs there (global loads, float64 differences) than in the fused
-kernel's shared-memory tiles."""
 
 
 def converge_seeds(
@@ -622,20 +361,3 @@ def converge_seeds(
         if progress is not None:
             progress(int(steps.max()), float(moved.max()), int(active.shape[0]))
     return modes, density, steps - 1, converged
-
-
-def nearest(queries: Any, centers: Any, xp: ModuleType, block_bytes: int) -> tuple[Any, Any]:
-    """Index of the nearest centre for each query and the squared distance to it.
-
-    Ties go to the lower index.
-    """
-    n_queries = queries.shape[0]
-    index = xp.empty(n_queries, dtype=xp.int64)
-    dist2 = xp.empty(n_queries, dtype=queries.dtype)
-    step = rows_per_block(len(centers), queries.dtype.itemsize, block_bytes)
-    for start in range(0, n_queries, step):
-        d2 = squared_distances(queries[start : start + step], centers, xp)
-        best = d2.argmin(axis=1)
-        index[start : start + step] = best
-        dist2[start : start + step] = xp.take_along_axis(d2, best[:, None], axis=1)[:, 0]
-    return index, dist2
