@@ -86,21 +86,7 @@ def dask_client(
         (dask-cuda ``LocalCUDACluster``, one worker per GPU). Ignored with ``scheduler``.
     """
     if scheduler is not None:
-        if scheduler.startswith("tls://"):
-            settings = security or Security()  # default: Dask's distributed.comm.tls config
-            if settings.get_connection_args("client").get("ssl_context") is None:
-                raise ClusterError(
-                    f"{literal(scheduler)} needs TLS: give {{security}} "
-                    "(or set distributed.comm.tls in the Dask config)",
-                    security=None,
-                )
-        try:
-            client = Client(scheduler, timeout=timeout, set_as_default=True, security=security)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ClusterError(
-                f"cannot reach Dask scheduler {scheduler}: {first_line(exc)}"
-            ) from None
-        with client:
+        with _remote_client(scheduler, timeout, security) as client:
             yield client
         return
     if kind == "remote":
@@ -118,6 +104,30 @@ def dask_client(
             yield client
     finally:
         cluster.close()
+
+
+def _check_tls(scheduler: str, security: Security | None) -> None:
+    """Refuse a tls:// scheduler address when neither ``security`` nor Dask's config has TLS."""
+    if scheduler.startswith("tls://"):
+        settings = security or Security()  # default: Dask's distributed.comm.tls config
+        if settings.get_connection_args("client").get("ssl_context") is None:
+            raise ClusterError(
+                f"{literal(scheduler)} needs TLS: give {{security}} "
+                "(or set distributed.comm.tls in the Dask config)",
+                security=None,
+            )
+
+
+@contextlib.contextmanager
+def _remote_client(scheduler: str, timeout: float, security: Security | None) -> Iterator[Client]:
+    """A client of a running scheduler, closed afterwards (the scheduler keeps running)."""
+    _check_tls(scheduler, security)
+    try:
+        client = Client(scheduler, timeout=timeout, set_as_default=True, security=security)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterError(f"cannot reach Dask scheduler {scheduler}: {first_line(exc)}") from None
+    with client:
+        yield client
 
 
 _log = logging.getLogger(__name__)
