@@ -58,8 +58,8 @@ def b1() -> dict:
     import cupy
 
     from benchmarks.references import seed_batched
-    from pipeline.datasets import make_blobs
     from pipeline.engine import mean_shift
+    from pipeline.io.datasets import make_blobs
     from pipeline.kernels import blocked_shift, gpu
     from pipeline.params import make_params
 
@@ -194,7 +194,7 @@ SKLEARN_CODE = """
 import json, sys, time
 from sklearn.cluster import MeanShift
 from sklearn.metrics import adjusted_rand_score
-from pipeline.datasets import make_blobs
+from pipeline.io.datasets import make_blobs
 points, truth, _ = make_blobs(6, int(sys.argv[1]), 5.0, 2, seed=0)
 start = time.perf_counter()
 labels = MeanShift(bandwidth=float(sys.argv[2]), bin_seeding=True, n_jobs=-1).fit(points).labels_
@@ -211,8 +211,8 @@ def b3(out: dict, per_cluster: int = 250_000, save=lambda: None) -> dict:
     import dask
     from sklearn.metrics import adjusted_rand_score
 
-    from pipeline.datasets import make_blobs
     from pipeline.engine import mean_shift
+    from pipeline.io.datasets import make_blobs
     from pipeline.params import make_params
 
     points, truth, _ = make_blobs(6, per_cluster, 5.0, 2, seed=0)

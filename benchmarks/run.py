@@ -40,8 +40,8 @@ def b1() -> dict:
     import dask
     import dask.array as da
 
-    from pipeline.datasets import make_blobs
     from pipeline.engine import mean_shift
+    from pipeline.io.datasets import make_blobs
     from pipeline.params import make_params
 
     points, _, _ = make_blobs(6, 250, 5.0, 2, seed=0)

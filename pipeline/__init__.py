@@ -43,15 +43,15 @@ def __getattr__(name: str) -> Any:
 
         return mean_shift
     if name == "run_job":
-        from .job import run_job
+        from .jobs.job import run_job
 
         return run_job
     if name == "load_spec":
-        from .spec import load_spec
+        from .jobs.spec import load_spec
 
         return load_spec
     if name == "run_spec":
-        from .workflow import run_spec
+        from .jobs.workflow import run_spec
 
         return run_spec
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -65,7 +65,7 @@ def generate(
     overwrite: bool,
 ) -> None:
     """Write the seed notebook's data set: Gaussian blobs, centroids uniform in [-35, 35]^d."""
-    from .datasets import write_blobs
+    from .io.datasets import write_blobs
 
     write_blobs(output, clusters, per_cluster, spread, dims, seed, chunk, overwrite)
     click.echo(
@@ -227,7 +227,7 @@ def _echo_outcome(
     report: Any, spec: Any, params: MeanShiftParams, quiet: bool, run_id: str | None
 ) -> None:
     """Print how a job ended: already complete, or its summary (only the first if quiet)."""
-    from .spec import make_run_id
+    from .jobs.spec import make_run_id
 
     if report is None:
         click.echo(f"already complete: {spec.output_path(run_id or make_run_id())}")
@@ -249,8 +249,8 @@ def _execute(
     skip_complete: bool = False,
 ):
     """Run one job from a spec file and/or command-line options (those the user gave)."""
-    from .spec import load_spec
-    from .workflow import run_spec, spec_with_options
+    from .jobs.spec import load_spec
+    from .jobs.workflow import run_spec, spec_with_options
 
     spec = spec_with_options(None if spec_file is None else load_spec(spec_file), given)
     params = spec.mean_shift_params()
@@ -403,7 +403,7 @@ def schedule(locations: tuple[str, ...], state_dir: str, max_parallel: int) -> N
     import signal
     import threading
 
-    from .schedule import LOG, JsonFormatter, serve
+    from .jobs.schedule import LOG, JsonFormatter, serve
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -429,7 +429,7 @@ def history(state_dir: str, name: str | None, limit: int, as_json: bool) -> None
     import dataclasses
     import json
 
-    from .schedule import STATE_FILE, History
+    from .jobs.schedule import STATE_FILE, History
 
     path = os.path.join(state_dir, STATE_FILE)
     if not os.path.exists(path):
@@ -451,7 +451,7 @@ def history(state_dir: str, name: str | None, limit: int, as_json: bool) -> None
 @click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
 def validate(specs: tuple[str, ...]) -> None:
     """Check workflow spec files; exit 0 only if every one is valid."""
-    from .spec import load_spec
+    from .jobs.spec import load_spec
 
     failed = 0
     for path in specs:
@@ -490,8 +490,8 @@ def demo(output_dir: str | None, plot_path: str, n_workers: int, seed: int, quie
     6 Gaussian blobs of 250 points (d=2, variance 5), Gaussian kernel, bandwidth 2.5,
     blurring mean shift.
     """
-    from .datasets import write_blobs
-    from .store import open_result
+    from .io.datasets import write_blobs
+    from .io.store import open_result
 
     with tempfile.TemporaryDirectory(prefix="meanshift-demo-") as scratch:
         folder = output_dir or scratch

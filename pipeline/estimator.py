@@ -13,8 +13,8 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backend import namespace_of, to_host
-from .cluster import dask_client
 from .engine import mean_shift, rows_per_chunk
+from .jobs.cluster import dask_client
 from .kernels import nearest
 from .params import DEFAULT_BLOCK_BYTES, MeanShiftParams, make_params, parameters_doc
 

@@ -17,8 +17,8 @@ import numpy as np
 import zarr
 
 from .errors import OutputError, PipelineError
+from .io.store import open_result
 from .plot import draw_clusters, pyplot, save_figure
-from .store import open_result
 
 DEFAULT_MAX_POINTS = 50_000
 

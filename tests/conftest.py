@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from pipeline.datasets import make_blobs, write_blobs
+from pipeline.io.datasets import make_blobs, write_blobs
 
 from .support import StandingCluster
 

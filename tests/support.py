@@ -11,7 +11,7 @@ import time
 
 from distributed import Client
 
-from pipeline.cluster import tls_security
+from pipeline.jobs.cluster import tls_security
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
 """The ``meanshift`` command line of the interpreter running the tests."""

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.cluster import estimate_bandwidth as sklearn_estimate_bandwidth
 
-from pipeline.datasets import make_blobs
 from pipeline.engine.bandwidth import estimate_bandwidth, sample_rows
+from pipeline.io.datasets import make_blobs
 
 
 @pytest.mark.parametrize("quantile", [0.05, 0.3, 0.9])

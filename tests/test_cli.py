@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from pipeline.backend import gpu_available
-from pipeline.store import STATUS_COMPLETE
+from pipeline.io.store import STATUS_COMPLETE
 
 from .support import meanshift, tree_digest
 

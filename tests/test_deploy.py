@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipeline.cli import cli
-from pipeline.spec import cron_trigger
+from pipeline.jobs.spec import cron_trigger
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")

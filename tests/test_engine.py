@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from sklearn.cluster import MeanShift as SklearnMeanShift
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline.datasets import make_blobs
 from pipeline.engine import mean_shift
+from pipeline.io.datasets import make_blobs
 from pipeline.params import make_params
 
 from .references import seed_blurring_reference

@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
-from pipeline.datasets import write_blobs
 from pipeline.errors import OutputError, ParameterError
+from pipeline.io.datasets import write_blobs
 
 from .support import meanshift
 
@@ -46,7 +46,7 @@ def test_errors_keep_their_wording_across_processes():
 
 
 def test_tls_errors_name_the_function_parameters():
-    from pipeline.cluster import tls_security
+    from pipeline.jobs.cluster import tls_security
 
     with pytest.raises(ParameterError) as raised:
         tls_security(None, "cert.pem", None)

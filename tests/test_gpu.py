@@ -554,8 +554,8 @@ def test_cupy_in_memory_equals_numpy(seed_data, kernel, method, blurring):
 def test_cupy_grid_method_equals_numpy():
     """36,000 points, neighbourhoods of about 7% of them: the grid kernel (the NumPy run takes
     about 8 s on 2 cores, so a few seconds on the GPU machines' 16)."""
-    from pipeline.datasets import make_blobs
     from pipeline.engine import mean_shift
+    from pipeline.io.datasets import make_blobs
     from pipeline.kernels import dispatch
     from pipeline.params import make_params
 
@@ -571,8 +571,8 @@ def test_cupy_grid_method_equals_numpy():
 
 @on_device
 def test_cupy_binned_equals_numpy():
-    from pipeline.datasets import make_blobs
     from pipeline.engine import mean_shift
+    from pipeline.io.datasets import make_blobs
     from pipeline.params import make_params
 
     points, truth, _ = make_blobs(6, 5000, 5.0, 2, seed=0)
@@ -600,7 +600,7 @@ def test_estimator_with_cupy_arrays(seed_data):
 
 
 def test_local_cuda_workers_advertise_the_gpu_resource(monkeypatch):
-    from pipeline.cluster import GPU_WORKER_RESOURCES, RMM_POOL_ENV, cuda_cluster_options
+    from pipeline.jobs.cluster import GPU_WORKER_RESOURCES, RMM_POOL_ENV, cuda_cluster_options
 
     monkeypatch.delenv(RMM_POOL_ENV, raising=False)
     options = cuda_cluster_options(None)
@@ -617,9 +617,9 @@ def test_local_cuda_cluster_runs_gpu_tasks():
     pytest.importorskip("dask_cuda")
     import dask.array as da
 
-    from pipeline.cluster import dask_client
-    from pipeline.datasets import make_blobs
     from pipeline.engine import mean_shift
+    from pipeline.io.datasets import make_blobs
+    from pipeline.jobs.cluster import dask_client
     from pipeline.params import make_params
 
     points, _, _ = make_blobs(6, 500, 5.0, 2, seed=0)

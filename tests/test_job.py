@@ -7,11 +7,11 @@ import pytest
 import zarr
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline.datasets import write_blobs
 from pipeline.errors import InputDataError, OutputError
-from pipeline.job import run_job
+from pipeline.io.datasets import write_blobs
+from pipeline.io.store import STATUS_COMPLETE, STATUS_FAILED, open_result
+from pipeline.jobs.job import run_job
 from pipeline.params import make_params
-from pipeline.store import STATUS_COMPLETE, STATUS_FAILED, open_result
 
 from .support import tree_digest
 
@@ -114,7 +114,7 @@ def test_failed_run_is_marked_failed_not_complete(seed_store, cluster_2proc, tmp
 
 
 def test_file_url_and_sharded_input(cluster_2proc, tmp_path):
-    from pipeline.datasets import make_blobs
+    from pipeline.io.datasets import make_blobs
 
     points, truth, _ = make_blobs(3, 400, 5.0, 2, seed=6)
     path = tmp_path / "sharded.zarr"

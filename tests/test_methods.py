@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline.datasets import make_blobs
 from pipeline.engine import mean_shift
+from pipeline.io.datasets import make_blobs
 from pipeline.params import make_params, resolve_method
 
 

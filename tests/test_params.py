@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.cli import PARAMETERS_ELSEWHERE, cli
 from pipeline.estimator import MeanShift
+from pipeline.jobs.workflow import spec_with_options
 from pipeline.params import MeanShiftParams, make_params
-from pipeline.workflow import spec_with_options
 
 FIELDS = MeanShiftParams.model_fields
 
@@ -104,7 +104,7 @@ def test_bandwidth_rules_reach_the_run_parameters_from_the_cli_and_a_spec(word, 
     params = spec_with_options(None, {"bandwidth": context.params["bandwidth"]} | {
         "input_url": "in.zarr", "output": "out.zarr"}).mean_shift_params()  # fmt: skip
     assert params.bandwidth is None and params.bandwidth_rule == rule
-    from pipeline.spec import WorkflowSpec
+    from pipeline.jobs.spec import WorkflowSpec
 
     spec = WorkflowSpec(
         name="job",

@@ -356,7 +356,7 @@ def _crash_at(iteration: int):
 
 
 def test_the_binned_method_resumes_after_its_binning_pass(seed_store, tmp_path):
-    from pipeline.job import run_job
+    from pipeline.jobs.job import run_job
     from pipeline.params import make_params
 
     params = make_params(kernel="gaussian", bandwidth=2.5, method="binned")
@@ -386,7 +386,7 @@ def test_the_binned_method_resumes_after_its_binning_pass(seed_store, tmp_path):
 def test_the_checkpoint_interval_sets_where_a_blurring_run_resumes(
     seed_store, tmp_path, every, expected
 ):
-    from pipeline.job import run_job
+    from pipeline.jobs.job import run_job
     from pipeline.params import make_params
 
     params = make_params(kernel="gaussian", bandwidth=1.0, blurring=True, tol=0.0, max_iter=8)
@@ -437,7 +437,7 @@ def test_rerunning_a_finished_job_is_a_no_op_and_another_job_is_refused(chunked_
 def test_identical_results_across_worker_counts_threads_and_processes(seed_store, tmp_path, config):
     from distributed import LocalCluster
 
-    from pipeline.job import run_job
+    from pipeline.jobs.job import run_job
     from pipeline.params import make_params
 
     params = make_params(**({"bandwidth": 2.5} | config))
@@ -459,8 +459,8 @@ def test_identical_results_across_worker_counts_threads_and_processes(seed_store
 
 
 def test_workers_not_started_in_time_are_a_cluster_error():
-    from pipeline.cluster import start_local_cluster
     from pipeline.errors import ClusterError
+    from pipeline.jobs.cluster import start_local_cluster
 
     # no worker process can import and register in a hundredth of a second
     with pytest.raises(ClusterError, match=r"^no Dask worker started within 0\.01 s$"):

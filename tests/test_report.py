@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.image
 import pytest
 
-from pipeline.job import run_job
+from pipeline.jobs.job import run_job
 from pipeline.params import make_params
 from pipeline.report import write_report
 

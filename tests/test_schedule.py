@@ -14,8 +14,8 @@ import yaml
 import zarr
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline.schedule import STATE_FILE, History, run_scheduled
-from pipeline.spec import parse_run_id
+from pipeline.jobs.schedule import STATE_FILE, History, run_scheduled
+from pipeline.jobs.spec import parse_run_id
 
 from .support import CLI
 

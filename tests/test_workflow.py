@@ -11,7 +11,7 @@ import yaml
 import zarr
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline.spec import load_spec
+from pipeline.jobs.spec import load_spec
 
 from .support import meanshift, tree_digest
 

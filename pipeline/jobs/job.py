@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from . import store
-from .checkpoint import ZarrCheckpoint, resumable
+from ..engine import MeanShiftResult, ProgressCallback, mean_shift
+from ..errors import InvalidRowsError, literal
+from ..io import store
+from ..io.checkpoint import ZarrCheckpoint, resumable
+from ..io.rows import KeptRows, keep_finite_rows
+from ..naming import job_tag
+from ..params import MeanShiftParams
+from ..worker import warm_up
 from .cluster import dask_client
-from .engine import MeanShiftResult, ProgressCallback, mean_shift
-from .errors import InvalidRowsError, literal
-from .naming import job_tag
-from .params import MeanShiftParams
-from .rows import KeptRows, keep_finite_rows
-from .worker import warm_up
 
 
 @dataclass
@@ -171,7 +171,7 @@ def run_job(
         Prefix of the job's task names on the dashboard (default: the output's folder
         name without extension).
     security : distributed.security.Security, optional
-        TLS settings for ``scheduler`` (see :func:`pipeline.cluster.tls_security`).
+        TLS settings for ``scheduler`` (see :func:`pipeline.jobs.cluster.tls_security`).
     cluster_kind : {"local", "local-cuda", "remote"}
         Embedded cluster type when no ``scheduler`` is given (``local-cuda``: one
         worker per GPU, dask-cuda).

@@ -13,8 +13,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .errors import InvalidRowsError
-from .naming import task_name
+from ..errors import InvalidRowsError
+from ..naming import task_name
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ParameterError
+from ..errors import ParameterError
 from .spec import WorkflowSpec, cron_trigger, load_spec, make_run_id
 
 LOG = logging.getLogger("meanshift.schedule")

@@ -14,7 +14,7 @@ from distributed.core import Status
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
 
-from .errors import ClusterError, ParameterError, first_line, literal
+from ..errors import ClusterError, ParameterError, first_line, literal
 
 
 def tls_security(

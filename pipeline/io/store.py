@@ -26,8 +26,8 @@ import numpy as np
 import zarr
 import zarr.errors
 
-from .errors import InputDataError, OutputError, first_line, literal
-from .naming import task_name
+from ..errors import InputDataError, OutputError, first_line, literal
+from ..naming import task_name
 
 STATUS_RUNNING = "running"
 STATUS_COMPLETE = "complete"

@@ -33,8 +33,8 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ParameterError
-from .params import BANDWIDTH_ESTIMATES, MeanShiftParams, describe_validation_error
+from ..errors import ParameterError
+from ..params import BANDWIDTH_ESTIMATES, MeanShiftParams, describe_validation_error
 
 PLACEHOLDERS = ("name", "date", "run_id")
 

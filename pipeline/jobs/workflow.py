@@ -7,12 +7,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import store
+from ..engine import ProgressCallback
+from ..errors import ParameterError
+from ..io import store
+from ..naming import clean_tag
 from .cluster import tls_security
-from .engine import ProgressCallback
-from .errors import ParameterError
 from .job import JobReport, default_job_name, run_job
-from .naming import clean_tag
 from .spec import WorkflowSpec, describe_spec_error, make_run_id
 
 CLI_TO_SPEC = {

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import zarr
 
-from .errors import OutputError, ParameterError, literal
+from ..errors import OutputError, ParameterError, literal
 from .store import existing_attributes, is_local, local_path
 
 GENERATOR = "meanshift generate"

@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from .naming import task_name
+from ..naming import task_name
 from .store import (
     STATUS_FAILED,
     STATUS_RUNNING,
@@ -47,7 +47,7 @@ class ZarrCheckpoint:
     row_chunk : int
         Rows per Zarr chunk of per-point arrays.
     fingerprint : str
-        Identity of the job (see :func:`pipeline.job.job_fingerprint`).
+        Identity of the job (see :func:`pipeline.jobs.job.job_fingerprint`).
     every : int
         Save blurring positions after every ``every``-th iteration; 0 saves nothing.
     """
