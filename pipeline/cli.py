@@ -223,14 +223,10 @@ class _ProgressBar:
             self._bar.close()
 
 
-def _echo_outcome(
-    report: Any, spec: Any, params: MeanShiftParams, quiet: bool, run_id: str | None
-) -> None:
+def _echo_outcome(report: Any, params: MeanShiftParams, quiet: bool, skip_complete: bool) -> None:
     """Print how a job ended: already complete, or its summary (only the first if quiet)."""
-    from .jobs.spec import make_run_id
-
-    if report is None:
-        click.echo(f"already complete: {spec.output_path(run_id or make_run_id())}")
+    if report.already_complete and skip_complete:  # scheduled runs: always said
+        click.echo(f"already complete: {report.output}")
     elif report.already_complete:
         if not quiet:
             click.echo(
@@ -272,7 +268,7 @@ def _execute(
     finally:
         if progress is not None:
             progress.close()
-    _echo_outcome(report, spec, params, quiet, run_id)
+    _echo_outcome(report, params, quiet, skip_complete)
     return report
 
 

@@ -10,9 +10,13 @@ import pytest
 import zarr
 
 from pipeline.engine import mean_shift
+from pipeline.jobs.spec import ClusterSpec, OutputSpec
 from pipeline.params import make_params
 
 from .support import CLI, meanshift, tree_digest
+
+ONE_WORKER = ClusterSpec(n_workers=1)
+"""An embedded cluster of one worker process."""
 
 
 @pytest.fixture
@@ -360,13 +364,13 @@ def test_the_binned_method_resumes_after_its_binning_pass(seed_store, tmp_path):
     from pipeline.params import make_params
 
     params = make_params(kernel="gaussian", bandwidth=2.5, method="binned")
-    reference = run_job(seed_store, str(tmp_path / "reference.zarr"), params, n_workers=1)
+    reference = run_job(seed_store, str(tmp_path / "reference.zarr"), params, cluster=ONE_WORKER)
     out = str(tmp_path / "out.zarr")
     with pytest.raises(_Crash):  # the cells' mean shift runs after the binning pass
-        run_job(seed_store, out, params, n_workers=1, progress=_crash_at(2))
+        run_job(seed_store, out, params, cluster=ONE_WORKER, progress=_crash_at(2))
     left = zarr.open_group(out, mode="r")
     assert left.attrs["status"] == "failed" and left.attrs["checkpoint"]["stage"] == "binned"
-    resumed = run_job(seed_store, out, params, n_workers=1)
+    resumed = run_job(seed_store, out, params, cluster=ONE_WORKER)
     assert resumed.resumed == f"the binning pass ({reference.n_cells:,} cells)"
     a, b = zarr.open_group(str(tmp_path / "reference.zarr"), mode="r"), zarr.open_group(out)
     np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
@@ -390,12 +394,12 @@ def test_the_checkpoint_interval_sets_where_a_blurring_run_resumes(
     from pipeline.params import make_params
 
     params = make_params(kernel="gaussian", bandwidth=1.0, blurring=True, tol=0.0, max_iter=8)
-    reference = run_job(seed_store, str(tmp_path / "reference.zarr"), params, n_workers=1)
+    reference = run_job(seed_store, str(tmp_path / "reference.zarr"), params, cluster=ONE_WORKER)
     out = str(tmp_path / "out.zarr")
+    every_n = OutputSpec(path=out, checkpoint_every=every)
     with pytest.raises(_Crash):  # after iteration 5's stop test, before its save
-        run_job(seed_store, out, params, n_workers=1, progress=_crash_at(5),
-                checkpoint_every=every)  # fmt: skip
-    resumed = run_job(seed_store, out, params, n_workers=1, checkpoint_every=every)
+        run_job(seed_store, every_n, params, cluster=ONE_WORKER, progress=_crash_at(5))
+    resumed = run_job(seed_store, every_n, params, cluster=ONE_WORKER)
     a, b = zarr.open_group(str(tmp_path / "reference.zarr"), mode="r"), zarr.open_group(out)
     assert b.attrs["resumed_from_iteration"] == expected
     assert resumed.n_iter == reference.n_iter == 8
@@ -444,11 +448,11 @@ def test_identical_results_across_worker_counts_threads_and_processes(seed_store
     outcomes = []
     for workers in (1, 2, 4):
         out = str(tmp_path / f"processes-{workers}.zarr")
-        run_job(seed_store, out, params, n_workers=workers)
+        run_job(seed_store, out, params, cluster=ClusterSpec(n_workers=workers))
         outcomes.append(zarr.open_group(out, mode="r"))
     with LocalCluster(n_workers=2, threads_per_worker=2, processes=False) as threads:
         out = str(tmp_path / "threads.zarr")
-        run_job(seed_store, out, params, scheduler=threads.scheduler_address)
+        run_job(seed_store, out, params, cluster=ClusterSpec(scheduler=threads.scheduler_address))
         outcomes.append(zarr.open_group(out, mode="r"))
     first = outcomes[0]
     for other in outcomes[1:]:

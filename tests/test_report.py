@@ -6,6 +6,7 @@ import matplotlib.image
 import pytest
 
 from pipeline.jobs.job import run_job
+from pipeline.jobs.spec import ClusterSpec
 from pipeline.params import make_params
 from pipeline.report import write_report
 
@@ -16,7 +17,7 @@ from .support import meanshift
 def finished(tmp_path_factory, seed_store):
     out = str(tmp_path_factory.mktemp("report") / "seed-clusters.zarr")
     params = make_params(bandwidth=2.5, kernel="gaussian", blurring=True)
-    run_job(seed_store, out, params, n_workers=1, name="report_test")
+    run_job(seed_store, out, params, cluster=ClusterSpec(n_workers=1), name="report_test")
     return out
 
 

@@ -94,6 +94,7 @@ BAD_SPECS = [
     ({"schedule": {"cron": "61 * * * *"}}, "schedule.cron"),
     ({"schedule": {"cron": "* * *"}}, "needs 5 fields"),
     ({"cluster": {"kind": "remote"}}, "scheduler is required"),
+    ({"cluster": {"kind": "local", "scheduler": "tcp://h:8786"}}, "applies to kind 'remote' only"),
     ({"cluster": {"n_workers": "two"}}, "cluster.n_workers"),
     ({"input": {"url": 3}}, "input.url"),
     ({"name": "9lives"}, "name"),
@@ -112,6 +113,13 @@ def test_bad_specs_are_refused_in_one_line(tmp_path, change, message):
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and str(path) in lines[0], done.stderr
+
+
+def test_a_scheduler_without_a_kind_means_a_remote_cluster():
+    from pipeline.jobs.spec import ClusterSpec
+
+    assert ClusterSpec(scheduler="tcp://h:8786").kind == "remote"
+    assert ClusterSpec().kind == "local" and ClusterSpec(n_workers=2).scheduler is None
 
 
 def test_unreadable_specs(tmp_path):

@@ -52,6 +52,12 @@ def local_path(url: str) -> str:
     return url[len("file://") :] if url.startswith("file://") else url
 
 
+def absolute(url: str) -> str:
+    """A relative local path made absolute (Dask workers may run in another folder);
+    URLs as they are."""
+    return url if "://" in url else os.path.abspath(url)
+
+
 def open_points(
     url: str, array: str = "points", storage_options: dict[str, Any] | None = None
 ) -> InputInfo:

@@ -8,6 +8,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from distributed import Client, LocalCluster
 from distributed.core import Status
@@ -15,6 +16,9 @@ from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
 
 from ..errors import ClusterError, ParameterError, first_line, literal
+
+if TYPE_CHECKING:
+    from .spec import ClusterSpec
 
 
 def tls_security(
@@ -46,6 +50,25 @@ def tls_security(
         tls_client_cert=cert_file,
         tls_client_key=key_file,
         require_encryption=True,
+    )
+
+
+def spec_security(cluster: ClusterSpec) -> Security | None:
+    """The Dask TLS settings of a spec's ``cluster`` section (None: no ``tls`` given)."""
+    tls = cluster.tls
+    return None if tls is None else tls_security(tls.ca_file, tls.cert, tls.key)
+
+
+def cluster_client(
+    cluster: ClusterSpec, security: Security | None
+) -> contextlib.AbstractContextManager[Client]:
+    """A client of the cluster a spec's ``cluster`` section names (see :func:`dask_client`)."""
+    return dask_client(
+        cluster.scheduler if cluster.kind == "remote" else None,
+        cluster.n_workers,
+        timeout=cluster.connect_timeout,
+        security=security,
+        kind=cluster.kind,
     )
 
 

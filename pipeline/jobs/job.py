@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import importlib.metadata
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +24,11 @@ from ..io.rows import KeptRows, keep_finite_rows
 from ..naming import job_tag
 from ..params import MeanShiftParams
 from ..worker import warm_up
-from .cluster import dask_client
+
+if TYPE_CHECKING:
+    from distributed import Client
+from .cluster import cluster_client, spec_security
+from .spec import ClusterSpec, InputSpec, OutputSpec
 
 
 @dataclass
@@ -111,27 +118,31 @@ def default_job_name(output_url: str) -> str:
     return last.rsplit(".", 1)[0] or "meanshift"
 
 
+@dataclass(frozen=True)
+class Job:
+    """One job, as :func:`run_job` was asked to run it, and its input as opened."""
+
+    input: InputSpec
+    output: OutputSpec
+    params: MeanShiftParams
+    source: store.InputInfo
+    fingerprint: str
+    name: str
+    run_id: str | None
+    started: float  # time.perf_counter() when the job was asked for
+
+
 def run_job(
-    input_url: str,
-    output_url: str,
+    input: str | InputSpec,
+    output: str | OutputSpec,
     params: MeanShiftParams,
     *,
-    array: str = "points",
-    scheduler: str | None = None,
-    n_workers: int | None = None,
-    overwrite: bool = False,
-    write_modes: bool = False,
-    storage_options: dict[str, Any] | None = None,
+    cluster: ClusterSpec | None = None,
+    name: str | None = None,
+    run_id: str | None = None,
     progress: ProgressCallback | None = None,
     dashboard: bool = False,
-    on_cluster_ready: Any = None,
-    connect_timeout: float = 30.0,
-    name: str | None = None,
-    security: Any = None,
-    cluster_kind: str = "local",
-    run_id: str | None = None,
-    checkpoint_every: int = 1,
-    drop_invalid_rows: bool = False,
+    on_cluster_ready: Callable[[Client], None] | None = None,
 ) -> JobReport:
     """Cluster a Zarr point set and write the result to a Zarr group.
 
@@ -148,114 +159,122 @@ def run_job(
 
     Parameters
     ----------
-    input_url, output_url : str
-        Paths or fsspec URLs of the input group (or array) and the output group.
+    input : str or InputSpec
+        Path or fsspec URL of the input group (or array); an :class:`InputSpec` for
+        its array name, storage options, or to leave rows holding NaN/Inf out.
+    output : str or OutputSpec
+        Path or fsspec URL of the output group; an :class:`OutputSpec` to overwrite,
+        store each point's mode, or checkpoint less often.
     params : MeanShiftParams
-    array : str
-        Array of the input group holding the points.
-    scheduler : str, optional
-        Address of a running Dask scheduler; default: an embedded local cluster.
-    n_workers : int, optional
-        Workers of the embedded cluster.
-    overwrite : bool
-        Replace an existing output.
-    write_modes : bool
-        Also store where each point converged (``modes``).
-    progress : callable, optional
-        Called after each blurring iteration.
-    on_cluster_ready : callable, optional
-        Called with the ``distributed.Client`` once connected.
-    connect_timeout : float
-        Seconds to wait for ``scheduler``.
+    cluster : ClusterSpec, optional
+        Where to compute (default: an embedded local cluster, one worker per core).
     name : str, optional
         Prefix of the job's task names on the dashboard (default: the output's folder
         name without extension).
-    security : distributed.security.Security, optional
-        TLS settings for ``scheduler`` (see :func:`pipeline.jobs.cluster.tls_security`).
-    cluster_kind : {"local", "local-cuda", "remote"}
-        Embedded cluster type when no ``scheduler`` is given (``local-cuda``: one
-        worker per GPU, dask-cuda).
     run_id : str, optional
         Recorded in the output's attributes (workflow runs).
-    checkpoint_every : int
-        Save blurring positions after every ``checkpoint_every``-th iteration (0: keep
-        no state; standard mean shift and the binned method save theirs unless 0).
-    drop_invalid_rows : bool
-        Leave rows holding NaN or Inf out of the clustering (labelled -1, counted in
-        the report) instead of refusing the input.
+    progress : callable, optional
+        Called after each blurring iteration.
+    dashboard : bool
+        Put the cluster's dashboard address in the report.
+    on_cluster_ready : callable, optional
+        Called with the ``distributed.Client`` once connected.
     """
-    opened = time.perf_counter()
-    source = store.open_points(input_url, array, storage_options)
-    fingerprint = job_fingerprint(source, params, drop_invalid_rows)
-    if not overwrite:
-        done = _completed_report(output_url, fingerprint, write_modes)
+    started = time.perf_counter()
+    input = input if isinstance(input, InputSpec) else InputSpec(url=input)
+    output = output if isinstance(output, OutputSpec) else OutputSpec(path=output)
+    given = {"input": input.url, "output": output.path}  # as the report names them
+    input = input.model_copy(update={"url": store.absolute(input.url)})
+    output = output.model_copy(update={"path": store.absolute(output.path)})
+    source = store.open_points(input.url, input.array, input.storage_options or None)
+    fingerprint = job_fingerprint(source, params, input.drop_invalid_rows)
+    if not output.overwrite:
+        done = completed_report(output.path, fingerprint, output.modes)
         if done is not None:
-            return done
-    group = _open_output(output_url, input_url, source, fingerprint, overwrite)
-    checkpoint = ZarrCheckpoint(group, source.row_chunk, fingerprint, checkpoint_every)
-    job_name = name or default_job_name(output_url)
+            return dataclasses.replace(done, **given)
+    cluster = cluster or ClusterSpec()
+    security = spec_security(cluster)  # its files are checked before any output is made
+    job = Job(
+        input, output, params, source, fingerprint, name or default_job_name(output.path), run_id,
+        started,
+    )  # fmt: skip
+    group = _open_output(job)
     try:
-        before_cluster = time.perf_counter()
-        warming = threading.Thread(target=warm_up, daemon=True)  # while the cluster starts
-        warming.start()
-        with dask_client(
-            scheduler, n_workers, timeout=connect_timeout, security=security, kind=cluster_kind
-        ) as client:
-            warming.join()
-            cluster_start = time.perf_counter() - before_cluster
-            link = client.dashboard_link if dashboard else None
-            if on_cluster_ready is not None:
-                on_cluster_ready(client)
-            with job_tag(job_name):
-                result, kept = _cluster(source, params, progress, checkpoint, drop_invalid_rows)
-                clock = time.perf_counter()
-                _write_per_point(group, result, kept, source.row_chunk, write_modes)
-            timings = dict(result.timings)
-            timings["write_s"] = time.perf_counter() - clock
-            timings["cluster_start_s"] = cluster_start  # includes loading this process's kernels
-            timings["pipeline_s"] = time.perf_counter() - opened - cluster_start
-            attributes = result_attributes(result, params, source, source.array.shape[0])
-            attributes |= {
-                "timings": timings,
-                "job": {"name": job_name, "run_id": run_id},
-                "resumed_from_iteration": result.resumed_from_iteration,
-                "resumed": result.resumed,
-                "fingerprint": fingerprint,
-                "dropped_rows": 0 if kept is None else kept.dropped,
-            }
-            checkpoint.clear()
-            store.write_summary(group, result.centers, result.sizes, attributes)
+        connection = cluster_client(cluster, security)
+        report = _run(job, group, connection, progress, dashboard, on_cluster_ready)
     except BaseException as exc:
         store.mark_failed(group, f"{type(exc).__name__}: {exc}")
         raise
-    return _job_report(input_url, output_url, attributes, result.centers, result.sizes, link)
+    return dataclasses.replace(report, **given)
 
 
-def _open_output(
-    output_url: str, input_url: str, source: store.InputInfo, fingerprint: str, overwrite: bool
-) -> Any:
+def _run(
+    job: Job,
+    group: Any,
+    connection: contextlib.AbstractContextManager[Client],
+    progress: ProgressCallback | None,
+    dashboard: bool,
+    on_cluster_ready: Callable[[Client], None] | None,
+) -> JobReport:
+    """Start or reach the cluster, cluster the points, write everything, mark complete."""
+    checkpoint = ZarrCheckpoint(
+        group, job.source.row_chunk, job.fingerprint, job.output.checkpoint_every
+    )
+    before_cluster = time.perf_counter()
+    warming = threading.Thread(target=warm_up, daemon=True)  # while the cluster starts
+    warming.start()
+    with connection as client:
+        warming.join()
+        cluster_start = time.perf_counter() - before_cluster
+        if on_cluster_ready is not None:
+            on_cluster_ready(client)
+        with job_tag(job.name):
+            result, kept = _cluster(job, progress, checkpoint)
+            clock = time.perf_counter()
+            _write_per_point(group, result, kept, job.source.row_chunk, job.output.modes)
+        timings = dict(result.timings)
+        timings["write_s"] = time.perf_counter() - clock
+        timings["cluster_start_s"] = cluster_start  # includes loading this process's kernels
+        timings["pipeline_s"] = time.perf_counter() - job.started - cluster_start
+        attributes = result_attributes(result, job.params, job.source, job.source.array.shape[0])
+        attributes |= {
+            "timings": timings,
+            "job": {"name": job.name, "run_id": job.run_id},
+            "resumed_from_iteration": result.resumed_from_iteration,
+            "resumed": result.resumed,
+            "fingerprint": job.fingerprint,
+            "dropped_rows": 0 if kept is None else kept.dropped,
+        }
+        checkpoint.clear()
+        store.write_summary(group, result.centers, result.sizes, attributes)
+        link = client.dashboard_link if dashboard else None
+    return _job_report(
+        job.input.url, job.output.path, attributes, result.centers, result.sizes, link
+    )
+
+
+def _open_output(job: Job) -> Any:
     """The output group: reopened when this job stopped part way (to continue from its
     saved state), created (``status: "running"``) otherwise."""
-    if not overwrite and resumable(output_url, fingerprint):
-        return store.reopen_output(output_url)
-    n = source.array.shape[0]
-    return store.create_output(output_url, n, source.row_chunk, overwrite, input_url=input_url)
+    path = job.output.path
+    if not job.output.overwrite and resumable(path, job.fingerprint):
+        return store.reopen_output(path)
+    n = job.source.array.shape[0]
+    return store.create_output(
+        path, n, job.source.row_chunk, job.output.overwrite, input_url=job.input.url
+    )
 
 
 def _cluster(
-    source: store.InputInfo,
-    params: MeanShiftParams,
-    progress: ProgressCallback | None,
-    checkpoint: ZarrCheckpoint,
-    drop_invalid_rows: bool,
+    job: Job, progress: ProgressCallback | None, checkpoint: ZarrCheckpoint
 ) -> tuple[MeanShiftResult, KeptRows | None]:
     """Mean shift of the input's points (those without NaN/Inf if ``drop_invalid_rows``)."""
-    points, kept = store.points_as_dask(source), None
-    if drop_invalid_rows:
+    points, kept = store.points_as_dask(job.source), None
+    if job.input.drop_invalid_rows:
         kept = keep_finite_rows(points)
         points = kept.points
     try:
-        return mean_shift(points, params, progress=progress, checkpoint=checkpoint), kept
+        return mean_shift(points, job.params, progress=progress, checkpoint=checkpoint), kept
     except InvalidRowsError as exc:
         raise InvalidRowsError(
             f"{literal(str(exc))}; {{drop_invalid_rows}} leaves them out",
@@ -309,13 +328,25 @@ def _job_report(
     )
 
 
-def _completed_report(output_url: str, fingerprint: str, modes: bool) -> JobReport | None:
-    """The report of ``output_url`` if it is a complete output of this very job (holding
-    ``modes`` if they are asked for), else None."""
+def completed_report(
+    output_url: str, fingerprint: str | None, modes: bool = False
+) -> JobReport | None:
+    """The report of ``output_url`` if it is complete, else None: the one test of
+    "already complete".
+
+    Parameters
+    ----------
+    output_url : str
+    fingerprint : str or None
+        Only an output of this very job counts (:func:`job_fingerprint`); None: any
+        complete output (a scheduled run's own output, named by its run id).
+    modes : bool
+        Only an output holding each point's mode counts.
+    """
     attributes = store.existing_attributes(output_url) or {}
     if attributes.get("status") != store.STATUS_COMPLETE:
         return None
-    if attributes.get("fingerprint") != fingerprint:
+    if fingerprint is not None and attributes.get("fingerprint") != fingerprint:
         return None
     group = store.open_result(output_url)
     if modes and "modes" not in group:

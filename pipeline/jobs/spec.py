@@ -61,7 +61,10 @@ class TLSSpec(_Strict):
 
 
 class ClusterSpec(_Strict):
-    """Where the job runs: an embedded cluster (CPU or one worker per GPU) or a scheduler."""
+    """Where the job runs: an embedded cluster (CPU or one worker per GPU) or a scheduler.
+
+    A ``scheduler`` given without a ``kind`` means ``kind: remote``.
+    """
 
     kind: Literal["local", "local-cuda", "remote"] = "local"
     n_workers: int | None = Field(default=None, ge=1)
@@ -69,10 +72,19 @@ class ClusterSpec(_Strict):
     tls: TLSSpec | None = None
     connect_timeout: float = Field(default=30.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scheduler_means_remote(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("scheduler") is not None and "kind" not in data:
+            return {**data, "kind": "remote"}
+        return data
+
     @model_validator(mode="after")
     def _remote_needs_scheduler(self) -> ClusterSpec:
         if self.kind == "remote" and self.scheduler is None:
             raise ValueError("scheduler is required for kind 'remote'")
+        if self.kind != "remote" and self.scheduler is not None:
+            raise ValueError(f"scheduler applies to kind 'remote' only, not {self.kind!r}")
         return self
 
 

@@ -11,9 +11,8 @@ from ..engine import ProgressCallback
 from ..errors import ParameterError
 from ..io import store
 from ..naming import clean_tag
-from .cluster import tls_security
-from .job import JobReport, default_job_name, run_job
-from .spec import WorkflowSpec, describe_spec_error, make_run_id
+from .job import JobReport, completed_report, default_job_name, run_job
+from .spec import ClusterSpec, TLSSpec, WorkflowSpec, describe_spec_error, make_run_id
 
 CLI_TO_SPEC = {
     "input_url": ("input", "url"),
@@ -102,13 +101,14 @@ def spec_with_options(spec: WorkflowSpec | None, options: dict[str, Any]) -> Wor
     return merged
 
 
-def _security(spec: WorkflowSpec) -> Any:
-    """The Dask security of the spec's tls:// cluster, its files resolved (None: no TLS)."""
+def _resolved_cluster(spec: WorkflowSpec) -> ClusterSpec:
+    """The spec's ``cluster`` section with its TLS files relative to the spec's folder."""
     tls = spec.cluster.tls
     if tls is None:
-        return None
+        return spec.cluster
     key = None if tls.key is None else spec.resolve(tls.key)
-    return tls_security(spec.resolve(tls.ca_file), spec.resolve(tls.cert), key)
+    resolved = TLSSpec(ca_file=spec.resolve(tls.ca_file), cert=spec.resolve(tls.cert), key=key)
+    return spec.cluster.model_copy(update={"tls": resolved})
 
 
 def run_spec(
@@ -119,7 +119,7 @@ def run_spec(
     on_cluster_ready: Any = None,
     dashboard: bool = False,
     skip_complete: bool = False,
-) -> JobReport | None:
+) -> JobReport:
     """Run one job described by ``spec``.
 
     Parameters
@@ -130,42 +130,30 @@ def run_spec(
     progress, on_cluster_ready, dashboard
         As for :func:`pipeline.run_job`.
     skip_complete : bool
-        Scheduled runs: an output already complete is left alone (returns None); one
-        left running or failed by an earlier attempt of the same run is replaced.
+        Scheduled runs: an output already complete is left alone, whatever job wrote
+        it (its report is read back, ``already_complete`` set); one left running or
+        failed by an earlier attempt of the same run is replaced.
 
     Returns
     -------
-    JobReport or None
-        None when ``skip_complete`` found the run already done.
+    JobReport
     """
     run_id = run_id or make_run_id()
-    output = spec.output_path(run_id)
-    overwrite = spec.output.overwrite
+    output = spec.output.model_copy(update={"path": spec.output_path(run_id)})
     if skip_complete:
-        status = (store.existing_attributes(output) or {}).get("status")
-        if status == store.STATUS_COMPLETE:
-            return None
-        overwrite = overwrite or status is not None  # our own partial output of this run
-    cluster = spec.cluster
-    security = _security(spec)
+        done = completed_report(output.path, None)  # any complete output of this run
+        if done is not None:
+            return done
+        if store.existing_attributes(output.path) is not None:  # an earlier attempt's
+            output = output.model_copy(update={"overwrite": True})
     return run_job(
-        spec.resolve(spec.input.url),
+        spec.input.model_copy(update={"url": spec.resolve(spec.input.url)}),
         output,
         spec.mean_shift_params(),
-        array=spec.input.array,
-        storage_options=spec.input.storage_options or None,
-        scheduler=cluster.scheduler if cluster.kind == "remote" else None,
-        cluster_kind=cluster.kind,
-        n_workers=cluster.n_workers,
-        connect_timeout=cluster.connect_timeout,
-        overwrite=overwrite,
-        write_modes=spec.output.modes,
-        checkpoint_every=spec.output.checkpoint_every,
-        drop_invalid_rows=spec.input.drop_invalid_rows,
+        cluster=_resolved_cluster(spec),
+        name=spec.name,
+        run_id=run_id,
         progress=progress,
         dashboard=dashboard,
         on_cluster_ready=on_cluster_ready,
-        name=spec.name,
-        security=security,
-        run_id=run_id,
     )
