@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backend import runs_here
 from ..errors import InputDataError, InvalidRowsError, ParameterError
-from ..kernels import row_major_strides
+from ..kernels.array import CellBox, decode_linear
 from ..naming import task_name
 from ..params import EXACT_MAX_POINTS, GRID_MAX_DIMS, MeanShiftParams
 from . import graph, tasks
@@ -27,24 +27,6 @@ from .finish import number_by_size
 from .prepare import check_seeds, check_span, check_weights, resolve_bandwidth
 from .records import Checkpoint, MeanShiftResult, ProgressCallback
 from .run import Stopwatch, run_stages
-
-
-def _linear_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-    """Number int64 rows by one linear key: (linear, low, strides, count), or None."""
-    low = keys.min(axis=0)
-    extent = keys.max(axis=0) - low + 1
-    total = float(np.prod(extent.astype(float)))
-    if total >= 2.0**62:
-        return None
-    strides = row_major_strides(extent)
-    return (keys - low) @ strides, low, strides, int(total)
-
-
-def _decode(linear: np.ndarray, low: np.ndarray, strides: np.ndarray) -> np.ndarray:
-    rows = np.empty((len(linear), len(strides)), dtype=np.int64)
-    for k, stride in enumerate(strides):
-        rows[:, k], linear = np.divmod(linear, stride)
-    return rows + low
 
 
 def _sum_by_key(
@@ -58,20 +40,19 @@ def _sum_by_key(
     n_cols = values.shape[1]
     if len(keys) == 0:
         return keys, np.zeros(0), np.zeros((0, n_cols))
-    numbered = _linear_keys(keys)
-    if numbered is not None and numbered[3] <= 4 * len(keys) + 4096:
-        linear, low, strides, total = numbered
+    box = CellBox.around(keys)
+    if box is not None and box.size <= 4 * len(keys) + 4096:
+        linear, total = box.linear(keys), box.size
         summed = np.bincount(linear, weights=counts, minlength=total)
         occupied = np.flatnonzero(summed)  # weights are positive (binned method)
         columns = [
             np.bincount(linear, weights=values[:, k], minlength=total)[occupied]
             for k in range(n_cols)
         ]
-        return _decode(occupied, low, strides), summed[occupied], np.stack(columns, axis=1)
-    if numbered is not None:
-        linear, low, strides, _ = numbered
-        unique, inverse = np.unique(linear, return_inverse=True)
-        unique = _decode(unique, low, strides)
+        return box.decode(occupied), summed[occupied], np.stack(columns, axis=1)
+    if box is not None:
+        unique, inverse = np.unique(box.linear(keys), return_inverse=True)
+        unique = box.decode(unique)
     else:
         unique, inverse = np.unique(keys, axis=0, return_inverse=True)
     inverse = inverse.ravel()
@@ -108,14 +89,14 @@ def bin_chunk(
 
     Works column by column on a transposed copy (contiguous reductions are fast). With
     ``backend="cupy"`` an unweighted chunk is binned on the GPU, to the same bits
-    (:func:`pipeline.gpu.bin_block`).
+    (:func:`pipeline.kernels.gpu.bin_block`).
     """
     if backend == "cupy" and weights is None:
         from ..kernels import gpu
 
         found = gpu.bin_block(block, cell, FIXED_POINT)
         if found is not None:  # (None: the cases the CPU pass decides)
-            keys = _decode(found.occupied, found.key_low, found.strides)
+            keys = decode_linear(found.occupied, found.key_low, found.strides)
             return CellChunk(found.bad, found.low, found.high, keys, found.counts, found.sums)
     columns = np.array(np.asarray(block).T, dtype=np.float64)  # (d, m), contiguous
     d = columns.shape[0]
@@ -134,18 +115,25 @@ def bin_chunk(
         raise ParameterError(
             f"bin size {cell:g} is too small for coordinates up to {np.abs([low, high]).max():g}"
         )
-    key_low = np.floor(low / cell).astype(np.int64)
-    extent = np.floor(high / cell).astype(np.int64) - key_low + 1
-    if float(np.prod(extent.astype(float))) >= 2.0**62:
+    box = CellBox.spanning(
+        np.floor(low / cell).astype(np.int64), np.floor(high / cell).astype(np.int64)
+    )
+    if box is None:  # cells kept by key rows (the cell table refuses so wide a box later)
         keys = np.floor(columns.T / cell).astype(np.int64)
         weighted = columns.T if w is None else columns.T * w[:, None]
-        unique, counts, sums = _sum_by_key(keys, w, weighted)
-        return CellChunk(bad, low, high, unique, counts, sums)
-    strides = row_major_strides(extent)
+        return CellChunk(bad, low, high, *_sum_by_key(keys, w, weighted))
+    return CellChunk(bad, low, high, *_count_in_box(columns, w, cell, box))
+
+
+def _count_in_box(
+    columns: np.ndarray, w: np.ndarray | None, cell: float, box: CellBox
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(occupied cells' keys, their weights, their summed fixed-point offsets) of finite
+    points given as columns (d, m), all inside ``box``."""
     linear = np.zeros(columns.shape[1], dtype=np.int64)
-    for k in range(d):
-        linear += (np.floor(columns[k] / cell).astype(np.int64) - key_low[k]) * strides[k]
-    total = int(np.prod(extent))
+    for k in range(columns.shape[0]):
+        linear += (np.floor(columns[k] / cell).astype(np.int64) - box.low[k]) * box.strides[k]
+    total = box.size
     dense = total <= 4 * len(linear) + 4096
     if dense:  # few possible cells: count straight into them, no sort
         index, size = linear, total
@@ -164,7 +152,7 @@ def bin_chunk(
     if dense:
         occupied = np.flatnonzero(counts)  # weights are positive: occupied cells count > 0
         counts, sums = counts[occupied], sums[occupied]
-    return CellChunk(bad, low, high, _decode(occupied, key_low, strides), counts, sums)
+    return box.decode(occupied), counts, sums
 
 
 def combine_chunks(*parts: CellChunk) -> CellChunk:
@@ -205,21 +193,18 @@ class CellTable:
 
     @classmethod
     def build(cls, keys: np.ndarray, cell: float) -> CellTable:
-        low = keys.min(axis=0)
-        extent = keys.max(axis=0) - low + 1
-        total = float(np.prod(extent.astype(float)))
-        if total >= 2.0**62:
+        box = CellBox.around(keys)
+        if box is None:
             raise ParameterError(
                 "too many cells for the binned method; use method 'grid' or 'exact'"
             )
-        strides = row_major_strides(extent)
-        linear = ((keys - low) * strides).sum(axis=1)
+        linear = box.linear(keys)
         order = np.argsort(linear)
         dense = None
-        if total <= max(DENSE_TABLE_MIN_CELLS, DENSE_TABLE_CELLS_PER_KEY * len(keys)):
-            dense = np.full(int(total), -1, dtype=np.int64)
+        if box.size <= max(DENSE_TABLE_MIN_CELLS, DENSE_TABLE_CELLS_PER_KEY * len(keys)):
+            dense = np.full(box.size, -1, dtype=np.int64)
             dense[linear] = np.arange(len(keys))
-        return cls(cell, low, extent, strides, linear[order], order, dense)
+        return cls(cell, box.low, box.extent, box.strides, linear[order], order, dense)
 
     def lookup(self, block: np.ndarray) -> np.ndarray:
         """Cell index of each point of a chunk (every point lies in an occupied cell)."""

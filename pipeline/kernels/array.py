@@ -11,6 +11,7 @@ block.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -159,3 +160,53 @@ def row_major_strides(extent: np.ndarray) -> np.ndarray:
     for k in range(len(extent) - 2, -1, -1):
         strides[k] = strides[k + 1] * extent[k + 1]
     return strides
+
+
+MAX_LINEAR_KEY = 2.0**62
+"""A box of at least this many cells is not numbered by one int64 key."""
+
+
+def decode_linear(linear: np.ndarray, low: np.ndarray, strides: np.ndarray) -> np.ndarray:
+    """Integer key rows from their row-major numbers in the box from ``low`` with ``strides``."""
+    rows = np.empty((len(linear), len(strides)), dtype=np.int64)
+    for k, stride in enumerate(strides):
+        rows[:, k], linear = np.divmod(linear, stride)
+    return rows + low
+
+
+@dataclass(frozen=True)
+class CellBox:
+    """A box of integer cells, ``low`` to ``low + extent - 1`` per column, numbered
+    row-major by one int64 key (:meth:`linear`) and back (:meth:`decode`)."""
+
+    low: np.ndarray
+    extent: np.ndarray
+    strides: np.ndarray
+
+    @classmethod
+    def spanning(cls, low: np.ndarray, high: np.ndarray) -> CellBox | None:
+        """The box from key row ``low`` to ``high`` (inclusive), or None when it holds
+        ``MAX_LINEAR_KEY`` cells or more."""
+        low = np.asarray(low, dtype=np.int64)
+        extent = np.asarray(high, dtype=np.int64) - low + 1
+        if float(np.prod(extent.astype(float))) >= MAX_LINEAR_KEY:
+            return None
+        return cls(low, extent, row_major_strides(extent))
+
+    @classmethod
+    def around(cls, keys: np.ndarray) -> CellBox | None:
+        """The smallest box holding every key row (None: too many cells)."""
+        return cls.spanning(keys.min(axis=0), keys.max(axis=0))
+
+    @property
+    def size(self) -> int:
+        """Number of cells in the box."""
+        return int(np.prod(self.extent))
+
+    def linear(self, keys: np.ndarray) -> np.ndarray:
+        """The row-major number of each key row."""
+        return (keys - self.low) @ self.strides
+
+    def decode(self, linear: np.ndarray) -> np.ndarray:
+        """Key rows from their numbers."""
+        return decode_linear(linear, self.low, self.strides)
