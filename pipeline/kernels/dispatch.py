@@ -133,15 +133,26 @@ def shift_points(
         from . import compiled
 
         layout = packed() if packed is not None else compiled.pack_points(points, weights, kernel)
-        offsets, density = compiled.shift_offsets(queries, layout)
-        shifted = queries + offsets
-        if layout.floor_density > 0:  # Gaussian: redo queries with every weight at the floor
-            isolated = np.flatnonzero(density <= 2 * layout.floor_density)
-            if len(isolated):  # (no point within 9.4 bandwidths)
-                exact = blocked_shift(queries[isolated], points, weights, kernel, xp, block_bytes)
-                shifted[isolated], density[isolated] = exact
-        return shifted, density
+        return _compiled_shift(
+            queries, layout, _array_path(points, weights, kernel, xp, block_bytes)
+        )
     return blocked_shift(queries, points, weights, kernel, xp, block_bytes)
+
+
+def _compiled_shift(
+    queries: np.ndarray, layout: Any, exact_shift: Callable[[np.ndarray], tuple[Any, Any]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A step on the compiled kernels; Gaussian queries whose every weight sat at the
+    float32 floor (no point within 9.4 bandwidths) are redone by ``exact_shift``."""
+    from . import compiled
+
+    offsets, density = compiled.shift_offsets(queries, layout)
+    shifted = queries + offsets
+    if layout.floor_density > 0:
+        isolated = np.flatnonzero(density <= 2 * layout.floor_density)
+        if len(isolated):
+            shifted[isolated], density[isolated] = exact_shift(queries[isolated])
+    return shifted, density
 
 
 def grid_route_on_gpu(
