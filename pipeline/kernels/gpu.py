@@ -117,6 +117,31 @@ def _accumulate(d: int, kernel: str, weighted: bool, real: str, indent: str) -> 
     return "".join(lines)
 
 
+def _scalar(kernel: str) -> tuple[str, str]:
+    """The kernel's scalar type and its zero literal (float64 for ``flat``, else float32)."""
+    real = "double" if kernel == "flat" else "float"
+    return real, "0.0" if real == "double" else "0.0f"
+
+
+def _totals(d: int) -> str:
+    """CUDA lines: the float64 running totals ``a0..a{d-1}`` and ``aw``, zero."""
+    return "".join(f"    double a{k} = 0.0;\n" for k in range(d)) + "    double aw = 0.0;\n"
+
+
+def _tile_sums(d: int, real: str, zero: str, indent: str) -> str:
+    """CUDA lines: one tile's sums ``s0..s{d-1}`` and ``ss`` in the scalar type, zero."""
+    lines = [f"{indent}{real} s{k} = {zero};\n" for k in range(d)]
+    lines.append(f"{indent}{real} ss = {zero};\n")
+    return "".join(lines)
+
+
+def _add_tile_sums(d: int, indent: str) -> str:
+    """CUDA lines: one tile's sums added into the float64 running totals."""
+    lines = [f"{indent}a{k} += (double)s{k};\n" for k in range(d)]
+    lines.append(f"{indent}aw += (double)ss;\n")
+    return "".join(lines)
+
+
 def fused_name(n_dims: int, kernel: str, weighted: bool, threads: int = THREADS) -> str:
     """Name of the generated fused kernel for this ``d``, kernel and weighting."""
     return f"ms_fused_{kernel}_d{n_dims}_{'w' if weighted else 'u'}_t{threads}"
@@ -127,22 +152,12 @@ def finish_name(n_dims: int) -> str:
     return f"ms_finish_d{n_dims}"
 
 
-def fused_source(n_dims: int, kernel: str, weighted: bool, threads: int = THREADS) -> str:
-    """CUDA source of the fused kernel for one ``d``, kernel and weighting.
-
-    Arguments: ``q`` (m, d) and ``p`` (n, d) in the kernel's scalar type (float32;
-    float64 for ``flat``), row-major, in (scaled) bandwidth units; ``pw`` (n,) point
-    weights (weighted variant only); ``m``, ``n``; ``chunk``, points per split; ``part``
-    (splits, m, d + 1) float64 output: per split, ``sum w (x - q)`` and ``sum w``.
-    Launch with ``grid = (ceil(m / threads), splits)`` and ``block = threads``.
-    """
-    d = n_dims
+def _fused_signature(d: int, kernel: str, weighted: bool, threads: int) -> str:
+    """CUDA lines: the fused kernel's signature, its shared tiles and the query index ``i``."""
     name = fused_name(d, kernel, weighted, threads)
-    real = "double" if kernel == "flat" else "float"
-    zero = "0.0" if real == "double" else "0.0f"
-    lines = [PRELUDE]
+    real, _ = _scalar(kernel)
     weight_arg = f"    const {real}* __restrict__ pw_all,\n" if weighted else ""
-    lines.append(
+    return (
         f'extern "C" __global__ void __launch_bounds__({threads}) {name}(\n'
         f"    const {real}* __restrict__ q,\n"
         f"    const {real}* __restrict__ p,\n"
@@ -157,12 +172,13 @@ def fused_source(n_dims: int, kernel: str, weighted: bool, threads: int = THREAD
         + f"    const long long i = (long long)blockIdx.x * {threads} + threadIdx.x;\n"
         "    const bool active = i < m;\n"
     )
-    for k in range(d):
-        lines.append(f"    const {real} q{k} = active ? q[i * {d} + {k}] : {zero};\n")
-    for k in range(d):
-        lines.append(f"    double a{k} = 0.0;\n")
+
+
+def _fused_prologue(d: int, weighted: bool, threads: int, real: str, zero: str) -> str:
+    """CUDA lines: the thread's query and totals, and the split's loop loading each tile."""
+    lines = [f"    const {real} q{k} = active ? q[i * {d} + {k}] : {zero};\n" for k in range(d)]
+    lines.append(_totals(d))
     lines.append(
-        "    double aw = 0.0;\n"
         "    const long long begin = (long long)blockIdx.y * chunk;\n"
         "    const long long end = begin + chunk < n ? begin + chunk : n;\n"
         f"    for (long long base = begin; base < end; base += {threads}) {{\n"
@@ -176,31 +192,59 @@ def fused_source(n_dims: int, kernel: str, weighted: bool, threads: int = THREAD
             "        if (threadIdx.x < count) sw[threadIdx.x] = pw_all[base + threadIdx.x];\n"
         )
     lines.append("        __syncthreads();\n")
-    for k in range(d):
-        lines.append(f"        {real} s{k} = {zero};\n")
-    lines.append(
-        f"        {real} ss = {zero};\n"
+    return "".join(lines)
+
+
+def _fused_tile(d: int, kernel: str, weighted: bool, real: str, zero: str) -> str:
+    """CUDA lines: the thread's query against the tile in shared memory, closing the loop."""
+    lines = [
+        _tile_sums(d, real, zero, " " * 8),
         "        const int c = (int)count;\n"
         "#pragma unroll 4\n"
         "        for (int j = 0; j < c; ++j) {\n"
-        f"            const {real}* r = sp + j * {d};\n"
-    )
-    for k in range(d):
-        lines.append(f"            const {real} t{k} = r[{k}] - q{k};\n")
+        f"            const {real}* r = sp + j * {d};\n",
+    ]
+    lines += [f"            const {real} t{k} = r[{k}] - q{k};\n" for k in range(d)]
     lines.append(_squared_distance(d, kernel, " " * 12))
     if weighted:
         lines.append(f"            const {real} pw = sw[j];\n")
     lines.append(_accumulate(d, kernel, weighted, real, " " * 12))
     lines.append("        }\n")
-    for k in range(d):
-        lines.append(f"        a{k} += (double)s{k};\n")
-    lines.append("        aw += (double)ss;\n        __syncthreads();\n    }\n")
-    lines.append("    if (active) {\n")
-    lines.append(f"        double* o = part + ((long long)blockIdx.y * m + i) * {d + 1};\n")
-    for k in range(d):
-        lines.append(f"        o[{k}] = a{k};\n")
+    lines.append(_add_tile_sums(d, " " * 8))
+    lines.append("        __syncthreads();\n    }\n")
+    return "".join(lines)
+
+
+def _fused_epilogue(d: int) -> str:
+    """CUDA lines: an active thread's totals written to its split's row of ``part``."""
+    lines = [
+        "    if (active) {\n",
+        f"        double* o = part + ((long long)blockIdx.y * m + i) * {d + 1};\n",
+    ]
+    lines += [f"        o[{k}] = a{k};\n" for k in range(d)]
     lines.append(f"        o[{d}] = aw;\n    }}\n}}\n")
     return "".join(lines)
+
+
+def fused_source(n_dims: int, kernel: str, weighted: bool, threads: int = THREADS) -> str:
+    """CUDA source of the fused kernel for one ``d``, kernel and weighting.
+
+    Arguments: ``q`` (m, d) and ``p`` (n, d) in the kernel's scalar type (float32;
+    float64 for ``flat``), row-major, in (scaled) bandwidth units; ``pw`` (n,) point
+    weights (weighted variant only); ``m``, ``n``; ``chunk``, points per split; ``part``
+    (splits, m, d + 1) float64 output: per split, ``sum w (x - q)`` and ``sum w``.
+    Launch with ``grid = (ceil(m / threads), splits)`` and ``block = threads``.
+    """
+    real, zero = _scalar(kernel)
+    return "".join(
+        [
+            PRELUDE,
+            _fused_signature(n_dims, kernel, weighted, threads),
+            _fused_prologue(n_dims, weighted, threads, real, zero),
+            _fused_tile(n_dims, kernel, weighted, real, zero),
+            _fused_epilogue(n_dims),
+        ]
+    )
 
 
 def finish_source(n_dims: int) -> str:
@@ -279,6 +323,96 @@ def grid_name(n_dims: int, kernel: str, weighted: bool) -> str:
     return f"ms_grid_{kernel}_d{n_dims}_{'w' if weighted else 'u'}"
 
 
+def _grid_signature(d: int, kernel: str, weighted: bool, threads: int) -> str:
+    """CUDA lines: the grid kernel's signature, the thread's query ``i`` and its cell key."""
+    name = grid_name(d, kernel, weighted)
+    real, _ = _scalar(kernel)
+    weight_arg = f"    const {real}* __restrict__ pw_all,\n" if weighted else ""
+    return (
+        f'extern "C" __global__ void __launch_bounds__({threads}) {name}(\n'
+        "    const double* __restrict__ q,\n"
+        "    const long long* __restrict__ qkey,\n"
+        "    const long long* __restrict__ order,\n"
+        "    const double* __restrict__ p,\n"
+        f"{weight_arg}"
+        "    const long long* __restrict__ keys,\n"
+        "    const long long* __restrict__ runs,\n"
+        "    const int r,\n"
+        "    const long long m,\n"
+        "    const long long n,\n"
+        "    double* __restrict__ offset,\n"
+        "    double* __restrict__ density,\n"
+        "    double* __restrict__ reach)\n"
+        "{\n"
+        f"    const long long t = (long long)blockIdx.x * {threads} + threadIdx.x;\n"
+        "    if (t >= m) return;\n"
+        "    const long long i = order[t];\n"
+        "    const long long key = qkey[i];\n"
+    )
+
+
+def _grid_prologue(d: int, weighted: bool) -> str:
+    """CUDA lines: the query and its totals, and the loop over runs finding each run's points."""
+    lines = [f"    const double q{k} = q[i * {d} + {k}];\n" for k in range(d)]
+    lines.append(_totals(d))
+    lines.append(
+        "    double an = 0.0;\n"
+        "    long long from = 0;\n"
+        "    for (int s = 0; key >= 0 && s < r; ++s) {\n"
+        "        const long long first = key + runs[s];\n"
+        "        const long long begin = ms_search(keys, from, n, first);\n"
+        "        const long long end = ms_search(keys, begin, n, first + 3);\n"
+        "        from = end;  // runs come in increasing key order\n"
+    )
+    if not weighted:
+        lines.append("        an += (double)(end - begin);\n")
+    return "".join(lines)
+
+
+def _grid_run(d: int, kernel: str, weighted: bool, real: str, zero: str) -> str:
+    """CUDA lines: the query against one run's points, in tiles of ``GRID_TILE``."""
+    tile = GRID_TILE
+    lines = [
+        f"        for (long long base = begin; base < end; base += {tile}) {{\n"
+        f"            const long long stop = end - base < {tile} ? end : base + {tile};\n",
+        _tile_sums(d, real, zero, " " * 12),
+    ]
+    if weighted:
+        lines.append(f"            {real} sn = {zero};\n")
+    lines.append(_grid_tile(d, kernel, weighted, real))
+    lines.append(_add_tile_sums(d, " " * 12))
+    if weighted:
+        lines.append("            an += (double)sn;\n")
+    lines.append("        }\n    }\n")
+    return "".join(lines)
+
+
+def _grid_tile(d: int, kernel: str, weighted: bool, real: str) -> str:
+    """CUDA lines: the loop over one tile's points, summed into the tile's sums."""
+    lines = [
+        "            for (long long j = base; j < stop; ++j) {\n"
+        f"                const double* row = p + j * {d};\n"
+    ]
+    for k in range(d):  # differences in float64, rounded to float32 but for the flat kernel
+        difference = f"row[{k}] - q{k}" if kernel == "flat" else f"(float)(row[{k}] - q{k})"
+        lines.append(f"                const {real} t{k} = {difference};\n")
+    lines.append(_squared_distance(d, kernel, " " * 16))
+    if weighted:
+        lines.append(f"                const {real} pw = pw_all[j];\n")
+        lines.append("                sn += pw;\n")
+    lines.append(_accumulate(d, kernel, weighted, real, " " * 16))
+    lines.append("            }\n")
+    return "".join(lines)
+
+
+def _grid_epilogue(d: int) -> str:
+    """CUDA lines: the query's density, reach and mean offset written out."""
+    lines = ["    density[i] = aw;\n    reach[i] = an;\n"]
+    lines += [f"    offset[i * {d} + {k}] = aw > 0.0 ? a{k} / aw : 0.0;\n" for k in range(d)]
+    lines.append("}\n")
+    return "".join(lines)
+
+
 def grid_source(n_dims: int, kernel: str, weighted: bool, threads: int = GRID_THREADS) -> str:
     """CUDA source of the grid kernel: each query meets the points of its 3^d neighbour cells.
 
@@ -305,85 +439,17 @@ def grid_source(n_dims: int, kernel: str, weighted: bool, threads: int = GRID_TH
     points are float32; the flat kernel is float64 throughout, its squared distances summed
     in dimension order without fused multiply-adds.
     """
-    d = n_dims
-    name = grid_name(d, kernel, weighted)
-    real = "double" if kernel == "flat" else "float"
-    zero = "0.0" if real == "double" else "0.0f"
-    tile = GRID_TILE
-    weight_arg = f"    const {real}* __restrict__ pw_all,\n" if weighted else ""
-    lines = [PRELUDE, GRID_SEARCH]
-    lines.append(
-        f'extern "C" __global__ void __launch_bounds__({threads}) {name}(\n'
-        "    const double* __restrict__ q,\n"
-        "    const long long* __restrict__ qkey,\n"
-        "    const long long* __restrict__ order,\n"
-        "    const double* __restrict__ p,\n"
-        f"{weight_arg}"
-        "    const long long* __restrict__ keys,\n"
-        "    const long long* __restrict__ runs,\n"
-        "    const int r,\n"
-        "    const long long m,\n"
-        "    const long long n,\n"
-        "    double* __restrict__ offset,\n"
-        "    double* __restrict__ density,\n"
-        "    double* __restrict__ reach)\n"
-        "{\n"
-        f"    const long long t = (long long)blockIdx.x * {threads} + threadIdx.x;\n"
-        "    if (t >= m) return;\n"
-        "    const long long i = order[t];\n"
-        "    const long long key = qkey[i];\n"
+    real, zero = _scalar(kernel)
+    return "".join(
+        [
+            PRELUDE,
+            GRID_SEARCH,
+            _grid_signature(n_dims, kernel, weighted, threads),
+            _grid_prologue(n_dims, weighted),
+            _grid_run(n_dims, kernel, weighted, real, zero),
+            _grid_epilogue(n_dims),
+        ]
     )
-    for k in range(d):
-        lines.append(f"    const double q{k} = q[i * {d} + {k}];\n")
-    for k in range(d):
-        lines.append(f"    double a{k} = 0.0;\n")
-    lines.append(
-        "    double aw = 0.0;\n"
-        "    double an = 0.0;\n"
-        "    long long from = 0;\n"
-        "    for (int s = 0; key >= 0 && s < r; ++s) {\n"
-        "        const long long first = key + runs[s];\n"
-        "        const long long begin = ms_search(keys, from, n, first);\n"
-        "        const long long end = ms_search(keys, begin, n, first + 3);\n"
-        "        from = end;  // runs come in increasing key order\n"
-    )
-    if not weighted:
-        lines.append("        an += (double)(end - begin);\n")
-    lines.append(
-        f"        for (long long base = begin; base < end; base += {tile}) {{\n"
-        f"            const long long stop = end - base < {tile} ? end : base + {tile};\n"
-    )
-    for k in range(d):
-        lines.append(f"            {real} s{k} = {zero};\n")
-    lines.append(f"            {real} ss = {zero};\n")
-    if weighted:
-        lines.append(f"            {real} sn = {zero};\n")
-    lines.append(
-        "            for (long long j = base; j < stop; ++j) {\n"
-        f"                const double* row = p + j * {d};\n"
-    )
-    for k in range(d):
-        if kernel == "flat":
-            lines.append(f"                const double t{k} = row[{k}] - q{k};\n")
-        else:
-            lines.append(f"                const float t{k} = (float)(row[{k}] - q{k});\n")
-    lines.append(_squared_distance(d, kernel, " " * 16))
-    if weighted:
-        lines.append(f"                const {real} pw = pw_all[j];\n")
-        lines.append("                sn += pw;\n")
-    lines.append(_accumulate(d, kernel, weighted, real, " " * 16))
-    lines.append("            }\n")
-    for k in range(d):
-        lines.append(f"            a{k} += (double)s{k};\n")
-    lines.append("            aw += (double)ss;\n")
-    if weighted:
-        lines.append("            an += (double)sn;\n")
-    lines.append("        }\n    }\n")
-    lines.append("    density[i] = aw;\n    reach[i] = an;\n")
-    for k in range(d):
-        lines.append(f"    offset[i * {d} + {k}] = aw > 0.0 ? a{k} / aw : 0.0;\n")
-    lines.append("}\n")
-    return "".join(lines)
 
 
 def gemm_weight_operation(kernel: str) -> str:
@@ -762,15 +828,52 @@ def bin_block(block: Any, cell: float, fixed_point: float) -> DeviceCells | None
     """
     import cupy
 
+    found = _finite_columns(block)
+    if found is None:
+        return None
+    columns, bad = found
+    box = _cell_box(columns, cell)
+    if box is None:
+        return None
+    low, high, key_low, extent = box
+    strides = row_major_strides(extent)
+    scaled = columns / cell
+    keys = cupy.floor(scaled)
+    linear = _linear_keys(keys, key_low, strides)
+    occupied, counts, sums = _cell_sums(linear, scaled, keys, fixed_point, int(np.prod(extent)))
+    return DeviceCells(
+        bad,
+        low,
+        high,
+        key_low,
+        strides,
+        cupy.asnumpy(occupied),
+        cupy.asnumpy(counts),
+        cupy.asnumpy(sums),
+    )
+
+
+def _finite_columns(block: Any) -> tuple[Any, int] | None:
+    """The finite rows as float64 columns (d, kept) and the number left out; None if none."""
+    import cupy
+
     columns = cupy.array(cupy.asarray(block).T, dtype=cupy.float64)  # (d, m), contiguous
-    d, m = columns.shape
     finite = cupy.isfinite(columns).all(axis=0)
     kept = int(finite.sum())
-    bad = m - kept
+    bad = columns.shape[1] - kept
     if kept == 0:
         return None
     if bad:
         columns = columns[:, finite]
+    return columns, bad
+
+
+def _cell_box(
+    columns: Any, cell: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per column ``(low, high, key_low, extent)``; None if too large for int64 cell keys."""
+    import cupy
+
     low = cupy.asnumpy(columns.min(axis=1))
     high = cupy.asnumpy(columns.max(axis=1))
     if not max(np.abs(low).max(), np.abs(high).max()) / cell < 2.0**62:
@@ -779,13 +882,27 @@ def bin_block(block: Any, cell: float, fixed_point: float) -> DeviceCells | None
     extent = np.floor(high / cell).astype(np.int64) - key_low + 1
     if float(np.prod(extent.astype(float))) >= 2.0**62:
         return None
-    strides = row_major_strides(extent)
-    scaled = columns / cell
-    keys = cupy.floor(scaled)
+    return low, high, key_low, extent
+
+
+def _linear_keys(keys: Any, key_low: np.ndarray, strides: np.ndarray) -> Any:
+    """Each point's row-major cell number in the box from ``key_low`` (int64, on the device)."""
+    import cupy
+
+    d, kept = keys.shape
     linear = cupy.zeros(kept, dtype=cupy.int64)
     for k in range(d):
         linear += (keys[k].astype(cupy.int64) - int(key_low[k])) * int(strides[k])
-    total = int(np.prod(extent))
+    return linear
+
+
+def _cell_sums(
+    linear: Any, scaled: Any, keys: Any, fixed_point: float, total: int
+) -> tuple[Any, Any, Any]:
+    """The occupied cells' numbers, counts and summed offsets (``total``: cells in the box)."""
+    import cupy
+
+    d, kept = keys.shape
     dense = total <= 4 * kept + 4096
     if dense:  # few possible cells: count straight into them, no sort
         index, size = linear, total
@@ -800,13 +917,4 @@ def bin_block(block: Any, cell: float, fixed_point: float) -> DeviceCells | None
     if dense:
         occupied = cupy.flatnonzero(counts)
         counts, sums = counts[occupied], sums[occupied]
-    return DeviceCells(
-        bad,
-        low,
-        high,
-        key_low,
-        strides,
-        cupy.asnumpy(occupied),
-        cupy.asnumpy(counts),
-        cupy.asnumpy(sums),
-    )
+    return occupied, counts, sums
