@@ -88,8 +88,12 @@ def parameter_option(name: str) -> Any:
         return click.option(flag, type=click.Choice(choices), **settings)
     bounds: dict[str, Any] = {}
     for rule in field.metadata:  # pydantic's ge / gt / le / lt constraints
-        for key, bound, is_open in (("ge", "min", False), ("gt", "min", True),
-                                    ("le", "max", False), ("lt", "max", True)):  # fmt: skip
+        for key, bound, is_open in (
+            ("ge", "min", False),
+            ("gt", "min", True),
+            ("le", "max", False),
+            ("lt", "max", True),
+        ):
             if getattr(rule, key, None) is not None:
                 bounds[bound], bounds[f"{bound}_open"] = getattr(rule, key), is_open
     if field.annotation is int:

@@ -160,9 +160,15 @@ def parameters_doc(names: list[str] | tuple[str, ...] | None = None, indent: str
         field = MeanShiftParams.model_fields[name]
         default = "64 MiB" if name == "block_bytes" else repr(field.default)
         lines.append(f"{indent}{name} : {_type_text(field.annotation)}, default {default}")
-        lines.append(textwrap.fill(field.description or "", 88, break_on_hyphens=False,
-                                   initial_indent=indent + "    ",
-                                   subsequent_indent=indent + "    "))  # fmt: skip
+        lines.append(
+            textwrap.fill(
+                field.description or "",
+                88,
+                break_on_hyphens=False,
+                initial_indent=indent + "    ",
+                subsequent_indent=indent + "    ",
+            )
+        )
     return "\n".join(lines)
 
 

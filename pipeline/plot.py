@@ -47,8 +47,15 @@ def draw_clusters(
         ax.scatter(xy[outliers, 0], xy[outliers, 1], c="0.7", s=2, label=outlier_label)
     ax.scatter(xy[~outliers, 0], xy[~outliers, 1], c=colours[labels[~outliers] % k], s=2)
     for colour, size, width in (("k", 10, 5), ("m", 5, 2)):
-        ax.plot(centers_xy[:, 0], centers_xy[:, 1], "x", color=colour, markersize=size,
-                mew=width, linestyle="none")  # fmt: skip
+        ax.plot(
+            centers_xy[:, 0],
+            centers_xy[:, 1],
+            "x",
+            color=colour,
+            markersize=size,
+            mew=width,
+            linestyle="none",
+        )
 
 
 def save_figure(fig: Any, path: str) -> str:

@@ -158,9 +158,15 @@ def _plot_convergence(plt: Any, folder: str, attrs: dict[str, Any]) -> None:
         ax.set_title(f"blurring mean shift: {attrs.get('stop_reason', '')}", fontsize=9)
     else:
         ax.axis("off")
-        ax.text(0.5, 0.5, f"standard mean shift: seeds converged independently\n"
-                f"most iterations of any seed: {attrs.get('n_iter')}\n"
-                f"{attrs.get('stop_reason', '')}", ha="center", va="center")  # fmt: skip
+        ax.text(
+            0.5,
+            0.5,
+            f"standard mean shift: seeds converged independently\n"
+            f"most iterations of any seed: {attrs.get('n_iter')}\n"
+            f"{attrs.get('stop_reason', '')}",
+            ha="center",
+            va="center",
+        )
     save_figure(fig, os.path.join(folder, "convergence.png"))
 
 
@@ -210,18 +216,27 @@ def _html(
         ("input", f"{(attrs.get('input') or {}).get('url')} ({n:,} points x {d} dims)"),
         ("job", f"{job.get('name', '')} {job.get('run_id') or ''}".strip()),
         ("clusters", len(sizes)),
-        ("bandwidth", f"{attrs.get('bandwidth'):.6g}"
-         + (" (estimated)" if attrs.get("bandwidth_estimated") else "")),
-        ("method", attrs.get("method")
-         + (f" ({attrs['n_cells']:,} weighted cells)" if attrs.get("n_cells") else "")),
+        (
+            "bandwidth",
+            f"{attrs.get('bandwidth'):.6g}"
+            + (" (estimated)" if attrs.get("bandwidth_estimated") else ""),
+        ),
+        (
+            "method",
+            attrs.get("method")
+            + (f" ({attrs['n_cells']:,} weighted cells)" if attrs.get("n_cells") else ""),
+        ),
         ("iterations", f"{attrs.get('n_iter')} ({attrs.get('stop_reason')})"),
         ("finished", attrs.get("finished_at")),
-    ]  # fmt: skip
+    ]
     shown_centres = [
-        (f"cluster {i}", f"{int(sizes[i]):,} points at ({', '.join(f'{c:.4g}' for c in row[:8])}"
-         + (", ...)" if d > 8 else ")"))
+        (
+            f"cluster {i}",
+            f"{int(sizes[i]):,} points at ({', '.join(f'{c:.4g}' for c in row[:8])}"
+            + (", ...)" if d > 8 else ")"),
+        )
         for i, row in enumerate(centers[:20])
-    ]  # fmt: skip
+    ]
     params = sorted((attrs.get("parameters") or {}).items())
     times = [(stage, f"{seconds:.3f} s") for stage, seconds in timings.items()]
     versions = sorted((attrs.get("versions") or {}).items())

@@ -454,6 +454,9 @@ def bin_points(
     keys, counts = cells.keys[kept], cells.counts[kept]
     centroids = (keys + (cells.sums[kept] / counts[:, None] + 0.5) / FIXED_POINT) * cell
     return {
-        "keys": keys, "counts": counts, "centroids": centroids, "low": cells.low,
+        "keys": keys,
+        "counts": counts,
+        "centroids": centroids,
+        "low": cells.low,
         "high": cells.high,
-    }  # fmt: skip
+    }

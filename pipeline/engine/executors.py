@@ -359,9 +359,13 @@ class ThreadExecutor:
         self, queries: np.ndarray, z: np.ndarray, centers: np.ndarray, params: MeanShiftParams
     ) -> np.ndarray:
         return self.map_rows(
-            tasks.label_block, (queries, z), centers, params.cluster_all, self.backend,
+            tasks.label_block,
+            (queries, z),
+            centers,
+            params.cluster_all,
+            self.backend,
             params.block_bytes,
-        )  # fmt: skip
+        )
 
     def sizes(self, labels: np.ndarray, weights: np.ndarray | None, k: int) -> np.ndarray:
         return tasks.weighted_bincount(labels, weights, k)[0]

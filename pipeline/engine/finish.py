@@ -43,9 +43,13 @@ def find_centers(
     if params.blurring:
         return centers
     return executor.call(
-        tasks.polish_centers, centers, shifted.point_set, params.max_iter, executor.backend,
+        tasks.polish_centers,
+        centers,
+        shifted.point_set,
+        params.max_iter,
+        executor.backend,
         stage="polish",
-    )  # fmt: skip
+    )
 
 
 def size_numbering(

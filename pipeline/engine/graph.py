@@ -36,9 +36,13 @@ def share_point_set(array: da.Array, weights: Any, method: str, params: MeanShif
     """The shared point set as one graph node: built once per computation, fetched by workers."""
     name = task_name("pointset", array, weights, method, params)
     return dask.delayed(tasks.build_point_set, pure=True)(
-        method, params.kernel, params.block_bytes, weights, *array.to_delayed().ravel(),
+        method,
+        params.kernel,
+        params.block_bytes,
+        weights,
+        *array.to_delayed().ravel(),
         dask_key_name=name,
-    )  # fmt: skip
+    )
 
 
 def shared_value(value: Any, stage: str) -> Any:

@@ -60,9 +60,14 @@ class BlurringStop:
     def result(self, state: Any, resumed_from: int = 0) -> Iterated:
         resumed = f"iteration {resumed_from}" if resumed_from else None
         return Iterated(
-            state, len(self.shifts), self.shifts, self.converged, self.reason, resumed_from,
+            state,
+            len(self.shifts),
+            self.shifts,
+            self.converged,
+            self.reason,
+            resumed_from,
             resumed,
-        )  # fmt: skip
+        )
 
 
 def blurring(

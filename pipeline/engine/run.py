@@ -63,9 +63,13 @@ def run_stages(
     with timings.stage("label_s"):
         queries = shifted.modes if params.labels_from_modes(method) else None
         labels, centers, sizes = finish.label_points(
-            executor, shifted.z if queries is None else queries, shifted.z, data.weights,
-            centers, params,
-        )  # fmt: skip
+            executor,
+            shifted.z if queries is None else queries,
+            shifted.z,
+            data.weights,
+            centers,
+            params,
+        )
     finish.warn_if_too_many_clusters(len(centers), labels.shape[0], bandwidth)
     iterated = shifted.iterated
     return MeanShiftResult(

@@ -56,8 +56,11 @@ class ZarrCheckpoint:
         if every < 0:
             raise ValueError(f"checkpoint interval must be >= 0, got {every}")
         self.group, self.row_chunk, self.fingerprint, self.every = (
-            group, row_chunk, fingerprint, every,
-        )  # fmt: skip
+            group,
+            row_chunk,
+            fingerprint,
+            every,
+        )
 
     # ------------------------------------------------------------------ shared
     def _saved(self, stage: str) -> dict[str, Any] | None:
@@ -111,9 +114,11 @@ class ZarrCheckpoint:
         if slot not in sub:
             with _output_errors(self.group):
                 sub.create_array(
-                    slot, shape=positions.shape, chunks=(self.row_chunk, positions.shape[1]),
+                    slot,
+                    shape=positions.shape,
+                    chunks=(self.row_chunk, positions.shape[1]),
                     dtype="float64",
-                )  # fmt: skip
+                )
         write_per_point(sub, slot, positions, self.row_chunk)
         self._record("blurring", iteration=iteration, slot=slot, shifts=shifts, entropy=entropy)
 

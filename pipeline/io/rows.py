@@ -87,10 +87,12 @@ def keep_finite_rows(points: da.Array) -> KeptRows:
     counts = tuple(
         int(c)
         for c in valid.map_blocks(
-            _count, chunks=((1,) * valid.numblocks[0],), dtype=np.int64,
+            _count,
+            chunks=((1,) * valid.numblocks[0],),
+            dtype=np.int64,
             name=task_name("count", valid),
         ).compute()
-    )  # fmt: skip
+    )
     n = points.shape[0]
     dropped = n - sum(counts)
     if dropped == n:

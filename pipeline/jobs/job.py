@@ -195,9 +195,15 @@ def run_job(
     cluster = cluster or ClusterSpec()
     security = spec_security(cluster)  # its files are checked before any output is made
     job = Job(
-        input, output, params, source, fingerprint, name or default_job_name(output.path), run_id,
+        input,
+        output,
+        params,
+        source,
+        fingerprint,
+        name or default_job_name(output.path),
+        run_id,
         started,
-    )  # fmt: skip
+    )
     group = _open_output(job)
     try:
         connection = cluster_client(cluster, security)

@@ -97,9 +97,19 @@ class History:
         with self._lock, self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run.name, run.run_id, run.attempt, run.status, run.started_at,
-                 run.finished_at, run.duration_s, run.output, run.error, run.spec),
-            )  # fmt: skip
+                (
+                    run.name,
+                    run.run_id,
+                    run.attempt,
+                    run.status,
+                    run.started_at,
+                    run.finished_at,
+                    run.duration_s,
+                    run.output,
+                    run.error,
+                    run.spec,
+                ),
+            )
 
     def runs(self, name: str | None = None, limit: int = 50) -> list[Run]:
         """The latest runs first (of one job, or all)."""
@@ -160,12 +170,23 @@ def run_scheduled(spec_file: str, state: str, run_id: str | None = None, attempt
     now = _dt.datetime.now(_dt.UTC)
     run_id = run_id or make_run_id(scheduled_time(spec, now))
     output = spec.output_path(run_id)
-    run = Run(spec.name, run_id, attempt, "running", now.isoformat(), None, None, output, None,
-              spec_file)  # fmt: skip
+    run = Run(
+        spec.name, run_id, attempt, "running", now.isoformat(), None, None, output, None, spec_file
+    )
     history.record(run)
     log_event("run_started", job=spec.name, run_id=run_id, attempt=attempt, output=output)
-    command = [sys.executable, "-m", "pipeline.cli", "run", "--spec", spec_file,
-               "--run-id", run_id, "--skip-complete", "--quiet"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        "--spec",
+        spec_file,
+        "--run-id",
+        run_id,
+        "--skip-complete",
+        "--quiet",
+    ]
     clock = time.monotonic()
     # its own session: a signal to the scheduler's process group does not cut a run short
     done = subprocess.run(command, capture_output=True, text=True, start_new_session=True)
@@ -175,14 +196,28 @@ def run_scheduled(spec_file: str, state: str, run_id: str | None = None, attempt
     if done.returncode == 0:
         run.status = "skipped" if skipped else "complete"
         history.record(run)
-        log_event(f"run_{run.status}", job=spec.name, run_id=run_id, attempt=attempt,
-                  output=output, duration_s=run.duration_s)  # fmt: skip
+        log_event(
+            f"run_{run.status}",
+            job=spec.name,
+            run_id=run_id,
+            attempt=attempt,
+            output=output,
+            duration_s=run.duration_s,
+        )
         return
     lines = done.stderr.strip().splitlines()
     run.status, run.error = "failed", lines[-1] if lines else f"exit code {done.returncode}"
     history.record(run)
-    log_event("run_failed", logging.ERROR, job=spec.name, run_id=run_id, attempt=attempt,
-              exit_code=done.returncode, error=run.error, duration_s=run.duration_s)  # fmt: skip
+    log_event(
+        "run_failed",
+        logging.ERROR,
+        job=spec.name,
+        run_id=run_id,
+        attempt=attempt,
+        exit_code=done.returncode,
+        error=run.error,
+        duration_s=run.duration_s,
+    )
     assert spec.schedule is not None
     if attempt <= spec.schedule.retries:
         when = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=spec.schedule.retry_delay_s)
@@ -208,8 +243,7 @@ def _add_retries(scheduler: Any) -> None:
             replace_existing=True,
             misfire_grace_time=None,  # a retry runs however late
         )
-        log_event("retry_scheduled", job=name, run_id=run_id, attempt=attempt,
-                  at=when.isoformat())  # fmt: skip
+        log_event("retry_scheduled", job=name, run_id=run_id, attempt=attempt, at=when.isoformat())
 
 
 def _on_missed(event: Any) -> None:
@@ -220,8 +254,13 @@ def _on_missed(event: Any) -> None:
         reason, when = "past the grace time", [event.scheduled_run_time]
     else:
         reason, when = "previous run still working", event.scheduled_run_times
-    log_event("run_missed", logging.WARNING, job=event.job_id, reason=reason,
-              scheduled=[str(t) for t in when])  # fmt: skip
+    log_event(
+        "run_missed",
+        logging.WARNING,
+        job=event.job_id,
+        reason=reason,
+        scheduled=[str(t) for t in when],
+    )
 
 
 def _scheduled_specs(locations: list[str]) -> dict[str, tuple[str, WorkflowSpec]]:
@@ -286,8 +325,7 @@ def _register_job(scheduler: Any, name: str, path: str, spec: WorkflowSpec, stat
         )
     job = scheduler.get_job(name)
     upcoming = job.next_run_time.isoformat() if job.next_run_time else None
-    log_event("job_scheduled", job=name, spec=path, cron=spec.schedule.cron,
-              next_run=upcoming)  # fmt: skip
+    log_event("job_scheduled", job=name, spec=path, cron=spec.schedule.cron, next_run=upcoming)
 
 
 def _drop_retries() -> None:

@@ -187,9 +187,11 @@ class GridPointSet(_OnDevice):
         route = self.__dict__.get("_device_route")
         if route is None:
             route = grid_route_on_gpu(
-                self.points.shape, self.kernel, lambda: largest_coordinate(self.points),
+                self.points.shape,
+                self.kernel,
+                lambda: largest_coordinate(self.points),
                 self.mean_neighbourhood,
-            )  # fmt: skip
+            )
             self.__dict__["_device_route"] = route
         return route
 
