@@ -74,7 +74,8 @@ EOF
 GPU=$("$PYTHON" -c "from pipeline.backend import gpu_available; print(int(gpu_available()))" 2>/dev/null || echo 0)
 if [ "$GPU" = 1 ] || [ "${FORCE_GPU_STAGES:-0}" = 1 ]; then  # (forced: to check the script)
     stage tests-gpu 150 "$OUT/tests-gpu.log" \
-        "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider -W default tests/test_gpu.py
+        "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider -W default \
+        tests/test_gpu_device.py tests/test_gpu_cluster.py
     stage bench 170 "$OUT/bench.log" "$PYTHON" -m benchmarks.gpu --json "$OUT/results.json"
 else
     echo "no GPU visible to CuPy: GPU tests and benchmark skipped" | tee -a "$SUMMARY"

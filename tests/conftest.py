@@ -1,8 +1,10 @@
-"""Shared fixtures: the seed data set, real Zarr stores on disk, a real Dask cluster."""
+"""Shared fixtures: the seed data set, real Zarr stores on disk, a real Dask cluster, the
+emulated ``cupy`` of the GPU tests."""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from distributed import Client, LocalCluster
 
 from pipeline.io.datasets import make_blobs, write_blobs
 
+from .gpu_emulation import compiler_available, fake_cupy
 from .support import StandingCluster
 
 
@@ -53,3 +56,20 @@ def plain_cluster(tmp_path_factory: pytest.TempPathFactory):
     cluster = StandingCluster(str(tmp_path_factory.mktemp("plain-cluster")))
     yield cluster
     cluster.close()
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """``cupy`` replaced by the NumPy-backed emulation for the duration of a test."""
+    if not compiler_available():
+        pytest.skip("needs g++ (C++20) to run the CUDA sources on the CPU")
+    from pipeline.kernels import gpu
+
+    fake = fake_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    caches = (gpu._fused_kernel, gpu._finish_kernel, gpu._gemm_weight_kernel, gpu._grid_kernel)
+    for cached in caches:
+        cached.cache_clear()
+    yield fake
+    for cached in caches:
+        cached.cache_clear()

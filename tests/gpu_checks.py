@@ -1,0 +1,164 @@
+"""Shared checks of the GPU tests (emulated, on a device, on a cluster): reference results,
+tolerances, the grid and binning cases and their bodies, and the ``gpu`` marks.
+
+Tolerances (bandwidth units): Gaussian and Epanechnikov work in float32 with float64
+sums, positions within ``ATOL`` = 1e-5 of the float64 array path and densities within
+1e-5 relative (1e-4 on the GEMM route, d > 16), coordinates within 150 bandwidths;
+the flat kernel is float64. The grid kernel takes differences in float64 (any coordinates)
+and is held to the same tolerances against the float64 neighbourhood (each query against
+exactly the points of its 3^d neighbour cells), and to twice them against the CPU grid
+(float32 too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.backend import gpu_available
+
+ATOL = 1e-5
+RTOL_DENSITY = 1e-5
+RTOL_DENSITY_GEMM = 1e-4  # squared distances from a float32 product: |q|² + |x|² - 2 q·x
+
+needs_gpu = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device"),
+]
+
+
+def on_device(function):
+    for mark in needs_gpu:
+        function = mark(function)
+    return function
+
+
+def reference(queries, points, weights, kernel):
+    from pipeline.kernels import blocked_shift
+
+    return blocked_shift(queries, points, weights, kernel, np, 2**22)
+
+
+def check_close(got, expected, kernel, d=2, factor=1.0):
+    """Within the tolerances above (times ``factor``: two float32 results against each other)."""
+    shifted, density = (np.asarray(a) for a in got)
+    expected_shifted, expected_density = expected
+    atol = 1e-12 if kernel == "flat" else ATOL * factor
+    rtol = (RTOL_DENSITY_GEMM if d > 16 and kernel != "flat" else RTOL_DENSITY) * factor
+    np.testing.assert_allclose(shifted, expected_shifted, rtol=0, atol=atol)
+    np.testing.assert_allclose(density, expected_density, rtol=rtol, atol=1e-300)
+
+
+# --------------------------------------------------------------------------- grid point sets
+# The same bodies run emulated (CI) and on a device (``gpu``): the device grid kernel against
+# the float64 neighbourhood (each query against exactly the points of its 3^d neighbour cells)
+# and against the CPU GridPointSet.
+
+GRID_CASES = [  # (d, kernel, weighted): every kernel, both weightings, d = 1, 2, 3, GRID_MAX_DIMS
+    (1, "flat", True),
+    (1, "gaussian", False),
+    (2, "gaussian", True),
+    (2, "epanechnikov", False),
+    (3, "epanechnikov", True),
+    (3, "flat", False),
+    (6, "gaussian", False),
+]
+
+
+def host(array):
+    get = getattr(array, "get", None)
+    return get() if get is not None else np.asarray(array)
+
+
+def grid_data(d, kernel, weighted, n=1200, seed=0):
+    """Points: a blob, 600 points in one cell (several tiles of one run), isolated points far
+    apart. Queries: blob points, the crowded cell, the isolated points, empty neighbourhoods,
+    a point outside the grid and (d >= 2, Gaussian) one whose only neighbour is 14 bandwidths
+    off (every float32 weight underflows)."""
+    rng = np.random.default_rng(seed + 10 * d)
+    blob = rng.normal(0, 2, (n, d))
+    crowded = 7.3 + rng.uniform(-0.05, 0.05, (600, d))
+    isolated = np.zeros((3, d))
+    isolated[:, 0] = [60.0, 80.0, 100.0]
+    lonely = np.full((1, d), 200.01)
+    points = np.concatenate([blob, crowded, isolated, lonely])
+    weights = rng.uniform(0.5, 2, len(points)) if weighted else None
+    empty = isolated[:2] + np.eye(d)[0] * 10.0  # 70, 90: nothing within 2 cells
+    outside = np.full((1, d), 1000.0)
+    corner = np.full((1, d), 209.99 if kernel == "gaussian" else 201.99)
+    queries = np.concatenate([blob[::9], crowded[:40], isolated, empty, outside, corner])
+    return points, weights, queries
+
+
+def grid_reference(grid, queries):
+    """Float64: each query against exactly the points of its own and its 3^d neighbour cells."""
+    from pipeline.kernels import blocked_shift
+
+    shifted, density = queries.copy(), np.zeros(len(queries))
+    rows, keys = grid._query_cells(queries)
+    for row, key in zip(rows, keys, strict=True):
+        index = np.flatnonzero(np.isin(grid.keys, key + grid.offsets))
+        if len(index):
+            w = None if grid.weights is None else grid.weights[index]
+            got = blocked_shift(
+                queries[row : row + 1], grid.points[index], w, grid.kernel, np, 1 << 22
+            )
+            shifted[row], density[row] = got[0][0], got[1][0]
+    return shifted, density
+
+
+def check_device_grid(xp, monkeypatch, d, kernel, weighted):
+    from pipeline.kernels import GridPointSet, dispatch
+
+    monkeypatch.setattr(dispatch, "GPU_DENSE_MAX_POINTS", 0)  # the grid kernel, whatever the size
+    monkeypatch.setattr(dispatch, "GPU_GRID_GAIN", 0.0)  # and the neighbourhoods
+    points, weights, queries = grid_data(d, kernel, weighted)
+    grid = GridPointSet(points, weights, kernel, np, 2**22)
+    device = grid.on(xp)
+    got = tuple(host(a) for a in device.shift(xp.asarray(queries)))
+    assert device.__dict__.get("_device_grid") is not None  # the grid kernel ran
+    assert device.__dict__.get("_dense_set") is None
+    exact = grid_reference(grid, queries)
+    check_close(got, exact, kernel)
+    check_close(got, grid.shift(queries), kernel, factor=2)  # the CPU grid (compiled, float32)
+    n_empty = 2 + 1  # two empty neighbourhoods and one query outside the grid
+    empty = slice(len(queries) - 1 - n_empty, len(queries) - 1)
+    np.testing.assert_array_equal(got[0][empty], queries[empty])
+    assert np.all(got[1][empty] == 0)
+    if kernel == "gaussian" and d >= 2:  # underflowed in float32, redone in float64
+        assert 0 < exact[1][-1] < 1e-30 and got[1][-1] > 0
+    # a query's result does not depend on the other queries of the launch
+    part = tuple(host(a) for a in device.shift(xp.asarray(queries[5:60])))
+    np.testing.assert_array_equal(part[0], got[0][5:60])
+    np.testing.assert_array_equal(part[1], got[1][5:60])
+
+
+# --------------------------------------------------------------------------- binning pass
+
+
+def bin_cases():
+    rng = np.random.default_rng(6)
+    blobs = rng.normal(0, 3, (20_000, 2)).astype(np.float32)  # few cells: counted directly
+    sparse = rng.uniform(-1e4, 1e4, (5000, 3))  # a large box: occupied cells sorted
+    holes = rng.normal(0, 1, (3000, 2))
+    holes[::7, 1] = np.nan
+    holes[::11, 0] = np.inf
+    far = 1e6 + rng.normal(0, 1, (4000, 2))  # far from the origin: offsets keep full precision
+    one = rng.normal(0, 1, (2000, 1))
+    edges = np.round(rng.uniform(-3, 3, (4000, 2)) * 8) / 8  # on cell boundaries
+    return {"blobs": blobs, "sparse": sparse, "holes": holes, "far": far, "one": one,
+            "edges": edges}  # fmt: skip
+
+
+def check_device_binning(xp):
+    from pipeline.engine.binned import bin_chunk
+
+    for name, block in bin_cases().items():
+        for cell in (0.25, 0.625):
+            expected = bin_chunk(block, None, cell)
+            got = bin_chunk(block, None, cell, "cupy")
+            assert got[0] == expected[0], name
+            for a, b in zip(got[1:], expected[1:], strict=True):
+                assert isinstance(a, np.ndarray) and a.dtype == b.dtype, name
+                np.testing.assert_array_equal(a, b, err_msg=name)
+                assert a.tobytes() == b.tobytes(), name  # bit for bit
