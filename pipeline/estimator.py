@@ -106,7 +106,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self.method = method
         self.bin_fraction = bin_fraction
 
-    def _params(self) -> MeanShiftParams:
+    def mean_shift_params(self) -> MeanShiftParams:
         """The run parameters: this estimator's attributes of the same names."""
         return make_params(**{name: getattr(self, name) for name in MeanShiftParams.model_fields})
 
@@ -165,7 +165,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         -------
         self
         """
-        params = self._params()
+        params = self.mean_shift_params()
         points, module, in_memory = self._validate(X, reset=True)
         seeds = None
         if self.seeds is not None:

@@ -56,7 +56,7 @@ def test_the_estimator_takes_every_parameter_with_the_same_default_and_docs():
         assert f"\n    {name} : " in doc, name
         assert " ".join(field.description.split()[:4]) in " ".join(doc.split()), name
     estimator = MeanShift(**TOGETHER)
-    assert estimator._params() == make_params(**TOGETHER)
+    assert estimator.mean_shift_params() == make_params(**TOGETHER)
     assert {k: v for k, v in estimator.get_params().items() if k in FIELDS} == TOGETHER
 
 
@@ -101,8 +101,10 @@ def test_each_option_reaches_the_run_parameters(name):
 def test_bandwidth_rules_reach_the_run_parameters_from_the_cli_and_a_spec(word, rule):
     command = cli.commands["run"]
     context = command.make_context("run", ["-i", "in.zarr", "-o", "out.zarr", "-b", word])
-    params = spec_with_options(None, {"bandwidth": context.params["bandwidth"]} | {
-        "input_url": "in.zarr", "output": "out.zarr"}).mean_shift_params()  # fmt: skip
+    params = spec_with_options(
+        None,
+        {"bandwidth": context.params["bandwidth"]} | {"input_url": "in.zarr", "output": "out.zarr"},
+    ).mean_shift_params()
     assert params.bandwidth is None and params.bandwidth_rule == rule
     from pipeline.jobs.spec import WorkflowSpec
 

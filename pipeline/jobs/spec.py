@@ -139,6 +139,12 @@ class WorkflowSpec(_Strict):
         """The spec file this was read from."""
         return self._source
 
+    def read_from(self, path: str | None) -> WorkflowSpec:
+        """This spec, as read from the file ``path`` (its relative paths then resolve
+        against that file's folder)."""
+        self._source = path
+        return self
+
     @field_validator("params")
     @classmethod
     def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -246,8 +252,7 @@ def load_spec(path: str) -> WorkflowSpec:
         spec = WorkflowSpec(**data)
     except ValidationError as exc:
         raise ParameterError(f"spec {path}: {describe_spec_error(exc)}") from None
-    spec._source = path
-    return spec
+    return spec.read_from(path)
 
 
 def describe_spec_error(exc: ValidationError) -> str:

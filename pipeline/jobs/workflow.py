@@ -97,8 +97,7 @@ def spec_with_options(spec: WorkflowSpec | None, options: dict[str, Any]) -> Wor
     except ValidationError as exc:
         where = f"spec {spec.source}: " if spec is not None and spec.source else ""
         raise ParameterError(where + describe_spec_error(exc)) from None
-    merged._source = None if spec is None else spec.source
-    return merged
+    return merged.read_from(None if spec is None else spec.source)
 
 
 def _resolved_cluster(spec: WorkflowSpec) -> ClusterSpec:
