@@ -565,6 +565,7 @@ def status(output: str) -> None:
 
 
 OPTION_NAMES = {
+    "input_url": "--input",
     "n_clusters": "--clusters",
     "n_dims": "--dims",
     "ca_file": "--tls-ca-file",

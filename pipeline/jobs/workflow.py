@@ -60,11 +60,12 @@ def _apply_option(data: dict[str, Any], option: str, value: Any) -> None:
 
 
 def _require_input_and_output(data: dict[str, Any]) -> None:
-    """Refuse a job from options alone that lacks --input or --output."""
-    for part, flag in (("input", "url"), ("output", "path")):
-        if part in data and flag not in data[part]:
-            option = "--input" if part == "input" else "--output"
-            raise ParameterError(f"missing option {option} (or give --spec FILE)")
+    """Refuse a job from options alone that lacks an input or an output."""
+    for part, key, option in (("input", "url", "input_url"), ("output", "path", "output")):
+        if part in data and key not in data[part]:
+            raise ParameterError(
+                f"missing option {{{option}}} (or give {{spec}} FILE)", **{option: None}, spec=None
+            )
 
 
 def spec_with_options(spec: WorkflowSpec | None, options: dict[str, Any]) -> WorkflowSpec:
@@ -84,7 +85,11 @@ def spec_with_options(spec: WorkflowSpec | None, options: dict[str, Any]) -> Wor
     """
     data = _spec_fields(spec)
     if "scheduler" in options and "cluster" in options:
-        raise ParameterError("give either --scheduler (a running cluster) or --cluster, not both")
+        raise ParameterError(
+            "give either {scheduler} (a running cluster) or {cluster}, not both",
+            scheduler=None,
+            cluster=None,
+        )
     for option, value in options.items():
         _apply_option(data, option, value)
     if "name" not in data:
