@@ -25,8 +25,8 @@ from ..naming import task_name
 from .store import (
     STATUS_FAILED,
     STATUS_RUNNING,
-    _output_errors,
     existing_attributes,
+    output_errors,
     write_per_point,
 )
 
@@ -72,20 +72,20 @@ class ZarrCheckpoint:
         return dict(saved)
 
     def _record(self, stage: str, **state: Any) -> None:
-        with _output_errors(self.group):
+        with output_errors(self.group):
             self.group.update_attributes(
                 {"checkpoint": {**state, "stage": stage, "fingerprint": self.fingerprint}}
             )
 
     def _subgroup(self) -> zarr.Group:
-        with _output_errors(self.group):
+        with output_errors(self.group):
             if GROUP in self.group:
                 return self.group[GROUP]
             return self.group.create_group(GROUP)
 
     def _store_array(self, name: str, values: np.ndarray) -> None:
         sub = self._subgroup()
-        with _output_errors(self.group):
+        with output_errors(self.group):
             if name in sub:
                 del sub[name]
             chunks = (max(1, min(len(values), 1 << 20)), *values.shape[1:])
@@ -112,7 +112,7 @@ class ZarrCheckpoint:
         slot = "b" if saved is not None and saved["slot"] == "a" else "a"
         sub = self._subgroup()
         if slot not in sub:
-            with _output_errors(self.group):
+            with output_errors(self.group):
                 sub.create_array(
                     slot,
                     shape=positions.shape,
@@ -161,7 +161,7 @@ class ZarrCheckpoint:
     # -------------------------------------------------------------------- end
     def clear(self) -> None:
         """Drop the saved state (the job is about to be marked complete)."""
-        with _output_errors(self.group):
+        with output_errors(self.group):
             if GROUP in self.group:
                 del self.group[GROUP]
             if "checkpoint" in self.group.attrs:

@@ -299,7 +299,7 @@ def write_per_point(group: zarr.Group, name: str, values: da.Array, row_chunk: i
 def _write_block(block: np.ndarray, target: zarr.Array, block_info: Any = None) -> np.ndarray:
     """Store one block at its rows of ``target``; returns the number of rows written."""
     start, stop = block_info[0]["array-location"][0]
-    with _output_errors(target):
+    with output_errors(target):
         target[start:stop] = block
     return np.array([stop - start])
 
@@ -315,7 +315,7 @@ def write_summary(
         A write failed (disk full, file too large, permissions).
     """
     k, d = centers.shape
-    with _output_errors(group):
+    with output_errors(group):
         group.create_array("centers", shape=(k, d), chunks=(max(k, 1), d), dtype="float64")[...] = (
             centers
         )
@@ -325,7 +325,7 @@ def write_summary(
 
 
 @contextlib.contextmanager
-def _output_errors(target: Any) -> Iterator[None]:
+def output_errors(target: Any) -> Iterator[None]:
     """Turn OS write failures into one-line :class:`OutputError` naming the output."""
     try:
         yield
@@ -363,6 +363,6 @@ def open_result(url: str) -> zarr.Group:
 def reopen_output(url: str) -> zarr.Group:
     """An unfinished output, open for writing again (``status: running``), its state kept."""
     group = zarr.open_group(url, mode="r+")
-    with _output_errors(group):
+    with output_errors(group):
         group.update_attributes({"status": STATUS_RUNNING, "error": None})
     return group
