@@ -22,11 +22,11 @@ def warm_up() -> None:
     import zarr  # noqa: F401  (tasks read the input with it; the import alone takes ~0.3 s)
 
     from .engine.binned import bin_chunk
-    from .kernels import compiled
+    from .kernels import KERNELS, compiled
 
     if compiled.AVAILABLE:
         points = np.zeros((4, 2))
-        for kernel in ("gaussian", "epanechnikov", "flat"):
+        for kernel in KERNELS:
             compiled.shift_offsets(points, compiled.pack_points(points, None, kernel))
     bin_chunk(np.arange(8.0).reshape(4, 2), None, 1.0)
 
@@ -41,16 +41,13 @@ def warm_up_gpu() -> None:
     try:
         import cupy
 
-        from .kernels import gpu, shift_points
+        from .kernels import KERNELS, gpu, shift_points
 
         points = cupy.zeros((4, 2))
-        for kernel in ("gaussian", "epanechnikov", "flat"):
+        for kernel in KERNELS:
             shift_points(points, points, None, kernel, cupy, 2**20)  # fused + finish
             for weighted in (False, True):
-                for build in (gpu._fused_kernel, gpu._grid_kernel):
-                    compile_now = getattr(build(2, kernel, weighted), "compile", None)
-                    if compile_now is not None:  # RawKernel.compile: no launch needed
-                        compile_now()
+                gpu.compile_kernels(2, kernel, weighted)
     except Exception:  # pragma: no cover - depends on the device
         pass
 

@@ -115,3 +115,13 @@ def test_bandwidth_rules_reach_the_run_parameters_from_the_cli_and_a_spec(word, 
         params={"bandwidth": word},
     )
     assert spec.mean_shift_params().bandwidth_rule == rule
+
+
+def test_the_kernels_offered_are_the_kernels_implemented():
+    from typing import get_args
+
+    from pipeline.kernels import KERNELS
+    from pipeline.kernels.compiled import KERNEL_CODES
+    from pipeline.params import KernelName
+
+    assert set(get_args(KernelName)) == set(KERNELS) == set(KERNEL_CODES)

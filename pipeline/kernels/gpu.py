@@ -497,6 +497,22 @@ def _gemm_weight_kernel(kernel: str) -> Any:
     )
 
 
+def compile_kernels(n_dims: int, kernel: str, weighted: bool) -> None:
+    """Compile the fused and the grid kernel of one case now (CuPy keeps them on disk, so a
+    later process only loads them), rather than in a job's first task."""
+    for build in (_fused_kernel, _grid_kernel):
+        compile_now = getattr(build(n_dims, kernel, weighted), "compile", None)
+        if compile_now is not None:  # RawKernel.compile: no launch needed
+            compile_now()
+
+
+def forget_kernels() -> None:
+    """Drop the kernels built in this process (they are built again on next use), for
+    example after the ``cupy`` module was replaced."""
+    for cached in (_fused_kernel, _finish_kernel, _gemm_weight_kernel, _grid_kernel):
+        cached.cache_clear()
+
+
 # --------------------------------------------------------------------------- routes
 
 
