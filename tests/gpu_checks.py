@@ -146,8 +146,7 @@ def bin_cases():
     far = 1e6 + rng.normal(0, 1, (4000, 2))  # far from the origin: offsets keep full precision
     one = rng.normal(0, 1, (2000, 1))
     edges = np.round(rng.uniform(-3, 3, (4000, 2)) * 8) / 8  # on cell boundaries
-    return {"blobs": blobs, "sparse": sparse, "holes": holes, "far": far, "one": one,
-            "edges": edges}  # fmt: skip
+    return dict(blobs=blobs, sparse=sparse, holes=holes, far=far, one=one, edges=edges)
 
 
 def check_device_binning(xp):

@@ -90,8 +90,9 @@ def _precompiled_headers() -> str | None:
         os.replace(partial, header)
         done = subprocess.run(
             ["g++", *FLAGS, "-x", "c++-header", header, "-o", f"{partial}.gch"],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
             return None
         os.replace(f"{partial}.gch", header + ".gch")
@@ -111,8 +112,10 @@ def _build(code: str) -> ctypes.CDLL:
         include = ["-include", header] if header else []  # (g++ skips a stale .gch)
         subprocess.run(
             ["g++", *FLAGS, "-shared", *include, source, "-o", partial],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         os.replace(partial, library)
     return ctypes.CDLL(library)
 
@@ -168,19 +171,27 @@ class RawKernel:
 class ElementwiseKernel:
     """``cupy.ElementwiseKernel`` (float32 arguments, one output) run on the CPU."""
 
-    def __init__(self, in_params: str, out_params: str, operation: str, name: str,
-                 preamble: str = "", **_: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_params: str,
+        out_params: str,
+        operation: str,
+        name: str,
+        preamble: str = "",
+        **_: Any,
+    ) -> None:
         self.inputs = [p.split()[1] for p in in_params.split(",")]
         self.output = out_params.split()[1]
         assert all(p.split()[0] == "float32" for p in in_params.split(","))
         unpack = " ".join(f"float {v} = {v}_[i];" for v in self.inputs)
         params = ", ".join(f"const float* {v}_" for v in self.inputs)
         code = (
-            "#include <math.h>\n" + preamble
+            "#include <math.h>\n"
+            + preamble
             + f'\nextern "C" void ms_elementwise({params}, float* out_, long long n) {{\n'
             f"  for (long long i = 0; i < n; ++i) {{ {unpack} float {self.output}; "
             f"{operation} out_[i] = {self.output}; }}\n}}\n"
-        )  # fmt: skip
+        )
         self.library = _build(code)
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:

@@ -99,14 +99,11 @@ class StandingCluster:
         os.makedirs(folder, exist_ok=True)
         scheduler_file = os.path.join(folder, "scheduler.json")
         protocol = ["--protocol", "tls"] if tls else []
-        self.processes = [
-            subprocess.Popen(
-                [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                 "--dashboard-address", "127.0.0.1:0", "--scheduler-file", scheduler_file,
-                 *protocol, *self.tls_args],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-        ]  # fmt: skip
+        command = [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0"]
+        command += ["--dashboard-address", "127.0.0.1:0", "--scheduler-file", scheduler_file]
+        command += [*protocol, *self.tls_args]
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        self.processes = [subprocess.Popen(command, **quiet)]
         deadline = time.monotonic() + 60
         while not os.path.exists(scheduler_file) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -114,14 +111,10 @@ class StandingCluster:
         with open(scheduler_file) as handle:
             self.address = json.load(handle)["address"]
         for i in range(2):
-            self.processes.append(
-                subprocess.Popen(
-                    [DASK, "worker", self.address, "--nworkers", "1", "--nthreads", "1",
-                     "--no-dashboard", "--preload", "pipeline.worker",
-                     "--local-directory", os.path.join(folder, f"worker-{i}"), *self.tls_args],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )
-            )  # fmt: skip
+            command = [DASK, "worker", self.address, "--nworkers", "1", "--nthreads", "1"]
+            command += ["--no-dashboard", "--preload", "pipeline.worker"]
+            command += ["--local-directory", os.path.join(folder, f"worker-{i}"), *self.tls_args]
+            self.processes.append(subprocess.Popen(command, **quiet))
         with self.client() as client:
             client.wait_for_workers(2, timeout=120)
 

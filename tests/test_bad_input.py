@@ -18,9 +18,11 @@ import zarr
 from .support import meanshift, tree_digest
 
 BLOBS = np.concatenate(
-    [np.random.default_rng(c).normal(centre, 0.5, (100, 2))
-     for c, centre in enumerate([(0, 0), (6, 0), (0, 6), (6, 6)])]
-)  # fmt: skip
+    [
+        np.random.default_rng(c).normal(centre, 0.5, (100, 2))
+        for c, centre in enumerate([(0, 0), (6, 0), (0, 6), (6, 6)])
+    ]
+)
 """Four well-separated blobs of 100 points (bandwidth 2.5 finds them)."""
 
 
@@ -57,8 +59,8 @@ def _clusters_of(out: str) -> int:
 
 def _same_clusters_as_float_blobs(out: str, folder: str) -> None:
     reference = os.path.join(folder, "reference.zarr")
-    run = meanshift("run", "-i", _store(os.path.join(folder, "ref"), BLOBS), "-o", reference,
-                    "-b", "2.5", "--quiet", "--n-workers", "1")  # fmt: skip
+    store = _store(os.path.join(folder, "ref"), BLOBS)
+    run = meanshift("run", "-i", store, "-o", reference, "-b", "2.5", "--quiet", "--n-workers", "1")
     assert run.returncode == 0, run.stderr
     np.testing.assert_array_equal(_labels(out), _labels(reference))
 
@@ -103,19 +105,25 @@ class Case:
 
 CASES = {
     "nan-rows-refused": Case(
-        lambda f: _store(f, _with_bad_rows(np.nan)), ["-b", "2.5"], 3,
+        lambda f: _store(f, _with_bad_rows(np.nan)),
+        ["-b", "2.5"],
+        3,
         "3 of 400 rows hold NaN or Inf values; --drop-invalid-rows leaves them out",
     ),
     "inf-rows-refused-estimating-bandwidth": Case(
-        lambda f: _store(f, _with_bad_rows(np.inf)), [], 3, "3 of 400 rows hold NaN or Inf values",
+        lambda f: _store(f, _with_bad_rows(np.inf)), [], 3, "3 of 400 rows hold NaN or Inf values"
     ),
     "nan-and-inf-rows-dropped-and-counted": Case(
         lambda f: _store(f, np.where(np.arange(400)[:, None] == 5, np.inf, _with_bad_rows(np.nan))),
-        ["-b", "2.5", "--drop-invalid-rows"], 0,
-        "left out 3 rows holding NaN or Inf (labelled -1)", _dropped_rows_are_unlabelled,
+        ["-b", "2.5", "--drop-invalid-rows"],
+        0,
+        "left out 3 rows holding NaN or Inf (labelled -1)",
+        _dropped_rows_are_unlabelled,
     ),
     "every-row-invalid": Case(
-        lambda f: _store(f, np.full((10, 2), np.nan)), ["--drop-invalid-rows"], 3,
+        lambda f: _store(f, np.full((10, 2), np.nan)),
+        ["--drop-invalid-rows"],
+        3,
         "all 10 rows hold NaN or Inf values",
     ),
     "one-dimensional": Case(lambda f: _store(f, np.arange(10.0)), [], 3, "must be 2-D"),
@@ -124,37 +132,44 @@ CASES = {
     "boolean": Case(lambda f: _store(f, np.zeros((4, 2), bool)), [], 3, "its dtype is bool"),
     "complex": Case(lambda f: _store(f, np.zeros((4, 2), np.complex64)), [], 3, "complex64"),
     "integers-converted": Case(
-        lambda f: _store(f, np.round(BLOBS * 100).astype(np.int32)), ["-b", "250"], 0,
+        lambda f: _store(f, np.round(BLOBS * 100).astype(np.int32)),
+        ["-b", "250"],
+        0,
         "400 points x 2 dims -> 4 clusters",
     ),
     "empty": Case(lambda f: _store(f, np.zeros((0, 2))), [], 3, "is empty (shape (0, 2))"),
     "one-point": Case(
-        lambda f: _store(f, np.array([[1.0, 2.0]])), [], 0, "all points are identical",
+        lambda f: _store(f, np.array([[1.0, 2.0]])),
+        [],
+        0,
+        "all points are identical",
         _one_cluster_at([1.0, 2.0], 1),
     ),
     "all-identical": Case(
-        lambda f: _store(f, np.full((50, 3), 7.5)), [], 0, "using bandwidth 1.0",
+        lambda f: _store(f, np.full((50, 3), 7.5)),
+        [],
+        0,
+        "using bandwidth 1.0",
         _one_cluster_at([7.5, 7.5, 7.5], 50),
     ),
     "huge-magnitudes-1e30": Case(
-        lambda f: _store(f, BLOBS * 1e30), ["-b", "2.5e30"], 0, "-> 4 clusters", _scaled(1e30),
+        lambda f: _store(f, BLOBS * 1e30), ["-b", "2.5e30"], 0, "-> 4 clusters", _scaled(1e30)
     ),
     "tiny-magnitudes-1e-30": Case(
-        lambda f: _store(f, BLOBS * 1e-30), ["-b", "2.5e-30"], 0, "-> 4 clusters",
-        _scaled(1e-30),
+        lambda f: _store(f, BLOBS * 1e-30), ["-b", "2.5e-30"], 0, "-> 4 clusters", _scaled(1e-30)
     ),
     "zero-bandwidth": Case(lambda f: _store(f, BLOBS), ["-b", "0"], 2, "must be a positive"),
     "negative-bandwidth": Case(lambda f: _store(f, BLOBS), ["-b", "-2"], 2, "must be a positive"),
     "nan-bandwidth": Case(lambda f: _store(f, BLOBS), ["-b", "nan"], 2, "must be a positive"),
     "bandwidth-too-small-warns": Case(
-        lambda f: _store(f, BLOBS), ["-b", "1e-3"], 0, "the bandwidth 0.001 is probably too small",
+        lambda f: _store(f, BLOBS), ["-b", "1e-3"], 0, "the bandwidth 0.001 is probably too small"
     ),
     "missing-path": Case(lambda f: os.path.join(f, "nowhere.zarr"), [], 3, "input not found"),
     "not-zarr": Case(_plain_folder, [], 3, "not a Zarr store"),
     "group-without-the-array": Case(
-        lambda f: _store(f, BLOBS, name="coords"), [], 3, "no array 'points'",
+        lambda f: _store(f, BLOBS, name="coords"), [], 3, "no array 'points'"
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", list(CASES))

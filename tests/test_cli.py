@@ -131,7 +131,7 @@ MISTAKES = [
         ],
         2,
         "not both",
-    ),  # fmt: skip
+    ),
     (["generate", "-o", "{store}", "--overwrite"], 4, "is not generated data"),
     (["demo", "--plot", "{tmp}/no/such/folder/x.png"], 4, "cannot write plot"),
 ]

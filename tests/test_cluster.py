@@ -90,15 +90,16 @@ def test_tls_cluster_runs_jobs_and_refuses_clients_without_the_certificate(
     settings = {"CA_FILE": ca, "CLIENT__CERT": cert, "CLIENT__KEY": key}
     env = os.environ | {f"DASK_DISTRIBUTED__COMM__TLS__{k}": v for k, v in settings.items()}
     by_config = str(tmp_path / "tls-config.zarr")
-    command = [*CLI, "run", "-i", seed_store, "-o", by_config,
-               "--scheduler", tls_cluster.address, *options]  # fmt: skip
+    scheduler = ["--scheduler", tls_cluster.address]
+    command = [*CLI, "run", "-i", seed_store, "-o", by_config, *scheduler, *options]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert zarr.open_group(by_config, mode="r").attrs["status"] == "complete"
 
     refused_out = str(tmp_path / "refused.zarr")
-    refused = meanshift("run", "-i", seed_store, "-o", refused_out, "--scheduler",
-                        tls_cluster.address, "--connect-timeout", "5", *options)  # fmt: skip
+    refused = meanshift(
+        "run", "-i", seed_store, "-o", refused_out, *scheduler, "--connect-timeout", "5", *options
+    )
     assert refused.returncode == 5
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs TLS" in lines[0], refused.stderr
@@ -111,9 +112,11 @@ def test_tls_cluster_refuses_a_certificate_from_another_authority(
     ca = tls_cluster.tls[0]
     _, rogue_cert, rogue_key = write_tls_files(str(tmp_path))  # signed by a different CA
     out = str(tmp_path / "rogue.zarr")
-    refused = meanshift("run", "-i", seed_store, "-o", out, "--scheduler", tls_cluster.address,
-                        "--tls-ca-file", ca, "--tls-cert", rogue_cert, "--tls-key", rogue_key,
-                        "--connect-timeout", "5", "--bandwidth", "2.5", "--quiet")  # fmt: skip
+    rogue = ["--tls-ca-file", ca, "--tls-cert", rogue_cert, "--tls-key", rogue_key]
+    options = ["--connect-timeout", "5", "--bandwidth", "2.5", "--quiet"]
+    refused = meanshift(
+        "run", "-i", seed_store, "-o", out, "--scheduler", tls_cluster.address, *rogue, *options
+    )
     assert refused.returncode == 5
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach Dask scheduler" in lines[0], refused.stderr
@@ -126,12 +129,12 @@ def test_ten_concurrent_jobs_on_two_workers_all_finish(
     # more jobs than workers: each waits for its turn on the busy cluster instead of failing
     points = seed_data[0]
     bandwidths = [2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 3.75, 4.0, 4.25]
+    options = ["--scheduler", plain_cluster.address, "--kernel", "gaussian", "--quiet"]
     launched = []
     for i, bandwidth in enumerate(bandwidths):
         out = str(tmp_path / f"load-{i}.zarr")
-        command = [*CLI, "run", "-i", seed_store, "-o", out,
-                   "--scheduler", plain_cluster.address, "--kernel", "gaussian", "--quiet",
-                   "--bandwidth", str(bandwidth), "--name", f"load{i}"]  # fmt: skip
+        job = ["--bandwidth", str(bandwidth), "--name", f"load{i}"]
+        command = [*CLI, "run", "-i", seed_store, "-o", out, *options, *job]
         launched.append((out, bandwidth, subprocess.Popen(command, stderr=subprocess.PIPE)))
     for out, bandwidth, process in launched:
         _, err = process.communicate(timeout=600)
@@ -150,8 +153,10 @@ def test_a_job_on_a_cluster_whose_workers_are_all_busy_waits_and_finishes(
     occupied_for = 8.0
     with plain_cluster.client() as client, get_task_stream(client) as stream:
         # one long task per worker thread: nothing is free when the job arrives
-        busy = [client.submit(time.sleep, occupied_for, pure=False, workers=[worker])
-                for worker in client.scheduler_info()["workers"]]  # fmt: skip
+        busy = [
+            client.submit(time.sleep, occupied_for, pure=False, workers=[worker])
+            for worker in client.scheduler_info()["workers"]
+        ]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             processing = client.processing()
@@ -168,10 +173,17 @@ def test_a_job_on_a_cluster_whose_workers_are_all_busy_waits_and_finishes(
     assert zarr.open_group(out, mode="r").attrs["status"] == "complete"
     # it queued behind the busy workers: on each worker, the job's tasks started only
     # once that worker's long task had slept its time
-    freed = {task["worker"]: min(span["start"] for span in task["startstops"]) + occupied_for
-             for task in stream.data if str(task["key"]).startswith("sleep")}  # fmt: skip
-    job_starts = [(task["worker"], span["start"]) for task in stream.data
-                  if "waited-" in str(task["key"])
-                  for span in task["startstops"] if span["action"] == "compute"]  # fmt: skip
+    freed = {
+        task["worker"]: min(span["start"] for span in task["startstops"]) + occupied_for
+        for task in stream.data
+        if str(task["key"]).startswith("sleep")
+    }
+    job_starts = [
+        (task["worker"], span["start"])
+        for task in stream.data
+        if "waited-" in str(task["key"])
+        for span in task["startstops"]
+        if span["action"] == "compute"
+    ]
     assert len(freed) == len(busy) and job_starts
     assert all(start >= freed[worker] - 1e-3 for worker, start in job_starts)

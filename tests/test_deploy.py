@@ -81,8 +81,9 @@ def test_compose_file_services_commands_and_exposure():
     assert spec["input"]["url"].startswith("/data/")
 
 
-@pytest.mark.parametrize("dockerfile, extras", [("Dockerfile", {"plot"}),
-                                                ("Dockerfile.gpu", {"gpu", "plot"})])  # fmt: skip
+@pytest.mark.parametrize(
+    "dockerfile, extras", [("Dockerfile", {"plot"}), ("Dockerfile.gpu", {"gpu", "plot"})]
+)
 def test_images_install_the_project_like_the_readme(dockerfile, extras):
     text = read("docker", dockerfile)
     installs = re.findall(r"pip install '\.\[([a-z,]+)\]'", text)

@@ -283,12 +283,16 @@ def test_equivariant_to_translation_and_scaling_together(kernel, blurring, offse
 @settings(max_examples=20, deadline=None)
 @given(
     st.sampled_from(
-        [dict(kernel="gaussian", blurring=True), dict(kernel="flat"),
-         dict(kernel="epanechnikov", method="grid"), dict(kernel="gaussian", bin_seeding=True)]
+        [
+            dict(kernel="gaussian", blurring=True),
+            dict(kernel="flat"),
+            dict(kernel="epanechnikov", method="grid"),
+            dict(kernel="gaussian", bin_seeding=True),
+        ]
     ),
     st.integers(2, 5),
     st.randoms(use_true_random=False),
-)  # fmt: skip
+)
 def test_invariant_to_point_order(config, clusters, random):
     """Shuffling the rows shuffles the labels alike and leaves centres, sizes and numbering."""
     points, _, _ = make_blobs(clusters, 40, 5.0, 2, seed=clusters)

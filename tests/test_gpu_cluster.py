@@ -46,10 +46,16 @@ def test_emulated_client_without_a_gpu_runs_jobs_on_gpu_workers(
     with pytest.raises(ParameterError, match="no Dask worker advertises the GPU resource"):
         backend.resolve_backend("cupy")
     with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1},
-                     dashboard_address=":0", silence_logs=logging.ERROR) as cluster,
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            resources={"GPU": 1},
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
         Client(cluster, set_as_default=True) as client,
-    ):  # fmt: skip
+    ):
         assert backend.resolve_backend("auto") == "cupy"
         assert backend.resolve_backend("auto", here=True) == "numpy"
         client.get_task_stream()  # start recording

@@ -57,12 +57,12 @@ def test_killing_a_worker_mid_run_gives_the_undisturbed_result(tmp_path):
     assert generated.returncode == 0
     options = ["-b", "2.5", "--kernel", "gaussian", "--method", "exact"]
     reference = str(tmp_path / "reference.zarr")
-    undisturbed = meanshift("run", "-i", data, "-o", reference, "--n-workers", "2", "--quiet",
-                            *options)  # fmt: skip
+    undisturbed = meanshift(
+        "run", "-i", data, "-o", reference, "--n-workers", "2", "--quiet", *options
+    )
     assert undisturbed.returncode == 0, undisturbed.stderr
     out = str(tmp_path / "disturbed.zarr")
-    command = [*CLI, "run", "-i", data, "-o", out,
-               "--n-workers", "2", *options]  # fmt: skip
+    command = [*CLI, "run", "-i", data, "-o", out, "--n-workers", "2", *options]
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     address = _scheduler_address(run)
     # the job's own seed tasks ("<job name>-standard-<token>") are running on that worker
@@ -89,8 +89,7 @@ def test_workers_killed_while_the_cluster_starts_are_replaced(
     seed_store, seed_data, tmp_path, kills, outcome
 ):
     out = str(tmp_path / "out.zarr")
-    command = [*CLI, "run", "-i", seed_store, "-o", out,
-               "-b", "2.5", "--n-workers", "2", "--quiet"]  # fmt: skip
+    command = [*CLI, "run", "-i", seed_store, "-o", out, "-b", "2.5", "--n-workers", "2", "--quiet"]
     run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     killed = _kill_workers_as_they_start(run, most=kills)
     _, err = run.communicate(timeout=300)
@@ -106,8 +105,7 @@ def test_workers_killed_while_the_cluster_starts_are_replaced(
 
 def test_no_worker_able_to_start_is_one_line_and_exit_5(seed_store, tmp_path):
     out = str(tmp_path / "out.zarr")
-    command = [*CLI, "run", "-i", seed_store, "-o", out,
-               "-b", "2.5", "--n-workers", "1"]  # fmt: skip
+    command = [*CLI, "run", "-i", seed_store, "-o", out, "-b", "2.5", "--n-workers", "1"]
     run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     killed = _kill_workers_as_they_start(run, most=10)
     _, err = run.communicate(timeout=300)
@@ -216,15 +214,15 @@ def _limit_file_size(limit: int):
 @pytest.mark.parametrize("limit", [1500, 600])  # fails while writing labels / the summary
 def test_a_full_disk_is_a_clear_error_and_leaves_the_input_alone(chunked_store, tmp_path, limit):
     # a run without the limit first, so that numba's kernel cache is written already
-    warm = meanshift("run", "-i", chunked_store, "-o", str(tmp_path / "warm.zarr"), "-b", "2.5",
-                     "--quiet", "--n-workers", "1")  # fmt: skip
+    options = ["-b", "2.5", "--quiet", "--n-workers", "1"]
+    warm = meanshift("run", "-i", chunked_store, "-o", str(tmp_path / "warm.zarr"), *options)
     assert warm.returncode == 0, warm.stderr
     digest = tree_digest(chunked_store)
     out = str(tmp_path / "out.zarr")
-    command = [*CLI, "run", "-i", chunked_store, "-o", out,
-               "-b", "2.5", "--quiet", "--n-workers", "1"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          preexec_fn=_limit_file_size(limit))  # fmt: skip
+    command = [*CLI, "run", "-i", chunked_store, "-o", out, *options]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(limit)
+    )
     assert done.returncode == 4, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot write output" in lines[0] and "File too large" in lines[0]
@@ -298,8 +296,8 @@ def test_a_killed_driver_resumes_from_its_last_iteration(tmp_path):
     data = str(tmp_path / "in.zarr")
     generated = meanshift("generate", "-o", data, "--per-cluster", "3000", "--chunk", "3000")
     assert generated.returncode == 0
-    options = ["-b", "2.5", "--kernel", "gaussian", "--blurring", "--method", "exact",
-               "--tol", "0", "--max-iter", "10", "--quiet", "--n-workers", "2"]  # fmt: skip
+    options = ["-b", "2.5", "--kernel", "gaussian", "--blurring", "--method", "exact"]
+    options += ["--tol", "0", "--max-iter", "10", "--quiet", "--n-workers", "2"]
     reference = str(tmp_path / "reference.zarr")
     assert meanshift("run", "-i", data, "-o", reference, *options).returncode == 0
     out = str(tmp_path / "out.zarr")
@@ -325,8 +323,8 @@ def test_a_killed_standard_run_reuses_its_finished_seed_chunks(tmp_path):
     data = str(tmp_path / "in.zarr")
     generated = meanshift("generate", "-o", data, "--per-cluster", "4000", "--chunk", "2000")
     assert generated.returncode == 0
-    options = ["-b", "2.5", "--kernel", "gaussian", "--method", "exact", "--quiet",
-               "--n-workers", "2"]  # fmt: skip
+    options = ["-b", "2.5", "--kernel", "gaussian", "--method", "exact"]
+    options += ["--quiet", "--n-workers", "2"]
     reference = str(tmp_path / "reference.zarr")
     assert meanshift("run", "-i", data, "-o", reference, *options).returncode == 0
     out = str(tmp_path / "out.zarr")

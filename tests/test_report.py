@@ -39,8 +39,8 @@ def test_report_pages_and_pictures(finished, tmp_path):
 def test_report_projects_higher_dimensions_on_principal_components(tmp_path):
     data, out = str(tmp_path / "d5.zarr"), str(tmp_path / "d5-out.zarr")
     assert meanshift("generate", "-o", data, "--dims", "5", "--per-cluster", "200").returncode == 0
-    assert meanshift("run", "-i", data, "-o", out, "-b", "6", "--kernel", "gaussian",
-                     "--quiet", "--n-workers", "1").returncode == 0  # fmt: skip
+    options = ["-b", "6", "--kernel", "gaussian", "--quiet", "--n-workers", "1"]
+    assert meanshift("run", "-i", data, "-o", out, *options).returncode == 0
     page = open(write_report(out)).read()
     assert "first two principal components" in page and "5 dims" in page
 

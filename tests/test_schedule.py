@@ -68,12 +68,13 @@ def workdir(tmp_path, seed_store):
 def test_schedule_fires_retries_and_keeps_history(workdir, seed_data):
     specs, state, store = workdir
     write_spec(specs, "every3s", "*/3 * * * * *", store)
-    write_spec(specs, "broken", "*/3 * * * * *", "/nonexistent/points.zarr",
-               retries=1, retry_delay_s=1)  # fmt: skip
+    write_spec(
+        specs, "broken", "*/3 * * * * *", "/nonexistent/points.zarr", retries=1, retry_delay_s=1
+    )
     process, log = start_scheduler(specs, state)
     try:
-        history = wait_for(lambda: os.path.exists(os.path.join(state, STATE_FILE)) and History(
-            os.path.join(state, STATE_FILE)))  # fmt: skip
+        history_file = os.path.join(state, STATE_FILE)
+        history = wait_for(lambda: os.path.exists(history_file) and History(history_file))
         good = wait_for(lambda: [r for r in history.runs("every3s") if r.status == "complete"])
         retried = wait_for(lambda: [r for r in history.runs("broken") if r.attempt == 2])
     finally:
@@ -98,8 +99,10 @@ def test_schedule_fires_retries_and_keeps_history(workdir, seed_data):
     # the history command lists the runs
     listed = subprocess.run(
         [*CLI, "history", "--state-dir", state, "--json"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert any(r["name"] == "every3s" and r["status"] == "complete" for r in rows)
     # a finished run is not redone: the same run id again is recorded as skipped
@@ -113,8 +116,8 @@ def test_a_run_missed_while_the_scheduler_was_down_runs_once_on_restart(workdir)
     write_spec(specs, "every15s", "*/15 * * * * *", store)
     process, log = start_scheduler(specs, state)
     try:
-        history = wait_for(lambda: os.path.exists(os.path.join(state, STATE_FILE)) and History(
-            os.path.join(state, STATE_FILE)))  # fmt: skip
+        history_file = os.path.join(state, STATE_FILE)
+        history = wait_for(lambda: os.path.exists(history_file) and History(history_file))
         first = wait_for(lambda: [r for r in history.runs() if r.status == "complete"], 60)[0]
     finally:
         assert stop_scheduler(process, log) == 0

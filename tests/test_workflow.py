@@ -37,8 +37,7 @@ def test_seed_demo_spec_runs_with_paths_relative_to_the_spec(tmp_path, seed_data
     data = tmp_path / "data" / "seed.zarr"
     assert meanshift("generate", "-o", str(data)).returncode == 0
     digest = tree_digest(str(data))
-    done = meanshift("run", "--spec", spec, "--run-id", "20261128T030000Z", "--quiet",
-                     cwd="/")  # fmt: skip
+    done = meanshift("run", "--spec", spec, "--run-id", "20261128T030000Z", "--quiet", cwd="/")
     assert done.returncode == 0, done.stderr
     out = zarr.open_group(str(tmp_path / "out" / "seed-demo-20261128T030000Z.zarr"), mode="r")
     assert out.attrs["status"] == "complete"
@@ -73,9 +72,8 @@ def test_cluster_spec_runs_with_flags_overriding_the_spec(
 ):
     spec = copy_example("cluster-job.yaml", tmp_path)
     out = str(tmp_path / "cluster-out.zarr")
-    done = meanshift("run", "--spec", spec, "-i", seed_store, "-o", out, "--scheduler",
-                     plain_cluster.address, "--kernel", "gaussian", "--bandwidth", "2.5",
-                     "--quiet")  # fmt: skip
+    flags = ["--scheduler", plain_cluster.address, "--kernel", "gaussian", "--bandwidth", "2.5"]
+    done = meanshift("run", "--spec", spec, "-i", seed_store, "-o", out, *flags, "--quiet")
     assert done.returncode == 0, done.stderr
     result = zarr.open_group(out, mode="r")
     assert result.attrs["parameters"]["kernel"] == "gaussian"  # the flag, not the spec's flat
@@ -125,8 +123,11 @@ def test_a_scheduler_without_a_kind_means_a_remote_cluster():
 def test_unreadable_specs(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     (tmp_path / "broken.yaml").write_text("name: [x\n")
-    for name, message in [("list.yaml", "expected a mapping"), ("broken.yaml", "not readable"),
-                          ("missing.yaml", "spec file not found")]:  # fmt: skip
+    for name, message in [
+        ("list.yaml", "expected a mapping"),
+        ("broken.yaml", "not readable"),
+        ("missing.yaml", "spec file not found"),
+    ]:
         done = meanshift("run", "--spec", str(tmp_path / name))
         assert done.returncode == 2 and message in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
@@ -134,10 +135,12 @@ def test_unreadable_specs(tmp_path):
 
 def test_load_spec_fills_output_placeholders(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "nightly", "input": {"url": "in.zarr"},
+    document = {
+        "name": "nightly",
+        "input": {"url": "in.zarr"},
         "output": {"path": "out/{name}/{date}/{run_id}.zarr"},
-    }))  # fmt: skip
+    }
+    path.write_text(yaml.safe_dump(document))
     spec = load_spec(str(path))
     expected = os.path.join(str(tmp_path), "out/nightly/2026-11-28/20261128T030000Z.zarr")
     assert spec.output_path("20261128T030000Z") == expected
