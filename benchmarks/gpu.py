@@ -136,7 +136,7 @@ def b2() -> dict:
         if d <= gpu.FUSED_MAX_DIMS:
             packed = gpu.pack(points, None, "gaussian")
             t = _events_time(
-                lambda packed=packed, points=points: gpu._fused(points, packed, block_bytes)
+                lambda packed=packed, points=points: gpu.fused_shift(points, packed, block_bytes)
             )
             row["fused_pairs_per_s"] = n * n / t
             row["fused_s"] = t
@@ -144,7 +144,7 @@ def b2() -> dict:
         packed.route = "gemm"
         m = min(n, 20_000)
         t = _events_time(
-            lambda packed=packed, points=points, m=m: gpu._gemm(points[:m], packed, 2**28), 3
+            lambda packed=packed, points=points, m=m: gpu.gemm_shift(points[:m], packed, 2**28), 3
         )
         row["gemm_pairs_per_s"] = m * n / t
         out[f"d{d}"] = row
@@ -178,7 +178,7 @@ def b2_grid() -> dict:
         grid.shift(host)
         t_cpu = time.perf_counter() - start
         out[kernel] = {
-            "route": device._gpu_route(),
+            "route": device.gpu_route(),
             "mean_neighbourhood": grid.mean_neighbourhood(),
             "queries_per_s": n / t,
             "step_s": t,

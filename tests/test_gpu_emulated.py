@@ -111,8 +111,8 @@ def test_emulated_small_grid_sets_are_met_whole(emulated):
     grid = GridPointSet(points, weights, "flat", np, 2**22)
     device = grid.on(emulated)
     check_close(device.shift(queries), grid_reference(grid, queries), "flat")
-    assert device._gpu_route() == "dense" and device.__dict__.get("_dense_set") is not None
-    assert device.__dict__.get("_device_grid") is None
+    assert device.gpu_route() == "dense" and "dense" in device.built_on_device
+    assert "grid" not in device.built_on_device
 
 
 def test_emulated_grid_routes(emulated, monkeypatch):
@@ -129,7 +129,7 @@ def test_emulated_grid_routes(emulated, monkeypatch):
     }
     assert routes["spread"].mean_neighbourhood() < 10
     assert routes["compact"].mean_neighbourhood() > 2000
-    got = {name: grid.on(emulated)._gpu_route() for name, grid in routes.items()}
+    got = {name: grid.on(emulated).gpu_route() for name, grid in routes.items()}
     assert got == {"spread": "grid", "compact": "dense", "far": "grid"}
 
 
@@ -144,7 +144,7 @@ def test_emulated_device_grid_sparse_cells(emulated, monkeypatch):
     grid = GridPointSet(points, None, "flat", np, 2**22)
     device = grid.on(emulated)
     got = device.shift(queries)
-    assert device._gpu_route() == "grid"
+    assert device.gpu_route() == "grid"
     check_close(got, grid_reference(grid, queries), "flat")
     check_close(got, grid.shift(queries), "flat")
 

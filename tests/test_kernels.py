@@ -232,7 +232,7 @@ def test_compiled_grid_matches_the_array_grid(kernel, dims):
     grid = GridPointSet(points, weights, kernel, np, 2**24)
     assert grid._columns is not None  # the compiled layout exists for NumPy point sets
     compiled_step = grid.shift(queries)
-    array_step = grid._shift_by_neighbourhood(queries)
+    array_step = grid.shift_by_neighbourhood(queries)
     np.testing.assert_allclose(compiled_step[0], array_step[0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(compiled_step[1], array_step[1], rtol=1e-5, atol=1e-12)
 
@@ -246,6 +246,6 @@ def test_compiled_grid_redoes_queries_that_only_see_floored_weights():
     grid = GridPointSet(np.concatenate([blob_a, blob_b]), None, "gaussian", np, 2**20)
     queries = np.array([[0.0, 14.9]])
     shifted, density = grid.shift(queries)
-    expected, expected_density = grid._shift_by_neighbourhood(queries)
+    expected, expected_density = grid.shift_by_neighbourhood(queries)
     np.testing.assert_allclose(shifted, expected, atol=1e-6)
     assert shifted[0, 0] < 1.0  # towards the nearer blob A, not to the middle of both

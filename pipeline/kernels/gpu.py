@@ -592,7 +592,7 @@ def pack(
     )
 
 
-def _fused(queries: Any, packed: DevicePoints, block_bytes: int) -> tuple[Any, Any]:
+def fused_shift(queries: Any, packed: DevicePoints, block_bytes: int) -> tuple[Any, Any]:
     import cupy
 
     m, d = queries.shape
@@ -632,7 +632,7 @@ def _fused(queries: Any, packed: DevicePoints, block_bytes: int) -> tuple[Any, A
     return shifted, density
 
 
-def _gemm(queries: Any, packed: DevicePoints, block_bytes: int) -> tuple[Any, Any]:
+def gemm_shift(queries: Any, packed: DevicePoints, block_bytes: int) -> tuple[Any, Any]:
     import cupy
 
     m, d = queries.shape
@@ -693,9 +693,9 @@ def shift(
         if largest > COMPILED_MAX_COORDINATE:
             return array_shift(queries)
     if packed.route == "fused":
-        shifted, density = _fused(queries, packed, block_bytes)
+        shifted, density = fused_shift(queries, packed, block_bytes)
     else:
-        shifted, density = _gemm(queries, packed, block_bytes)
+        shifted, density = gemm_shift(queries, packed, block_bytes)
     if packed.kernel == "gaussian":
         redo = cupy.flatnonzero(density <= packed.total_weight * UNDERFLOW_FRACTION)
         if redo.size:

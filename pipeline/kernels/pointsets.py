@@ -156,18 +156,18 @@ class GridPointSet(_OnDevice):
 
         On a GPU the grid kernel walks the neighbour cells (:func:`pipeline.gpu.grid_shift`),
         unless the set is small or its neighbourhoods hold much of it (see
-        :meth:`_gpu_route`): then the fused kernel meets every point instead (a superset of
+        :meth:`gpu_route`): then the fused kernel meets every point instead (a superset of
         the neighbourhood: the same result for the flat and Epanechnikov kernels, and the
         exact one for the Gaussian).
         """
         if on_gpu(self.xp):
-            route = self._gpu_route()
+            route = self.gpu_route()
             if route == "dense":
                 return self._dense().shift(queries)
             if route == "grid":
                 return self._shift_on_device(queries)
         if self._columns is None:
-            return self._shift_by_neighbourhood(queries)
+            return self.shift_by_neighbourhood(queries)
         return self._shift_compiled(queries)
 
     def _dense(self) -> DensePointSet:
@@ -181,7 +181,14 @@ class GridPointSet(_OnDevice):
                 self.__dict__["_dense_set"] = dense
         return dense
 
-    def _gpu_route(self) -> str:
+    @property
+    def built_on_device(self) -> frozenset[str]:
+        """Which device layouts this set has built so far: ``grid`` (the grid kernel's)
+        and ``dense`` (every point, the fused kernel's)."""
+        built = {"grid": "_device_grid", "dense": "_dense_set"}
+        return frozenset(name for name, key in built.items() if self.__dict__.get(key) is not None)
+
+    def gpu_route(self) -> str:
         """How this set meets queries on a GPU (:func:`.dispatch.grid_route_on_gpu`, chosen
         once per set, from the set alone)."""
         route = self.__dict__.get("_device_route")
@@ -233,13 +240,13 @@ class GridPointSet(_OnDevice):
         xp = self.xp
         queries = xp.ascontiguousarray(queries, dtype=xp.float64)
         query_keys = xp.full(queries.shape[0], -1, dtype=xp.int64)
-        rows, keys = self._query_cells(queries)
+        rows, keys = self.query_cells(queries)
         query_keys[rows] = keys
         return gpu.grid_shift(
-            queries, query_keys, self._on_device_layout(), self._shift_by_neighbourhood
+            queries, query_keys, self._on_device_layout(), self.shift_by_neighbourhood
         )
 
-    def _query_cells(self, queries: Any) -> tuple[Any, Any]:
+    def query_cells(self, queries: Any) -> tuple[Any, Any]:
         """Rows of the queries inside the padded grid, and their cell keys."""
         xp = self.xp
         cells = xp.floor(queries / self.radius).astype(xp.int64)
@@ -257,7 +264,7 @@ class GridPointSet(_OnDevice):
 
         shifted = queries.copy()
         density = np.zeros(queries.shape[0], dtype=queries.dtype)
-        rows, keys = self._query_cells(queries)
+        rows, keys = self.query_cells(queries)
         if len(rows) == 0:
             return shifted, density
         unique, cell = np.unique(keys, return_inverse=True)
@@ -273,15 +280,15 @@ class GridPointSet(_OnDevice):
         density[rows] = dens
         if floored.any():  # nothing within 9.4 bandwidths: the exact array path decides
             again = rows[floored]
-            shifted[again], density[again] = self._shift_by_neighbourhood(queries[again])
+            shifted[again], density[again] = self.shift_by_neighbourhood(queries[again])
         return shifted, density
 
-    def _shift_by_neighbourhood(self, queries: Any) -> tuple[Any, Any]:
+    def shift_by_neighbourhood(self, queries: Any) -> tuple[Any, Any]:
         """The array path (NumPy or CuPy): one shift call per occupied query cell."""
         xp = self.xp
         shifted = queries.copy()
         density = xp.zeros(queries.shape[0], dtype=queries.dtype)
-        rows, keys = self._query_cells(queries)
+        rows, keys = self.query_cells(queries)
         order = xp.argsort(keys, kind="stable")
         rows, keys = rows[order], keys[order]
         unique, starts = xp.unique(keys, return_index=True)
