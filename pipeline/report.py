@@ -200,6 +200,27 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return f"<table>{cells}</table>"
 
 
+def _summary_rows(output_url: str, attrs: dict[str, Any], n: int, d: int, k: int) -> list:
+    """The report's summary table: output, input, job, clusters, bandwidth, method, ..."""
+    job = attrs.get("job") or {}
+    bandwidth = f"{attrs.get('bandwidth'):.6g}"
+    if attrs.get("bandwidth_estimated"):
+        bandwidth += " (estimated)"
+    method = attrs.get("method")
+    if attrs.get("n_cells"):
+        method += f" ({attrs['n_cells']:,} weighted cells)"
+    return [
+        ("output", output_url),
+        ("input", f"{(attrs.get('input') or {}).get('url')} ({n:,} points x {d} dims)"),
+        ("job", f"{job.get('name', '')} {job.get('run_id') or ''}".strip()),
+        ("clusters", k),
+        ("bandwidth", bandwidth),
+        ("method", method),
+        ("iterations", f"{attrs.get('n_iter')} ({attrs.get('stop_reason')})"),
+        ("finished", attrs.get("finished_at")),
+    ]
+
+
 def _html(
     output_url: str,
     attrs: dict[str, Any],
@@ -210,25 +231,7 @@ def _html(
     shown: str,
 ) -> str:
     timings = attrs.get("timings") or {}
-    job = attrs.get("job") or {}
-    summary = [
-        ("output", output_url),
-        ("input", f"{(attrs.get('input') or {}).get('url')} ({n:,} points x {d} dims)"),
-        ("job", f"{job.get('name', '')} {job.get('run_id') or ''}".strip()),
-        ("clusters", len(sizes)),
-        (
-            "bandwidth",
-            f"{attrs.get('bandwidth'):.6g}"
-            + (" (estimated)" if attrs.get("bandwidth_estimated") else ""),
-        ),
-        (
-            "method",
-            attrs.get("method")
-            + (f" ({attrs['n_cells']:,} weighted cells)" if attrs.get("n_cells") else ""),
-        ),
-        ("iterations", f"{attrs.get('n_iter')} ({attrs.get('stop_reason')})"),
-        ("finished", attrs.get("finished_at")),
-    ]
+    summary = _summary_rows(output_url, attrs, n, d, len(sizes))
     shown_centres = [
         (
             f"cluster {i}",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,26 @@ def test_the_rules_catch_forbidden_imports(tmp_path, monkeypatch):
             test_each_layer_imports_only_what_it_may(layer)
     (tmp_path / "user.py").write_text("from pipeline.kernels import gpu\ngpu._fused_kernel(2)\n")
     assert _private_uses(tmp_path / "user.py") == ["gpu._fused_kernel"]
+
+
+def test_ruff_finds_the_code_clean_and_formatted():
+    """pyproject's rules, complexity included (C901 at most 10, PLR0915), and its layout."""
+    root = PACKAGE.parent
+    folders = ["pipeline", "tests", "benchmarks"]
+    for command in (["check", *folders], ["format", "--check", *folders]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *command], cwd=root, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+LONG_FUNCTION_LINES = 65
+
+
+def test_long_functions_say_why_in_their_docstring():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                reason = "Long because" in (ast.get_docstring(node) or "")
+                assert length <= LONG_FUNCTION_LINES or reason, f"{path}: {node.name} {length}"

@@ -131,6 +131,22 @@ class Job:
     run_id: str | None
     started: float  # time.perf_counter() when the job was asked for
 
+    @classmethod
+    def open(
+        cls,
+        input: InputSpec,
+        output: OutputSpec,
+        params: MeanShiftParams,
+        name: str | None,
+        run_id: str | None,
+        started: float,
+    ) -> Job:
+        """The job, with its input opened read-only, checked and fingerprinted."""
+        source = store.open_points(input.url, input.array, input.storage_options or None)
+        fingerprint = job_fingerprint(source, params, input.drop_invalid_rows)
+        name = name or default_job_name(output.path)
+        return cls(input, output, params, source, fingerprint, name, run_id, started)
+
 
 def run_job(
     input: str | InputSpec,
@@ -146,16 +162,12 @@ def run_job(
 ) -> JobReport:
     """Cluster a Zarr point set and write the result to a Zarr group.
 
-    The input is validated and the output created (``status: "running"``)
-    before any cluster starts, so user mistakes fail fast. On any error the
-    output is marked ``failed``; it is marked ``complete`` only after every
-    array and attribute is written.
-
-    The same job (same input, parameters and version) aimed at its own output
-    continues from the saved state if the output is unfinished, and does nothing
-    if it is complete (the report is read back, ``already_complete`` set); only
-    ``overwrite`` recomputes it. A different job's output is never replaced
-    without ``overwrite``.
+    The input is checked and the output created (``status: "running"``) before any
+    cluster starts; on an error the output is marked ``failed``, and ``complete`` only
+    after everything is written. The same job (input, parameters, version) continues
+    from its saved state in its unfinished output, and reads back the report of its
+    complete one (``already_complete``); only ``overwrite`` recomputes it, and only
+    ``overwrite`` replaces another job's output.
 
     Parameters
     ----------
@@ -181,29 +193,14 @@ def run_job(
         Called with the ``distributed.Client`` once connected.
     """
     started = time.perf_counter()
-    input = input if isinstance(input, InputSpec) else InputSpec(url=input)
-    output = output if isinstance(output, OutputSpec) else OutputSpec(path=output)
-    given = {"input": input.url, "output": output.path}  # as the report names them
-    input = input.model_copy(update={"url": store.absolute(input.url)})
-    output = output.model_copy(update={"path": store.absolute(output.path)})
-    source = store.open_points(input.url, input.array, input.storage_options or None)
-    fingerprint = job_fingerprint(source, params, input.drop_invalid_rows)
+    input, output, given = _absolute_specs(input, output)
+    job = Job.open(input, output, params, name, run_id, started)
     if not output.overwrite:
-        done = completed_report(output.path, fingerprint, output.modes)
+        done = completed_report(output.path, job.fingerprint, output.modes)
         if done is not None:
             return dataclasses.replace(done, **given)
     cluster = cluster or ClusterSpec()
     security = spec_security(cluster)  # its files are checked before any output is made
-    job = Job(
-        input,
-        output,
-        params,
-        source,
-        fingerprint,
-        name or default_job_name(output.path),
-        run_id,
-        started,
-    )
     group = _open_output(job)
     try:
         connection = cluster_client(cluster, security)
@@ -212,6 +209,19 @@ def run_job(
         store.mark_failed(group, f"{type(exc).__name__}: {exc}")
         raise
     return dataclasses.replace(report, **given)
+
+
+def _absolute_specs(
+    input: str | InputSpec, output: str | OutputSpec
+) -> tuple[InputSpec, OutputSpec, dict[str, str]]:
+    """Input and output as specs with absolute local paths (Dask workers may run in another
+    folder), and their paths as given (the report names them so)."""
+    input = input if isinstance(input, InputSpec) else InputSpec(url=input)
+    output = output if isinstance(output, OutputSpec) else OutputSpec(path=output)
+    given = {"input": input.url, "output": output.path}
+    input = input.model_copy(update={"url": store.absolute(input.url)})
+    output = output.model_copy(update={"path": store.absolute(output.path)})
+    return input, output, given
 
 
 def _run(

@@ -175,26 +175,9 @@ def run_scheduled(spec_file: str, state: str, run_id: str | None = None, attempt
     )
     history.record(run)
     log_event("run_started", job=spec.name, run_id=run_id, attempt=attempt, output=output)
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "run",
-        "--spec",
-        spec_file,
-        "--run-id",
-        run_id,
-        "--skip-complete",
-        "--quiet",
-    ]
-    clock = time.monotonic()
-    # its own session: a signal to the scheduler's process group does not cut a run short
-    done = subprocess.run(command, capture_output=True, text=True, start_new_session=True)
-    run.duration_s = round(time.monotonic() - clock, 3)
-    run.finished_at = _dt.datetime.now(_dt.UTC).isoformat()
-    skipped = "already complete" in done.stdout
+    done = _run_in_child(spec_file, run_id, run)
     if done.returncode == 0:
-        run.status = "skipped" if skipped else "complete"
+        run.status = "skipped" if "already complete" in done.stdout else "complete"
         history.record(run)
         log_event(
             f"run_{run.status}",
@@ -222,6 +205,19 @@ def run_scheduled(spec_file: str, state: str, run_id: str | None = None, attempt
     if attempt <= spec.schedule.retries:
         when = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=spec.schedule.retry_delay_s)
         _retries.put((spec.name, spec_file, state, run_id, attempt + 1, when))
+
+
+def _run_in_child(spec_file: str, run_id: str, run: Run) -> subprocess.CompletedProcess:
+    """``meanshift run --spec`` of one run in a child process; its duration and end go
+    into ``run``."""
+    options = ["--spec", spec_file, "--run-id", run_id, "--skip-complete", "--quiet"]
+    command = [sys.executable, "-m", "pipeline.cli", "run", *options]
+    clock = time.monotonic()
+    # its own session: a signal to the scheduler's process group does not cut a run short
+    done = subprocess.run(command, capture_output=True, text=True, start_new_session=True)
+    run.duration_s = round(time.monotonic() - clock, 3)
+    run.finished_at = _dt.datetime.now(_dt.UTC).isoformat()
+    return done
 
 
 _retries: queue.Queue = queue.Queue()
