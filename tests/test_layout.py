@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +133,32 @@ def test_long_functions_say_why_in_their_docstring():
                 length = node.end_lineno - node.lineno + 1
                 reason = "Long because" in (ast.get_docstring(node) or "")
                 assert length <= LONG_FUNCTION_LINES or reason, f"{path}: {node.name} {length}"
+
+
+def _resolve(dotted: str) -> object:
+    """The object a dotted name of the package names (ImportError/AttributeError if none)."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[split:]:
+            found = getattr(found, attribute)
+        return found
+    raise ImportError(dotted)
+
+
+@pytest.mark.parametrize("document", ["README.md", "ARCHITECTURE.md", "docs/gpu.md"])
+def test_the_documents_name_code_that_exists(document):
+    """Every `pipeline.x.y` (or `engine.x`, `jobs.x`, ... in ARCHITECTURE.md) in backticks."""
+    tops = {path.stem for path in PACKAGE.iterdir() if not path.name.startswith("_")}
+    text = (PACKAGE.parent / document).read_text()
+    names = set(re.findall(r"`((?:pipeline|[a-z]+)(?:\.[A-Za-z_]\w*)+)`", text))
+    checked = 0
+    for name in sorted(names):
+        top = name.split(".")[0]
+        if top == "pipeline" or top in tops:
+            _resolve(name if top == "pipeline" else f"pipeline.{name}")
+            checked += 1
+    assert checked, document

@@ -154,7 +154,7 @@ class GridPointSet(_OnDevice):
     def shift(self, queries: Any) -> tuple[Any, Any]:
         """One mean shift step of ``queries`` against their neighbouring cells.
 
-        On a GPU the grid kernel walks the neighbour cells (:func:`pipeline.gpu.grid_shift`),
+        On a GPU the grid kernel walks the neighbour cells (:func:`.gpu.grid_shift`),
         unless the set is small or its neighbourhoods hold much of it (see
         :meth:`gpu_route`): then the fused kernel meets every point instead (a superset of
         the neighbourhood: the same result for the flat and Epanechnikov kernels, and the
