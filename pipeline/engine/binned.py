@@ -9,6 +9,7 @@ process when they are few, on the workers otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -287,23 +288,17 @@ def binned(
             executor, points, weights, table, inner, params, seeds_are_cells, low / 2 + high / 2
         )
         modes = _point_modes(points, table, inner) if seeds_are_cells else None
-    return MeanShiftResult(
+    return dataclasses.replace(  # the cells' run, as a run of the points
+        inner,
         labels=labels,
         centers=centers,
         sizes=sizes,
         modes=modes,
-        bandwidth=bandwidth,
         bandwidth_estimated=estimated,
-        n_iter=inner.n_iter,
-        max_shift=inner.max_shift,
-        n_seeds=inner.n_seeds,
-        converged=inner.converged,
-        stop_reason=inner.stop_reason,
         timings=dict(timings),
         method="binned",
         n_cells=len(cells["centroids"]),
         resumed=resumed,
-        backend=executor.backend,
     )
 
 
