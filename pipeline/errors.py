@@ -99,6 +99,24 @@ class InvalidRowsError(InputDataError):
     """Some rows of the points hold NaN or Inf."""
 
 
+class NoPointNearSeedsError(InputDataError):
+    """No seed had a point within the bandwidth: nothing to make clusters of."""
+
+    def __init__(self, bandwidth: float) -> None:
+        self.bandwidth = bandwidth
+        super().__init__(
+            f"no point was within bandwidth={bandwidth:g} of any seed; "
+            "try other seeds or a larger bandwidth"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.bandwidth,))
+
+
+class TooManyClustersWarning(UserWarning):
+    """Nearly as many clusters as points: the bandwidth is probably too small."""
+
+
 class OutputError(PipelineError):
     """The output location cannot be written."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,9 +15,16 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backend import namespace_of, to_host
 from .engine import mean_shift, rows_per_chunk
+from .errors import NoPointNearSeedsError, TooManyClustersWarning
 from .jobs.cluster import dask_client
 from .kernels import nearest
 from .params import DEFAULT_BLOCK_BYTES, MeanShiftParams, make_params, parameters_doc
+
+NO_POINT_NEAR_SEEDS = (
+    "No point was within bandwidth=%f of any seed. Try a different seeding"
+    " strategy                              or increase the bandwidth."
+)
+"""scikit-learn's words (spaces included) for a fit in which no seed met a point."""
 
 
 class MeanShift(ClusterMixin, BaseEstimator):
@@ -42,7 +50,8 @@ class MeanShift(ClusterMixin, BaseEstimator):
     Attributes
     ----------
     cluster_centers_ : ndarray of shape (k, d)
-        Centres, ordered by descending cluster size.
+        Centres, numbered as ``cluster_order`` says (with the flat kernel as
+        scikit-learn numbers them).
     labels_ : ndarray (or dask array for dask input) of shape (n,)
     cluster_sizes_ : ndarray of shape (k,)
     n_iter_ : int
@@ -56,7 +65,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
     >>> from pipeline import MeanShift
     >>> X = np.array([[1, 1], [2, 1], [1, 0], [4, 7], [3, 5], [3, 6]], dtype=float)
     >>> MeanShift(bandwidth=2).fit(X).labels_
-    array([0, 0, 0, 1, 1, 1], dtype=int32)
+    array([1, 1, 1, 0, 0, 0], dtype=int32)
     """
 
     def __init__(
@@ -81,6 +90,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         random_state: int = 0,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         label_by: str | None = None,
+        cluster_order: str | None = None,
         method: str = "auto",
         bin_fraction: float = 0.25,
     ) -> None:
@@ -103,6 +113,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
         self.random_state = random_state
         self.block_bytes = block_bytes
         self.label_by = label_by
+        self.cluster_order = cluster_order
         self.method = method
         self.bin_fraction = bin_fraction
 
@@ -171,7 +182,12 @@ class MeanShift(ClusterMixin, BaseEstimator):
         if self.seeds is not None:
             seeds = np.asarray(to_host(self.seeds), dtype=np.float64)
         with self._compute_context(in_memory):
-            result = mean_shift(points, params, seeds=seeds, n_threads=self._threads)
+            try:
+                with warnings.catch_warnings():  # scikit-learn's warnings only
+                    warnings.simplefilter("ignore", TooManyClustersWarning)
+                    result = mean_shift(points, params, seeds=seeds, n_threads=self._threads)
+            except NoPointNearSeedsError as exc:
+                raise ValueError(NO_POINT_NEAR_SEEDS % exc.bandwidth) from None
             labels = np.asarray(result.labels) if in_memory else result.labels.persist()
         self.bandwidth_ = result.bandwidth
         self.cluster_centers_ = result.centers

@@ -116,12 +116,27 @@ class MeanShiftParams(BaseModel):
         le=1.0,
         description="Cell side of the binned method, as a fraction of the bandwidth.",
     )
+    cluster_order: Literal["density", "size"] | None = Field(
+        default=None,
+        description="How clusters are numbered: density (scikit-learn's: by the number of "
+        "points within the bandwidth of the centre, or the kernel sum there, then by the "
+        "centre's coordinates, descending), size (largest cluster first, ties by "
+        "coordinates ascending); None: density for the flat kernel, whose densities are "
+        "counts, size for the others, whose kernel sums round differently when the points "
+        "are summed in another order.",
+    )
     label_by: Literal["nearest", "mode"] | None = Field(
         default=None,
         description="nearest: a point joins the centre nearest to it (scikit-learn); mode: "
         "the centre nearest to where it converged (needs the points as seeds); None: mode "
         "when blurring or binned, else nearest.",
     )
+
+    def numbering(self) -> Literal["density", "size"]:
+        """``cluster_order``, None resolved for the kernel."""
+        if self.cluster_order is not None:
+            return self.cluster_order
+        return "density" if self.kernel == "flat" else "size"
 
     @field_validator("bandwidth")
     @classmethod

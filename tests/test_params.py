@@ -33,6 +33,7 @@ CHANGED = {
     "method": "exact",
     "bin_fraction": 0.5,
     "label_by": "nearest",
+    "cluster_order": "size",
 }
 TOGETHER = CHANGED | {"bin_seeding": False}  # bin seeding is for standard mean shift only
 

@@ -24,7 +24,7 @@ from ..naming import task_name
 from ..params import EXACT_MAX_POINTS, GRID_MAX_DIMS, MeanShiftParams
 from . import graph, tasks
 from .executors import DaskExecutor, ThreadExecutor
-from .finish import number_by_size
+from .finish import number_clusters
 from .prepare import check_seeds, check_span, check_weights, resolve_bandwidth
 from .records import Checkpoint, MeanShiftResult, ProgressCallback
 from .run import Stopwatch, run_stages
@@ -407,7 +407,7 @@ def _point_labels(
         meta=np.empty(0, dtype=np.int32),
         name=task_name("label", points, table, centers_z, params),
     )
-    return number_by_size(executor, raw, weights, inner.centers)
+    return number_clusters(executor, raw, weights, inner.centers, params.numbering())
 
 
 def _point_modes(points: da.Array, table: Any, inner: MeanShiftResult) -> da.Array | None:

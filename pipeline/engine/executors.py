@@ -45,6 +45,7 @@ class Executor(Protocol):
     """
 
     backend: str
+    in_process: bool  # the arrays are NumPy arrays in this process
 
     def prepare(self, points: Any, weights: Any) -> Prepared:
         """Points as float64 (kept in memory), checked for NaN/Inf, with their bounds."""
@@ -85,9 +86,6 @@ class Executor(Protocol):
     def candidates(self, state: Any, d: int, cell: float) -> list[merge.Candidates]:
         """The merge's candidate modes, per part of the state."""
 
-    def call(self, function: Callable[..., Any], *args: Any, stage: str) -> Any:
-        """``function(*args)``, where the arguments live; its value here."""
-
     def label(self, queries: Any, z: Any, centers: np.ndarray, params: MeanShiftParams) -> Any:
         """Each point's nearest centre (``tasks.label_block``)."""
 
@@ -104,6 +102,8 @@ class DaskExecutor:
     Use as a context manager: GPU runs then go to workers that advertise the GPU
     resource (where any do).
     """
+
+    in_process = False
 
     def __init__(self, backend: str) -> None:
         self.backend = resolve_backend(backend)  # decided once, here, for the whole run
@@ -222,9 +222,6 @@ class DaskExecutor:
             )
         )
 
-    def call(self, function: Callable[..., Any], *args: Any, stage: str) -> Any:
-        return dask.delayed(function)(*args, dask_key_name=task_name(stage, *args)).compute()
-
     def label(
         self, queries: da.Array, z: da.Array, centers: np.ndarray, params: MeanShiftParams
     ) -> da.Array:
@@ -267,6 +264,8 @@ class ThreadExecutor:
     """Stages on NumPy arrays in this process: the task functions on row slices, on
     ``n_threads`` threads (default: one per CPU; one for CuPy, whose kernels one
     thread keeps in order). Use as a context manager (it owns the thread pool)."""
+
+    in_process = True
 
     def __init__(self, backend: str, n_threads: int | None = None) -> None:
         self.backend = resolve_backend(backend, here=True)
@@ -351,9 +350,6 @@ class ThreadExecutor:
 
     def candidates(self, state: np.ndarray, d: int, cell: float) -> list[merge.Candidates]:
         return [tasks.candidates_block(state, d, cell)]
-
-    def call(self, function: Callable[..., Any], *args: Any, stage: str) -> Any:
-        return function(*args)
 
     def label(
         self, queries: np.ndarray, z: np.ndarray, centers: np.ndarray, params: MeanShiftParams

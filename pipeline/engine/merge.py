@@ -11,7 +11,8 @@ The merge is scikit-learn's, made partition-independent:
    chunk results; it is associative, so the candidates do not depend on chunking.
 3. Candidates in canonical order each suppress the later ones within ``radius``
    (the bandwidth); the survivors are the cluster centres.
-4. Clusters are numbered by descending size (ties: by centre coordinates).
+4. Clusters keep that canonical order (scikit-learn's numbering), or are renumbered by
+   descending size (``cluster_order``).
 """
 
 from __future__ import annotations
@@ -32,10 +33,24 @@ class Candidates(NamedTuple):
     density: np.ndarray  # (c,)
 
 
+DENSITY_BITS = 30
+"""Densities are compared to this many significant bits (about 9 digits); closer ones tie
+and their coordinates decide, so that the rounding of the kernel sums, which depends on
+the order the points are summed in, cannot reorder the clusters. Counts (the flat
+kernel's densities) below 2^30 compare exactly, as in scikit-learn."""
+
+
+def comparable_density(density: np.ndarray) -> np.ndarray:
+    """Density rounded to ``DENSITY_BITS`` significant bits (the order is kept)."""
+    mantissa, exponent = np.frexp(density)
+    return np.ldexp(np.round(mantissa * 2.0**DENSITY_BITS), exponent - DENSITY_BITS)
+
+
 def canonical_order(positions: np.ndarray, density: np.ndarray) -> np.ndarray:
-    """Indices sorting by density descending, then coordinates descending."""
-    keys = tuple(-positions[:, j] for j in reversed(range(positions.shape[1]))) + (-density,)
-    return np.lexsort(keys)
+    """Indices sorting by density descending (to ``DENSITY_BITS``), then coordinates
+    descending: scikit-learn's order of its candidate centres."""
+    coordinates = tuple(-positions[:, j] for j in reversed(range(positions.shape[1])))
+    return np.lexsort((*coordinates, -comparable_density(density)))
 
 
 def mode_candidates(modes: np.ndarray, density: np.ndarray, cell: float) -> Candidates:

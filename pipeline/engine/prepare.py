@@ -52,8 +52,14 @@ def bounds(summaries: np.ndarray, n: int) -> tuple[np.ndarray, float]:
     return low / 2 + high / 2, float(np.max(high / 2 - low / 2)) * 2
 
 
-def resolve_bandwidth(points: Any, params: MeanShiftParams) -> tuple[float, bool]:
-    """The bandwidth to use and whether it was estimated (from a sample of ``points``)."""
+def resolve_bandwidth(
+    points: Any, params: MeanShiftParams, allow_zero: bool = False
+) -> tuple[float, bool]:
+    """The bandwidth to use and whether it was estimated (from a sample of ``points``).
+
+    An estimate of 0 (most sampled points have a duplicate) is kept with ``allow_zero``
+    (every distinct point is then a cluster, as in scikit-learn), refused otherwise.
+    """
     if params.bandwidth is not None:
         return float(params.bandwidth), False
     value = estimate_bandwidth(
@@ -65,7 +71,7 @@ def resolve_bandwidth(points: Any, params: MeanShiftParams) -> tuple[float, bool
     )
     if not math.isfinite(value):
         raise InvalidRowsError("the input holds rows with NaN or Inf values")
-    if value > 0:
+    if value > 0 or allow_zero:
         return value, True
     lo, hi = dask.compute(points.min(axis=0), points.max(axis=0))
     if np.any(np.asarray(hi) > np.asarray(lo)):
@@ -110,9 +116,9 @@ def seeds_in_data_units(
     if seeds is None and params.bin_seeding:
         seeds = bin_seeds(points, bandwidth, params.min_bin_freq, weights)
         if seeds is None:
-            warn_user(
-                f"binning with bin size {bandwidth:g} gave a bin per point; "
-                "using the points as seeds"
+            warn_user(  # scikit-learn's words
+                f"Binning data failed with provided bin_size={bandwidth:f}, "
+                "using data points as seeds."
             )
             return None
         if len(seeds) == 0:

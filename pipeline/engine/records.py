@@ -22,7 +22,7 @@ class MeanShiftResult:
     Attributes
     ----------
     labels : dask.array.Array of int32, shape (n,)
-        Cluster of each point, numbered by descending size; -1 for outliers.
+        Cluster of each point (numbered as ``cluster_order`` says); -1 for outliers.
     centers : numpy.ndarray, shape (k, d)
     sizes : numpy.ndarray of int64, shape (k,)
     modes : dask.array.Array or None, shape (n, d)
@@ -142,7 +142,6 @@ class Shifted:
     """The shift loop's outcome, with what the merge and labelling stages take from it."""
 
     z: Any  # the points in bandwidth units
-    point_set: Any  # the fixed set standard mean shift climbed (None: blurring)
     iterated: Iterated
     modes: Any  # where each point ended (None: the seeds were not the points)
     n_seeds: int
