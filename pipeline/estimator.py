@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backend import namespace_of, to_host
-from .engine import mean_shift, rows_per_chunk
+from .engine import mean_shift, rows_per_chunk, shift_to_modes
 from .errors import NoPointNearSeedsError, TooManyClustersWarning
 from .jobs.cluster import dask_client
 from .kernels import nearest
@@ -145,6 +146,10 @@ class MeanShift(ClusterMixin, BaseEstimator):
 
         In-memory input stays a NumPy array unless the fit runs on a Dask cluster.
         """
+        if isinstance(X, str | os.PathLike):  # a Zarr group (array "points") or array
+            from .io import store
+
+            X = store.points_as_dask(store.open_points(store.absolute(os.fspath(X))))
         if isinstance(X, da.Array):
             if X.ndim != 2:
                 raise ValueError(f"Expected a 2-D array, got a {X.ndim}-D dask array")
@@ -165,11 +170,13 @@ class MeanShift(ClusterMixin, BaseEstimator):
         return array, module, True
 
     def fit(self, X: Any, y: Any = None) -> MeanShift:
-        """Cluster ``X`` (NumPy, CuPy or dask array of shape (n, d)).
+        """Cluster ``X`` (NumPy, CuPy or dask array of shape (n, d), or a Zarr store).
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or str
+            A path or fsspec URL names a Zarr group (its array ``points``) or a Zarr
+            array (``path/array``); it is read as a dask array, as the CLI reads it.
         y : ignored
 
         Returns
@@ -189,6 +196,7 @@ class MeanShift(ClusterMixin, BaseEstimator):
             except NoPointNearSeedsError as exc:
                 raise ValueError(NO_POINT_NEAR_SEEDS % exc.bandwidth) from None
             labels = np.asarray(result.labels) if in_memory else result.labels.persist()
+        self._fitted_points = None if isinstance(points, da.Array) else points
         self.bandwidth_ = result.bandwidth
         self.cluster_centers_ = result.centers
         self.cluster_sizes_ = result.sizes
@@ -201,20 +209,31 @@ class MeanShift(ClusterMixin, BaseEstimator):
             self.cluster_centers_ = cupy.asarray(result.centers)
         return self
 
-    def predict(self, X: Any) -> Any:
-        """Label of the nearest cluster centre for each row of ``X`` (as scikit-learn does).
+    def predict(self, X: Any, method: str = "nearest") -> Any:
+        """The cluster of each row of ``X``.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+        method : {"nearest", "shift"}
+            ``nearest``: the nearest cluster centre (scikit-learn's). ``shift``: each row
+            runs mean shift against the fitted points (as standard mean shift, with the
+            fitted bandwidth) and takes the centre nearest to the mode it reaches; with
+            ``cluster_all=False`` a row whose mode is farther than the bandwidth from
+            every centre, or that never had a point within reach, gets -1. Needs a fit
+            on in-memory points.
 
         Returns
         -------
         labels : ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
+        if method not in ("nearest", "shift"):
+            raise ValueError(f"method must be 'nearest' or 'shift', got {method!r}")
         centers = np.asarray(to_host(self.cluster_centers_), dtype=np.float64)
         points, module, in_memory = self._validate(X, reset=False)
+        if method == "shift":
+            return self._predict_by_shift(points, centers, module)
         if isinstance(points, da.Array):
             labels = points.map_blocks(
                 _predict_block, centers, self.block_bytes, drop_axis=1, dtype=np.int32
@@ -229,6 +248,31 @@ class MeanShift(ClusterMixin, BaseEstimator):
 
             return cupy.asarray(out)
         return out
+
+    def _predict_by_shift(self, points: Any, centers: np.ndarray, module: str | None) -> Any:
+        """``predict(method="shift")``: labels of the modes the rows reach."""
+        if getattr(self, "_fitted_points", None) is None or isinstance(points, da.Array):
+            raise ValueError(
+                "predict(method='shift') needs in-memory points, fitted and predicted "
+                "(not dask arrays or a fit on a Dask cluster)"
+            )
+        params = self.mean_shift_params().model_copy(update={"blurring": False})
+        modes, density = shift_to_modes(
+            self._fitted_points,
+            np.asarray(points, dtype=np.float64),
+            params,
+            self.bandwidth_,
+            self._threads,
+        )
+        index, distance2 = nearest(modes, centers, np, self.block_bytes)
+        labels = index.astype(np.int32)
+        if not self.cluster_all:
+            labels[(distance2 > self.bandwidth_**2) | (density <= 0)] = -1
+        if module == "cupy":
+            import cupy
+
+            return cupy.asarray(labels)
+        return labels
 
 
 def _predict_block(block: np.ndarray, centers: np.ndarray, block_bytes: int) -> np.ndarray:

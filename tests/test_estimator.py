@@ -66,3 +66,44 @@ def test_invalid_parameters_raise_value_error(seed_data):
         MeanShift(bandwidth=-1.0).fit(points)
     with pytest.raises(ValueError, match="invalid parameter 'max_iter'"):
         MeanShift(max_iter=0).fit(points)
+
+
+def test_fit_on_a_zarr_path_equals_fit_on_its_points(seed_data, tmp_path):
+    import zarr
+
+    points, _, _ = seed_data
+    group = zarr.open_group(str(tmp_path / "data.zarr"), mode="w")
+    group.create_array("points", shape=points.shape, chunks=(300, 2), dtype="f8")[...] = points
+    group.create_array("xy", shape=points.shape, chunks=(500, 2), dtype="f8")[...] = points
+    expected = MeanShift(bandwidth=2.5).fit(points)
+    for path in (str(tmp_path / "data.zarr"), str(tmp_path / "data.zarr" / "xy")):
+        fitted = MeanShift(bandwidth=2.5).fit(path)
+        assert isinstance(fitted.labels_, da.Array)  # read as a dask array, as the CLI does
+        np.testing.assert_array_equal(fitted.labels_.compute(), expected.labels_)
+        np.testing.assert_array_equal(fitted.cluster_centers_, expected.cluster_centers_)
+    with pytest.raises(ValueError, match="input not found"):
+        MeanShift(bandwidth=2.5).fit(str(tmp_path / "missing.zarr"))
+
+
+@pytest.mark.parametrize("kernel", ["flat", "gaussian"])
+def test_predict_by_shift_reproduces_the_mode_labels_on_the_training_points(seed_data, kernel):
+    points, _, _ = seed_data
+    fitted = MeanShift(bandwidth=2.5, kernel=kernel, label_by="mode").fit(points)
+    np.testing.assert_array_equal(fitted.predict(points, method="shift"), fitted.labels_)
+    assert (fitted.predict(points) == fitted.predict(points, method="nearest")).all()
+
+
+def test_predict_by_shift_leaves_out_what_reaches_no_cluster(seed_data):
+    points, _, _ = seed_data
+    far = np.array([[500.0, 500.0]])
+    kept = MeanShift(bandwidth=2.5).fit(points)
+    assert kept.predict(far, method="shift")[0] >= 0  # cluster_all: the nearest centre
+    strict = MeanShift(bandwidth=2.5, cluster_all=False).fit(points)
+    assert strict.predict(far, method="shift").tolist() == [-1]  # no point within reach
+    inside = strict.cluster_centers_[:1] + 0.1
+    assert strict.predict(inside, method="shift").tolist() == [0]
+    with pytest.raises(ValueError, match="method must be 'nearest' or 'shift'"):
+        strict.predict(inside, method="closest")
+    on_dask = MeanShift(bandwidth=2.5).fit(da.from_array(points, chunks=(500, 2)))
+    with pytest.raises(ValueError, match="needs in-memory points"):
+        on_dask.predict(points, method="shift")

@@ -15,8 +15,15 @@ Data flow (one module per stage)::
 and ``merge`` the algorithms of those steps.
 """
 
-from .api import mean_shift
+from .api import mean_shift, shift_to_modes
 from .prepare import rows_per_chunk
 from .records import Checkpoint, MeanShiftResult, ProgressCallback
 
-__all__ = ["Checkpoint", "MeanShiftResult", "ProgressCallback", "mean_shift", "rows_per_chunk"]
+__all__ = [
+    "Checkpoint",
+    "MeanShiftResult",
+    "ProgressCallback",
+    "mean_shift",
+    "rows_per_chunk",
+    "shift_to_modes",
+]

@@ -13,11 +13,12 @@ import dask.array as da
 import numpy as np
 
 from ..naming import task_name
-from ..params import MeanShiftParams, resolve_method
+from ..params import GRID_MAX_DIMS, MeanShiftParams, resolve_method
+from . import tasks
 from .binned import binned
 from .executors import DaskExecutor, ThreadExecutor
 from .prepare import check_shape, rows_per_chunk
-from .records import Checkpoint, MeanShiftResult, ProgressCallback
+from .records import Checkpoint, MeanShiftResult, ProgressCallback, SeedColumns
 from .run import run_stages
 
 
@@ -92,3 +93,32 @@ def as_dask(points: Any, weights: Any) -> tuple[da.Array, da.Array | None]:
             weights, chunks=(points.chunks[0],), name=task_name("weights", weights)
         )
     return points, weights
+
+
+def shift_to_modes(
+    points: np.ndarray,
+    queries: np.ndarray,
+    params: MeanShiftParams,
+    bandwidth: float,
+    n_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each query converges by standard mean shift against ``points`` (NumPy, in this
+    process), and the density there (0: no point ever within reach).
+
+    The queries are normalised as :func:`mean_shift` normalises the points it is given,
+    so a query equal to one of ``points`` reaches the mode that point reached there.
+    """
+    points = np.asarray(points)
+    check_shape(points, None)
+    method = resolve_method(*points.shape, params)
+    if method == "binned":  # the raw points here: the exact shift, on the grid where it applies
+        method = "grid" if points.shape[1] <= GRID_MAX_DIMS else "exact"
+    with ThreadExecutor(params.backend, n_threads) as executor:
+        data = executor.prepare(points, None)
+        z = executor.normalise(data, bandwidth)
+        point_set = executor.point_set(z, None, method, params)
+        seeds = tasks.normalise_block(queries, data.origin, bandwidth)
+        state, _ = executor.converge(seeds, point_set, params, None, None)
+    columns = SeedColumns(points.shape[1])
+    modes = state[:, columns.position] * bandwidth + data.origin
+    return modes, state[:, columns.density]
