@@ -5,8 +5,10 @@ in the same run, on the same machine.
 
 B1  seed workload (6x250 points, d=2, Gaussian bw 2.5, 5 blurring iterations, exact), in process
 B2  throughput of one exact Gaussian step, n=20,000, d=2 and d=8 (pair evaluations per second)
-B3  1.5M points (seed distribution) with ``meanshift run`` against scikit-learn's bin seeding
-B4  scaling 1.5M -> 15M (-> 150M with --sizes) points, time and peak memory of every process
+B3  1.5M points (seed distribution) with ``meanshift run --method binned`` against
+    scikit-learn's bin seeding
+B4  scaling 1.5M -> 15M (-> 150M with --sizes) points (binned), time and peak memory of every
+    process
 """
 
 from __future__ import annotations
@@ -205,7 +207,7 @@ def b3(workdir: str, bandwidth: float = 2.5) -> dict:
     data = os.path.join(workdir, "b3.zarr")
     out = os.path.join(workdir, "b3-out.zarr")
     generate(data, 250_000)
-    ours = run_cli(data, out, bandwidth, ["--kernel", "flat"])
+    ours = run_cli(data, out, bandwidth, ["--kernel", "flat", "--method", "binned"])
     group = zarr.open_group(data, mode="r")
     points, truth = group["points"][...], group["truth"][...]
     labels = zarr.open_group(out, mode="r")["labels"][...]
@@ -229,7 +231,7 @@ def b4(workdir: str, sizes: list[int], bandwidth: float = 2.5) -> dict:
         data = os.path.join(workdir, f"b4-{n}.zarr")
         out = os.path.join(workdir, f"b4-{n}-out.zarr")
         generate(data, n // 6)
-        result = run_cli(data, out, bandwidth, ["--kernel", "gaussian"])
+        result = run_cli(data, out, bandwidth, ["--kernel", "gaussian", "--method", "binned"])
         result["n"] = n
         result["raw_bytes"] = n * 2 * 4
         result["peak_rss_over_raw"] = result["peak_rss_bytes"] / result["raw_bytes"]

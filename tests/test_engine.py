@@ -140,8 +140,8 @@ def test_weights_equal_duplicated_points(seed_data, kernel):
         plain = run(duplicated, kernel=kernel, bandwidth=2.5)
         labels_w = weighted.labels.compute()
         labels_p = plain.labels.compute()[: len(sample)]
-    # each centre is where its seed stopped: within tol bandwidths of the mode
-    np.testing.assert_allclose(weighted.centers, plain.centers, atol=1e-3 * 2.5)
+    # centres are polished to 1e-5 bandwidths per step, with float32 sums in the kernels
+    np.testing.assert_allclose(weighted.centers, plain.centers, atol=1e-4 * 2.5)
     np.testing.assert_array_equal(weighted.sizes, plain.sizes)
     np.testing.assert_array_equal(labels_w, labels_p)
 

@@ -65,8 +65,7 @@ def test_emulated_client_without_a_gpu_runs_jobs_on_gpu_workers(
         assert {task["worker"] for task in client.get_task_stream()} == workers
     assert threads and threading.main_thread().name not in threads  # kernels ran on the worker
     np.testing.assert_array_equal(labels, np.asarray(expected.labels))
-    # each centre is where its seed stopped (float32 weights on the device): within tol
-    np.testing.assert_allclose(result.centers, expected.centers, atol=params.tol * 2.5)
+    np.testing.assert_allclose(result.centers, expected.centers, atol=1e-4)
 
 
 def test_local_cuda_workers_advertise_the_gpu_resource(monkeypatch):

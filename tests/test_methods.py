@@ -122,7 +122,7 @@ def test_binned_outliers_and_modes():
 def test_auto_method_choice():
     params = make_params()
     assert resolve_method(1_500, 2, params) == "exact"
-    assert resolve_method(1_000_000, 2, params) == "binned"
+    assert resolve_method(1_000_000, 2, params) == "grid"  # never the binned approximation
     assert resolve_method(1_000_000, 6, params) == "grid"
     assert resolve_method(1_000_000, 12, params) == "exact"
     assert resolve_method(1_500, 2, make_params(method="binned")) == "binned"
@@ -171,3 +171,39 @@ def test_cell_table_finds_each_points_cell_and_refuses_unknown_cells(dense, monk
     for stray in ([1e4 + 50, 1e4], [1e4 - 50, 1e4 - 50], [0.0, 0.0]):  # empty or outside
         with pytest.raises(InputDataError, match="input changed"):
             table.lookup(np.array([stray]))
+
+
+def _bundled_data_sets() -> dict[str, np.ndarray]:
+    """Data scikit-learn ships: iris, and every 40th colour pixel of its two photographs."""
+    from sklearn.datasets import load_iris, load_sample_image
+
+    pixels = {
+        name: load_sample_image(f"{name}.jpg").reshape(-1, 3)[::40].astype(np.float64)
+        for name in ("china", "flower")
+    }
+    return {"iris": load_iris().data, **pixels}
+
+
+def test_deviation_from_exact_on_bundled_data_is_what_the_readme_says():
+    from pipeline import MeanShift
+
+    count_mismatches = 0
+    for X in _bundled_data_sets().values():
+        for kernel in ("flat", "epanechnikov", "gaussian"):
+            exact = MeanShift(kernel=kernel, method="exact").fit(X)
+            grid = MeanShift(kernel=kernel, method="grid").fit(X)
+            binned = MeanShift(kernel=kernel, method="binned").fit(X)
+            bandwidth = exact.bandwidth_
+            assert len(grid.cluster_centers_) == len(exact.cluster_centers_)
+            gap = np.abs(grid.cluster_centers_ - exact.cluster_centers_).max() / bandwidth
+            assert gap <= (1e-4 if kernel == "gaussian" else 1e-6)
+            assert adjusted_rand_score(exact.labels_, grid.labels_) == 1.0
+            binned_labels = np.asarray(binned.labels_)
+            assert adjusted_rand_score(exact.labels_, binned_labels) >= 0.87
+            extra = len(binned.cluster_centers_) - len(exact.cluster_centers_)
+            assert abs(extra) <= 1
+            if extra == 0:
+                gap = np.abs(binned.cluster_centers_ - exact.cluster_centers_).max() / bandwidth
+                assert gap <= 0.03
+            count_mismatches += extra != 0
+    assert count_mismatches == 1  # of 9

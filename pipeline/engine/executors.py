@@ -86,6 +86,9 @@ class Executor(Protocol):
     def candidates(self, state: Any, d: int, cell: float) -> list[merge.Candidates]:
         """The merge's candidate modes, per part of the state."""
 
+    def call(self, function: Callable[..., Any], *args: Any, stage: str) -> Any:
+        """``function(*args)``, where the arguments live; its value here."""
+
     def label(self, queries: Any, z: Any, centers: np.ndarray, params: MeanShiftParams) -> Any:
         """Each point's nearest centre (``tasks.label_block``)."""
 
@@ -222,6 +225,9 @@ class DaskExecutor:
             )
         )
 
+    def call(self, function: Callable[..., Any], *args: Any, stage: str) -> Any:
+        return dask.delayed(function)(*args, dask_key_name=task_name(stage, *args)).compute()
+
     def label(
         self, queries: da.Array, z: da.Array, centers: np.ndarray, params: MeanShiftParams
     ) -> da.Array:
@@ -350,6 +356,9 @@ class ThreadExecutor:
 
     def candidates(self, state: np.ndarray, d: int, cell: float) -> list[merge.Candidates]:
         return [tasks.candidates_block(state, d, cell)]
+
+    def call(self, function: Callable[..., Any], *args: Any, stage: str) -> Any:
+        return function(*args)
 
     def label(
         self, queries: np.ndarray, z: np.ndarray, centers: np.ndarray, params: MeanShiftParams

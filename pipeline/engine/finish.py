@@ -34,10 +34,26 @@ def find_centers(
     executor: Executor, shifted: Shifted, params: MeanShiftParams, bandwidth: float
 ) -> np.ndarray:
     """Merge the converged modes into centres (bandwidth units), in the merge's order:
-    density descending, then coordinates descending (scikit-learn's)."""
+    density descending, then coordinates descending (scikit-learn's).
+
+    Standard mean shift's centres are where the winning seeds stopped for the flat kernel
+    (scikit-learn's); for the other kernels they are then polished to their modes, so
+    that they do not depend on which of the seeds near a mode won (their densities, float
+    kernel sums, round differently when the points are summed in another order).
+    """
     d = shifted.z.shape[1]
     parts = executor.candidates(shifted.iterated.state, d, merge_cell(params))
-    return merge_candidates(parts, params, bandwidth)
+    centers = merge_candidates(parts, params, bandwidth)
+    if params.blurring or params.kernel == "flat":
+        return centers
+    return executor.call(
+        tasks.polish_centers,
+        centers,
+        shifted.point_set,
+        params.max_iter,
+        executor.backend,
+        stage="polish",
+    )
 
 
 def size_numbering(

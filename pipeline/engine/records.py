@@ -142,6 +142,7 @@ class Shifted:
     """The shift loop's outcome, with what the merge and labelling stages take from it."""
 
     z: Any  # the points in bandwidth units
+    point_set: Any  # the fixed set standard mean shift climbed (None: blurring)
     iterated: Iterated
     modes: Any  # where each point ended (None: the seeds were not the points)
     n_seeds: int

@@ -113,7 +113,7 @@ def shift(
         iterated = iterate.blurring(
             executor, z, weights, params, method, bandwidth, progress, checkpoint
         )
-        return Shifted(z, iterated, iterated.modes(d), z.shape[0])
+        return Shifted(z, None, iterated, iterated.modes(d), z.shape[0])
     seed_rows = seeds_in_data_units(data.points, data.weights, seeds, params, bandwidth)
     seed_array = z
     if seed_rows is not None:
@@ -123,4 +123,4 @@ def shift(
         executor, seed_array, point_set, params, scaled(progress, bandwidth), checkpoint
     )
     modes = iterated.modes(d) if seed_rows is None else None
-    return Shifted(z, iterated, modes, seed_array.shape[0])
+    return Shifted(z, point_set, iterated, modes, seed_array.shape[0])

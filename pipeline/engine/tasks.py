@@ -19,6 +19,8 @@ from .records import SeedColumns
 
 ENTROPY_BINS = np.concatenate([[0.0], np.logspace(-8, 2, 81)])
 """Fixed edges (bandwidth units) of the histogram of update lengths (blurring stop rule)."""
+POLISH_TOL = 1e-5
+"""Convergence threshold (bandwidths) of the final polish of standard mean shift centres."""
 
 
 def build_point_set(
@@ -93,6 +95,24 @@ def shift_rows(rows: np.ndarray, point_set: PointSet, backend: str) -> np.ndarra
     xp = get_namespace(backend)
     shifted, density = point_set.on(xp).shift(xp.asarray(rows))
     return to_host(xp.concatenate([shifted, density[:, None]], axis=1))
+
+
+def polish_centers(
+    centers: np.ndarray, point_set: PointSet, max_iter: int, backend: str
+) -> np.ndarray:
+    """Run the merged centres on to their modes, then drop any that met (canonical order).
+
+    The seed that wins a basin is only within ``tol`` of its mode; polishing makes
+    each centre the mode itself, whichever seed won.
+    """
+    xp = get_namespace(backend)
+    modes, density, _, _ = converge_seeds(
+        xp.asarray(centers), point_set.on(xp), POLISH_TOL, max_iter, xp
+    )
+    modes, density = to_host(modes), to_host(density)
+    order = merge.canonical_order(modes, density)
+    modes = modes[order]
+    return modes[merge.suppress(modes, 1.0)]
 
 
 def candidates_block(block: np.ndarray, d: int, cell: float) -> merge.Candidates:
