@@ -110,3 +110,21 @@ def test_suppression_keeps_the_same_modes_in_any_order(positions, random):
     a, _ = combine_candidates([mode_candidates(positions, density, 1e-9)], 1e-9)
     b, _ = combine_candidates([mode_candidates(positions[order], density[order], 1e-9)], 1e-9)
     np.testing.assert_array_equal(a[suppress(a, 0.7)], b[suppress(b, 0.7)])
+
+
+def test_densities_compare_to_30_bits_and_counts_exactly():
+    from pipeline.engine.merge import comparable_density
+
+    counts = np.arange(1.0, 100_001.0)
+    np.testing.assert_array_equal(comparable_density(counts), counts)  # counts: exact
+    near = np.array([40.0, 40.0 * (1 + 2.0**-34), 40.0 * (1 - 2.0**-34)])
+    assert len(set(comparable_density(near))) == 1  # rounding noise ties
+    assert comparable_density(np.array([40.0 * (1 + 2.0**-25)]))[0] > 40.0  # real gaps do not
+    positions = np.array([[0.0, 0.0], [5.0, 5.0]])
+    assert canonical_order_of(positions, near[1:]) == [1, 0]  # tie: coordinates descending
+
+
+def canonical_order_of(positions, density):
+    from pipeline.engine.merge import canonical_order
+
+    return canonical_order(positions, density).tolist()
