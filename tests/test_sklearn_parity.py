@@ -89,3 +89,19 @@ def test_tied_clusters_are_numbered_as_scikit_learn_numbers_them():
     assert by_size.labels_.tolist() == [0, 0, 0, 1, 1, 1]  # equal sizes: coordinates ascending
     sizes = MeanShift(bandwidth=BLOBS_BANDWIDTH / 3, cluster_order="size").fit(BLOBS)
     assert list(sizes.cluster_sizes_) == sorted(sizes.cluster_sizes_, reverse=True)
+
+
+def test_where_the_readme_says_we_differ_we_do():
+    """An estimated bandwidth of 0 on dask input is refused in one line; a min_bin_freq
+    above every bin's count is our ValueError where scikit-learn's fit fails in max()."""
+    import dask.array as da
+
+    from pipeline.errors import InputDataError
+
+    with pytest.raises(InputDataError, match="the estimated bandwidth is 0"):
+        MeanShift().fit(da.from_array(DUPLICATES, chunks=(4, 1)))
+    with pytest.raises(ValueError):
+        SklearnMeanShift(bandwidth=2.0, bin_seeding=True, min_bin_freq=10_000).fit(BLOBS)
+    with pytest.raises(ValueError, match="no bin holds min_bin_freq=10000 points"):
+        MeanShift(bandwidth=2.0, bin_seeding=True, min_bin_freq=10_000).fit(BLOBS)
+    assert MeanShift().fit(TIED).labels_.dtype == np.int32
