@@ -4,7 +4,8 @@ Prints a table and writes JSON (``--json``). Every ratio is measured side by sid
 in the same run, on the same machine.
 
 B1  seed workload (6x250 points, d=2, Gaussian bw 2.5, 5 blurring iterations, exact), in process
-B2  throughput of one exact Gaussian step, n=20,000, d=2 and d=8 (pair evaluations per second)
+B2  throughput of one exact Gaussian step, n=20,000, d=2 and d=8 (pair evaluations per second),
+    and of the grid method's span kernel on the same pairs (every point in every neighbourhood)
 B3  1.5M points (seed distribution) with ``meanshift run --method binned`` against
     scikit-learn's bin seeding
 B4  scaling 1.5M -> 15M (-> 150M with --sizes) points (binned), time and peak memory of every
@@ -79,7 +80,7 @@ def b1() -> dict:
 
 
 def b2() -> dict:
-    from pipeline.kernels import DensePointSet
+    from pipeline.kernels import DensePointSet, GridPointSet
 
     out = {}
     rng = np.random.default_rng(0)
@@ -89,6 +90,7 @@ def b2() -> dict:
         n = 20_000
         points = rng.normal(0, 3, (n, d))
         point_set = DensePointSet(points, None, "gaussian", np, 64 * 2**20)
+        grid_set = GridPointSet(points / 10, None, "gaussian", np, 64 * 2**20, cpu_route="grid")
         parts = np.array_split(np.arange(n), threads)
 
         def step(point_set=point_set, points=points, parts=parts):
@@ -96,11 +98,18 @@ def b2() -> dict:
 
         step()
         t = best_of(step, 3)
+        # the grid's cells are 5 bandwidths wide: at 1/10 scale all points are neighbours
+        assert grid_set.mean_neighbourhood() == n
+        scaled = points / 10
+        step(grid_set, scaled)
+        t_grid = best_of(lambda grid_set=grid_set, scaled=scaled: step(grid_set, scaled), 3)
         sub = points[:2000]
         t_gemm = best_of(lambda sub=sub, points=points: gemm_gaussian_step(sub, points), 2)
         t_gemm *= n / len(sub)
         out[f"d{d}"] = {
             "pairs_per_s": n * n / t,
+            "grid_pairs_per_s": n * n / t_grid,
+            "grid_cost_per_pair_vs_exact": t_grid / t,
             "gemm_numpy_pairs_per_s": n * n / t_gemm,
             "ratio_vs_gemm": t_gemm / t,
             "threads": threads,
@@ -274,7 +283,9 @@ def main() -> None:
                 r = results["B2"][d]
                 print(
                     f"B2 exact Gaussian step {d}: {r['pairs_per_s'] / 1e9:.2f} G pairs/s "
-                    f"({r['ratio_vs_gemm']:.1f}x the NumPy GEMM baseline, {r['threads']} threads)"
+                    f"({r['ratio_vs_gemm']:.1f}x the NumPy GEMM baseline, {r['threads']} threads); "
+                    f"grid span kernel {r['grid_pairs_per_s'] / 1e9:.2f} G pairs/s "
+                    f"({r['grid_cost_per_pair_vs_exact']:.1f}x the cost per pair)"
                 )
         if "B3" in wanted:
             results["B3"] = b3(workdir)

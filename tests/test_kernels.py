@@ -14,6 +14,7 @@ from pipeline.kernels import (
     blocked_shift,
     compiled,
     converge_seeds,
+    kernel_radius,
     nearest,
     shift_points,
 )
@@ -229,12 +230,36 @@ def test_compiled_grid_matches_the_array_grid(kernel, dims):
     points = rng.normal(0, 3, (4000, dims)) + 1e5
     weights = rng.uniform(0.5, 2, 4000)
     queries = np.concatenate([points[:500], rng.normal(0, 4, (100, dims)) + 1e5])
-    grid = GridPointSet(points, weights, kernel, np, 2**24)
+    grid = GridPointSet(points, weights, kernel, np, 2**24, cpu_route="grid")
     assert grid._columns is not None  # the compiled layout exists for NumPy point sets
     compiled_step = grid.shift(queries)
     array_step = grid.shift_by_neighbourhood(queries)
     np.testing.assert_allclose(compiled_step[0], array_step[0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(compiled_step[1], array_step[1], rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ["flat", "gaussian"])
+def test_cpu_grid_meets_every_point_where_neighbourhoods_hold_most_of_them(kernel):
+    rng = np.random.default_rng(4)
+    spread = rng.uniform(-40, 40, (3000, 2)) * kernel_radius(kernel)  # ~4 per 3 x 3 cells
+    compact = rng.normal(0, 0.4 * kernel_radius(kernel), (3000, 2))  # most are neighbours
+    sets = {
+        "spread": GridPointSet(spread, None, kernel, np, 2**22),
+        "compact": GridPointSet(compact, None, kernel, np, 2**22),
+        "far": GridPointSet(compact + 500.0, None, kernel, np, 2**22),  # beyond float32's
+    }
+    routes = {name: grid.cpu_route() for name, grid in sets.items()}
+    far_route = "dense" if kernel == "flat" else "grid"  # flat: float64, any coordinates
+    assert routes == {"spread": "grid", "compact": "dense", "far": far_route}
+    queries = compact[::7]
+    by_cells = GridPointSet(compact, None, kernel, np, 2**22, cpu_route="grid").shift(queries)
+    whole = sets["compact"].shift(queries)
+    exact = DensePointSet(sets["compact"].points, None, kernel, np, 2**22).shift(queries)
+    np.testing.assert_array_equal(whole[0], exact[0])  # the dense kernel (points in cell order)
+    # the grid route: flat to rounding, Gaussian weights beyond 5 bandwidths left out
+    np.testing.assert_allclose(
+        whole[0], by_cells[0], rtol=0, atol=1e-9 if kernel == "flat" else 2e-4
+    )
 
 
 def test_compiled_grid_redoes_queries_that_only_see_floored_weights():
@@ -243,7 +268,8 @@ def test_compiled_grid_redoes_queries_that_only_see_floored_weights():
     rng = np.random.default_rng(2)
     blob_a = rng.normal([0.0, 5.4], 0.03, (300, 2))
     blob_b = rng.normal([9.9, 14.9], 0.03, (300, 2))
-    grid = GridPointSet(np.concatenate([blob_a, blob_b]), None, "gaussian", np, 2**20)
+    both = np.concatenate([blob_a, blob_b])
+    grid = GridPointSet(both, None, "gaussian", np, 2**20, cpu_route="grid")
     queries = np.array([[0.0, 14.9]])
     shifted, density = grid.shift(queries)
     expected, expected_density = grid.shift_by_neighbourhood(queries)

@@ -275,70 +275,53 @@ if AVAILABLE:
                 out[i, k] = acc[k] / den if den > 0.0 else 0.0
 
     @njit(inline="always", fastmath=True)
-    def _span_distances(
-        q: np.ndarray, i: int, pt: np.ndarray, b: int, m: int, buf: np.ndarray
-    ) -> None:  # pragma: no cover - compiled
-        """Squared distances of query ``i`` to points ``b:b+m``, into ``buf[:m]``."""
+    def _span_block(q, i, pt, w, b, m, kernel, zero, diff, buf, acc):  # pragma: no cover
+        """Add the weighted offsets of points ``b:b+m`` from query ``i`` to ``acc``;
+        return their weight sum."""
         d = pt.shape[0]
         for j in range(m):
-            buf[j] = 0.0
+            buf[j] = zero
         for k in range(d):
             qk = q[i, k]
             pk = pt[k, b : b + m]
+            dk = diff[k]
             for j in range(m):
-                t = pk[j] - qk
-                buf[j] += t * t
-
-    @njit(inline="always", fastmath=True)
-    def _span_weights(
-        w: np.ndarray, b: int, m: int, kernel: int, buf: np.ndarray, heaviest: float
-    ) -> tuple[float, float]:  # pragma: no cover - compiled
-        """Weights of points ``b:b+m`` into ``buf[:m]``; their sum and the heaviest kernel value."""
+                dk[j] = pk[j] - qk
+                buf[j] += dk[j] * dk[j]
         wb = w[b : b + m]
-        sw = 0.0
+        sw = zero
         for j in range(m):
-            v = _weight(buf[j], kernel)
-            heaviest = max(heaviest, v)
-            x = v * wb[j]
+            x = _weight(buf[j], kernel) * wb[j]
             buf[j] = x
             sw += x
-        return sw, heaviest
-
-    @njit(inline="always", fastmath=True)
-    def _span_moments(
-        q: np.ndarray, i: int, pt: np.ndarray, b: int, m: int, buf: np.ndarray, acc: np.ndarray
-    ) -> None:  # pragma: no cover - compiled
-        """Add the weighted offsets of points ``b:b+m`` from query ``i`` to ``acc``."""
-        d = pt.shape[0]
         for k in range(d):
-            qk = q[i, k]
-            pk = pt[k, b : b + m]
-            s_k = 0.0
+            dk = diff[k]
+            sk = zero
             for j in range(m):
-                s_k += buf[j] * (pk[j] - qk)
-            acc[k] += s_k
+                sk += buf[j] * dk[j]
+            acc[k] += sk
+        return sw
 
     @njit(nogil=True, fastmath=True, cache=True)
-    def _shift_spans(q, pt, w, lo, hi, cell, kernel, buf, out, dens, floored):  # pragma: no cover
+    def _shift_spans(q, pt, w, lo, hi, cell, kernel, zero, out, dens):  # pragma: no cover
         # Each query meets the points in its own spans [lo, hi) of the sorted points.
-        # Differences are taken in float64 (any distance from the origin), squared
-        # distances and weights kept in ``buf``'s precision; sums in float64.
+        # Differences are taken in float64 (any distance from the origin) and kept, with
+        # squared distances, weights and per-block sums, in the precision of ``zero``
+        # (float32, or float64 for the flat kernel); running totals in float64. The
+        # scratch arrays are allocated here, so that the compiler sees they do not alias.
         d = pt.shape[0]
         acc = np.empty(d, np.float64)
+        diff = np.full((d, BLOCK), zero)
+        buf = np.full(BLOCK, zero)
         for i in range(q.shape[0]):
             acc[:] = 0.0
             den = 0.0
-            heaviest = 0.0
             c = cell[i]
             for s in range(lo.shape[1]):
                 for b in range(lo[c, s], hi[c, s], BLOCK):
                     m = min(BLOCK, hi[c, s] - b)
-                    _span_distances(q, i, pt, b, m, buf)
-                    sw, heaviest = _span_weights(w, b, m, kernel, buf, heaviest)
-                    den += sw
-                    _span_moments(q, i, pt, b, m, buf, acc)
+                    den += _span_block(q, i, pt, w, b, m, kernel, zero, diff, buf, acc)
             dens[i] = den
-            floored[i] = kernel == 0 and den > 0.0 and heaviest <= 2.0 * WEIGHT_FLOOR
             for k in range(d):
                 out[i, k] = acc[k] / den if den > 0.0 else 0.0
 
@@ -394,6 +377,7 @@ def shift_spans(
     queries: np.ndarray,
     columns: np.ndarray,
     weights: np.ndarray,
+    cumulative: np.ndarray,
     lo: np.ndarray,
     hi: np.ndarray,
     cell: np.ndarray,
@@ -407,7 +391,10 @@ def shift_spans(
         Bandwidth units, scaled by ``GAUSSIAN_SCALE`` for the Gaussian kernel.
     columns : ndarray of float64, shape (d, n)
         The points sorted by cell, one row per dimension, scaled like the queries.
-    weights : ndarray of float64, shape (n,)
+    weights : ndarray, shape (n,)
+        float32 (float64 for the flat kernel): :func:`span_weights`.
+    cumulative : ndarray of float64, shape (n + 1,)
+        Running sum of the weights from 0 (:func:`span_weights`).
     lo, hi : ndarray of int64, shape (c, s)
         The spans of ``columns`` that each of ``c`` query cells meets (``lo == hi``: empty).
     cell : ndarray of int64, shape (m,)
@@ -420,14 +407,14 @@ def shift_spans(
         In the scaled units of the inputs.
     density : ndarray, shape (m,)
     floored : ndarray of bool, shape (m,)
-        Gaussian queries whose every weight sat at ``WEIGHT_FLOOR`` (nothing within
-        9.4 bandwidths): not to be trusted, to be recomputed exactly.
+        Gaussian queries whose density is at most twice that of every weight at
+        ``WEIGHT_FLOOR`` (nothing within 9.4 bandwidths): not to be trusted, to be
+        recomputed exactly (the dense kernel's rule).
     """
     m, d = queries.shape
     out = np.empty((m, d), dtype=np.float64)
     density = np.empty(m, dtype=np.float64)
-    floored = np.zeros(m, dtype=np.bool_)
-    buffer = np.empty(BLOCK, dtype=np.float64 if kernel == "flat" else np.float32)
+    zero = weights.dtype.type(0)
     _shift_spans(
         np.ascontiguousarray(queries, dtype=np.float64),
         columns,
@@ -436,12 +423,25 @@ def shift_spans(
         hi,
         cell,
         KERNEL_CODES[kernel],
-        buffer,
+        zero,
         out,
         density,
-        floored,
     )
+    if kernel != "gaussian":
+        return out, density, np.zeros(m, dtype=np.bool_)
+    met = (cumulative[hi] - cumulative[lo]).sum(axis=1)[cell]
+    floored = (density > 0) & (density <= 2.0 * WEIGHT_FLOOR * met)
     return out, density, floored
+
+
+def span_weights(weights: np.ndarray | None, n: int, kernel: str) -> tuple[np.ndarray, np.ndarray]:
+    """The weights of ``n`` sorted points laid out for :func:`shift_spans`: in the kernel's
+    precision (float32, float64 for the flat kernel), and their running sum (float64)."""
+    dtype = np.float64 if kernel == "flat" else np.float32
+    laid = np.ones(n, dtype=dtype) if weights is None else weights.astype(dtype)
+    cumulative = np.zeros(n + 1, dtype=np.float64)
+    np.cumsum(laid, dtype=np.float64, out=cumulative[1:])
+    return laid, cumulative
 
 
 def shift_offsets(queries: np.ndarray, points: PackedPoints) -> tuple[np.ndarray, np.ndarray]:

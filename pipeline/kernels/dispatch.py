@@ -43,6 +43,11 @@ average fewer than ``1 / GPU_GRID_GAIN`` of the points: a guess (not measured on
 how much more a pair costs there (global loads, float64 differences) than in the fused
 kernel's shared-memory tiles."""
 
+CPU_GRID_GAIN = 3.0
+"""A grid set on the CPU meets every point (the compiled dense kernel) where a query's
+neighbourhood holds on average at least ``1 / CPU_GRID_GAIN`` of the points: a pair costs
+the span kernel 1.5-3x what it costs the dense one (``python -m benchmarks.run --only B2``)."""
+
 
 def compiled_available(kernel: str, xp: ModuleType) -> bool:
     """Whether the compiled CPU kernels can run ``kernel`` for ``xp`` (NumPy, numba present)."""
@@ -180,3 +185,22 @@ def grid_route_on_gpu(
     if whole and (n <= GPU_DENSE_MAX_POINTS or mean_neighbourhood() * GPU_GRID_GAIN >= n):
         return "dense"
     return "grid"
+
+
+def grid_route_on_cpu(
+    shape: tuple[int, int],
+    kernel: str,
+    largest: Callable[[], float],
+    mean_neighbourhood: Callable[[], float],
+) -> str:
+    """How a grid point set of ``shape`` meets queries on the CPU (compiled kernels).
+
+    ``dense``: the compiled dense kernel over every point, where it applies (flat
+    kernel, or coordinates within ``COMPILED_MAX_COORDINATE``) and the average
+    neighbourhood (estimated from a fixed sample of the points as queries) holds at
+    least ``1 / CPU_GRID_GAIN`` of the points. ``grid``: the span kernel over the
+    neighbour cells. ``largest`` and ``mean_neighbourhood`` are asked only when needed.
+    """
+    n = shape[0]
+    whole = kernel == "flat" or largest() <= COMPILED_MAX_COORDINATE
+    return "dense" if whole and mean_neighbourhood() * CPU_GRID_GAIN >= n else "grid"

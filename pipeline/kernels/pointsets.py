@@ -20,6 +20,7 @@ from .array import kernel_radius, largest_coordinate, row_major_strides
 from .dispatch import (
     GAUSSIAN_SCALE,
     compiled_available,
+    grid_route_on_cpu,
     grid_route_on_gpu,
     on_gpu,
     shift_points,
@@ -118,13 +119,27 @@ class GridPointSet(_OnDevice):
     """
 
     _arrays = ("points", "weights", "keys", "low", "high", "strides", "offsets")
-    _host_only = ("_columns", "_weights", "_dense_set", "_device_grid", "_device_route")
+    _host_only = (
+        "_columns",
+        "_weights",
+        "_cumulative",
+        "_dense_set",
+        "_device_grid",
+        "_device_route",
+    )
 
     def __init__(
-        self, points: Any, weights: Any | None, kernel: str, xp: ModuleType, block_bytes: int
+        self,
+        points: Any,
+        weights: Any | None,
+        kernel: str,
+        xp: ModuleType,
+        block_bytes: int,
+        cpu_route: str | None = None,
     ) -> None:
         self.kernel, self.xp, self.block_bytes = kernel, xp, block_bytes
         self.radius = kernel_radius(kernel)
+        self._cpu_route = cpu_route
         n_dims = points.shape[1]
         cells = xp.floor(points / self.radius).astype(xp.int64)
         # two empty cells of padding: a query in the outer one is farther than the
@@ -145,10 +160,12 @@ class GridPointSet(_OnDevice):
         self.offsets = xp.asarray(offsets @ strides)
         self._columns: Any = None  # the compiled kernel's layout (NumPy)
         if compiled_available(kernel, xp) and len(self.points):
+            from . import compiled
+
             scale = GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
             self._columns = np.ascontiguousarray(self.points.T * scale)
-            self._weights = (
-                np.ones(len(self.points)) if self.weights is None else self.weights.astype(float)
+            self._weights, self._cumulative = compiled.span_weights(
+                self.weights, len(self.points), kernel
             )
 
     def shift(self, queries: Any) -> tuple[Any, Any]:
@@ -158,7 +175,9 @@ class GridPointSet(_OnDevice):
         unless the set is small or its neighbourhoods hold much of it (see
         :meth:`gpu_route`): then the fused kernel meets every point instead (a superset of
         the neighbourhood: the same result for the flat and Epanechnikov kernels, and the
-        exact one for the Gaussian).
+        exact one for the Gaussian). On the CPU the compiled span kernel walks them, or,
+        where the neighbourhoods hold half the points or more (:meth:`cpu_route`), the
+        compiled dense kernel meets every point.
         """
         if on_gpu(self.xp):
             route = self.gpu_route()
@@ -168,6 +187,8 @@ class GridPointSet(_OnDevice):
                 return self._shift_on_device(queries)
         if self._columns is None:
             return self.shift_by_neighbourhood(queries)
+        if self.cpu_route() == "dense":
+            return self._dense().shift(queries)
         return self._shift_compiled(queries)
 
     def _dense(self) -> DensePointSet:
@@ -201,6 +222,20 @@ class GridPointSet(_OnDevice):
             )
             self.__dict__["_device_route"] = route
         return route
+
+    def cpu_route(self) -> str:
+        """How this set meets queries on the compiled CPU kernels: ``grid`` or ``dense``
+        (:func:`.dispatch.grid_route_on_cpu`, chosen once per set, from the set alone,
+        unless given when the set was built)."""
+        with _CLONE_LOCK:
+            if self._cpu_route is None:
+                self._cpu_route = grid_route_on_cpu(
+                    self.points.shape,
+                    self.kernel,
+                    lambda: largest_coordinate(self.points),
+                    self.mean_neighbourhood,
+                )
+        return self._cpu_route
 
     def mean_neighbourhood(self, sample: int = 2048) -> float:
         """Points in a query's 3^d neighbour cells, on average over up to ``sample`` of the
@@ -274,7 +309,14 @@ class GridPointSet(_OnDevice):
         scale = GAUSSIAN_SCALE if self.kernel == "gaussian" else 1.0
         local = queries[rows]
         offsets, dens, floored = compiled.shift_spans(
-            local * scale, self._columns, self._weights, lo, hi, cell.ravel(), self.kernel
+            local * scale,
+            self._columns,
+            self._weights,
+            self._cumulative,
+            lo,
+            hi,
+            cell.ravel(),
+            self.kernel,
         )
         shifted[rows] = local + offsets / scale
         density[rows] = dens
