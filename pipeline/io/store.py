@@ -16,12 +16,15 @@ tasks ever write the same chunk, and ``status: "complete"`` is written last.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
+import fsspec
 import numpy as np
 import zarr
 import zarr.errors
@@ -42,6 +45,7 @@ class InputInfo:
     url: str
     name: str
     row_chunk: int
+    storage_options: dict[str, Any] | None = None
 
 
 def is_local(url: str) -> bool:
@@ -104,7 +108,7 @@ def open_points(
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputDataError(f"'{array}' is empty (shape {arr.shape})")
     row_chunk = (arr.shards or arr.chunks)[0]
-    info = InputInfo(array=arr, url=url, name=array, row_chunk=int(row_chunk))
+    info = InputInfo(arr, url, array, int(row_chunk), storage_options)
     check_chunks_present(info)
     return info
 
@@ -135,6 +139,67 @@ def check_chunks_present(info: InputInfo) -> None:
             raise InputDataError(
                 f"input {info.url} is missing chunk {key} of '{info.name}' (rows {first}-{last})"
             )
+
+
+STAMP_FIELDS = (
+    "ETag",
+    "etag",
+    "md5Hash",
+    "generation",
+    "LastModified",
+    "last_modified",
+    "updated",
+    "mtime",
+)
+"""Per-file metadata, where a store gives it, that changes when an object is rewritten."""
+
+
+def array_location(info: InputInfo) -> str:
+    """The URL of the input array itself (its folder or prefix in the store)."""
+    path = info.array.path
+    return info.url.rstrip("/") + ("/" + path if path else "")
+
+
+def content_stamp(info: InputInfo) -> str | None:
+    """An identity of the input array's content taken from its store's listing, without
+    reading the data: every file or object under the array with its size and the
+    metadata that changes when it is rewritten (local files: modification time in ns and
+    inode; object stores: ETag, generation or modification time). None where the store
+    lists no files (a store in memory).
+    """
+    location = array_location(info)
+    try:
+        if is_local(location):
+            files = _local_listing(local_path(location))
+        else:
+            fs, root = fsspec.core.url_to_fs(location, **(info.storage_options or {}))
+            found = fs.find(root, detail=True)
+            files = [
+                [name[len(root) :], entry.get("size")]
+                + [str(entry[key]) for key in STAMP_FIELDS if key in entry]
+                for name, entry in sorted(found.items())
+            ]
+    except Exception as exc:
+        raise InputDataError(f"cannot list input {location}: {first_line(exc)}") from None
+    if not files:
+        return None
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
+def _local_listing(root: str) -> list[list[Any]]:
+    """Every file under ``root`` (or ``root`` itself, a zip file): path, size, mtime, inode."""
+    if os.path.isfile(root):
+        status = os.stat(root)
+        return [["", status.st_size, status.st_mtime_ns, status.st_ino]]
+    files = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            status = os.stat(path)
+            files.append(
+                [os.path.relpath(path, root), status.st_size, status.st_mtime_ns, status.st_ino]
+            )
+    return sorted(files)
 
 
 class CheckedReader:
@@ -219,8 +284,10 @@ def create_output(
     row_chunk: int,
     overwrite: bool = False,
     input_url: str | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> zarr.Group:
-    """Create the output group with ``status: "running"`` and its ``labels`` array.
+    """Create the output group with ``status: "running"`` (and ``attributes``) and its
+    ``labels`` array.
 
     An existing output is replaced only if it is a meanshift output and either
     ``overwrite`` is set or its status is ``failed``. Anything else at that
@@ -254,7 +321,7 @@ def create_output(
         replace = True
     try:
         group = zarr.open_group(url, mode="w" if replace else "w-")
-        group.update_attributes({"status": STATUS_RUNNING})
+        group.update_attributes({**(attributes or {}), "status": STATUS_RUNNING})
         group.create_array(
             "labels", shape=(n_points,), chunks=(row_chunk,), dtype="int32", fill_value=-1
         )

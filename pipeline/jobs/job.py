@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..engine import MeanShiftResult, ProgressCallback, mean_shift
-from ..errors import InvalidRowsError, literal
+from ..errors import InputDataError, InvalidRowsError, OutputError, literal
 from ..io import store
 from ..io.checkpoint import ZarrCheckpoint, resumable
+from ..io.lease import OutputLease
 from ..io.rows import KeptRows, keep_finite_rows
 from ..naming import job_tag
 from ..params import MeanShiftParams
@@ -67,12 +68,26 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def input_attributes(source: store.InputInfo, content: str | None) -> dict[str, Any]:
+    """The input as an output's attributes name it: where, which array, its content."""
+    return {
+        "url": source.url,
+        "array": source.name,
+        "shape": list(source.array.shape),
+        "content": content,
+    }
+
+
 def result_attributes(
-    result: MeanShiftResult, params: MeanShiftParams, source: store.InputInfo, n_points: int
+    result: MeanShiftResult,
+    params: MeanShiftParams,
+    source: store.InputInfo,
+    n_points: int,
+    content: str | None = None,
 ) -> dict[str, Any]:
     """JSON-ready attributes describing a run."""
     return {
-        "input": {"url": source.url, "array": source.name, "shape": list(source.array.shape)},
+        "input": input_attributes(source, content),
         "parameters": params.model_dump(),
         "bandwidth": result.bandwidth,
         "bandwidth_estimated": result.bandwidth_estimated,
@@ -100,11 +115,16 @@ def precision(kernel: str) -> str:
 
 
 def job_fingerprint(
-    source: store.InputInfo, params: MeanShiftParams, drop_invalid_rows: bool = False
+    source: store.InputInfo,
+    params: MeanShiftParams,
+    drop_invalid_rows: bool = False,
+    content: str | None = None,
 ) -> str:
-    """What makes two runs the same job: input, its shape and type, every parameter."""
+    """What makes two runs the same job: the input, its shape, type and content
+    (:func:`.store.content_stamp`), and every parameter."""
     described = {
         "input": [source.url, source.name, list(source.array.shape), str(source.array.dtype)],
+        "content": content,
         "invalid_rows": "drop" if drop_invalid_rows else "refuse",
         "parameters": params.model_dump(mode="json"),
         "version": package_versions()["meanshift-pipeline"],
@@ -126,6 +146,7 @@ class Job:
     output: OutputSpec
     params: MeanShiftParams
     source: store.InputInfo
+    content: str | None  # store.content_stamp of the input when the job was opened
     fingerprint: str
     name: str
     run_id: str | None
@@ -143,9 +164,23 @@ class Job:
     ) -> Job:
         """The job, with its input opened read-only, checked and fingerprinted."""
         source = store.open_points(input.url, input.array, input.storage_options or None)
-        fingerprint = job_fingerprint(source, params, input.drop_invalid_rows)
+        content = store.content_stamp(source)
+        fingerprint = job_fingerprint(source, params, input.drop_invalid_rows, content)
         name = name or default_job_name(output.path)
-        return cls(input, output, params, source, fingerprint, name, run_id, started)
+        return cls(input, output, params, source, content, fingerprint, name, run_id, started)
+
+    def check_input_unchanged(self) -> None:
+        """Refuse a result computed while the input changed (its content stamp moved).
+
+        Raises
+        ------
+        InputDataError
+        """
+        if store.content_stamp(self.source) != self.content:
+            raise InputDataError(
+                f"input {literal(self.input.url)} changed while the job ran; its result is "
+                "not marked complete: run the job again"
+            )
 
 
 def run_job(
@@ -201,13 +236,15 @@ def run_job(
             return dataclasses.replace(done, **given)
     cluster = cluster or ClusterSpec()
     security = spec_security(cluster)  # its files are checked before any output is made
-    group = _open_output(job)
-    try:
-        connection = cluster_client(cluster, security)
-        report = _run(job, group, connection, progress, dashboard, on_cluster_ready)
-    except BaseException as exc:
-        store.mark_failed(group, f"{type(exc).__name__}: {exc}")
-        raise
+    with OutputLease(output.path) as lease:  # one writer per output, from its first write
+        group = _open_output(job)
+        try:
+            connection = cluster_client(cluster, security)
+            report = _run(job, group, connection, progress, dashboard, on_cluster_ready, lease)
+        except BaseException as exc:
+            if lease.lost is None:
+                store.mark_failed(group, f"{type(exc).__name__}: {exc}")
+            raise
     return dataclasses.replace(report, **given)
 
 
@@ -231,8 +268,10 @@ def _run(
     progress: ProgressCallback | None,
     dashboard: bool,
     on_cluster_ready: Callable[[Client], None] | None,
+    lease: OutputLease,
 ) -> JobReport:
-    """Start or reach the cluster, cluster the points, write everything, mark complete."""
+    """Start or reach the cluster, cluster the points, write everything, mark complete
+    (only if the input did not change meanwhile and this run still holds the output)."""
     checkpoint = ZarrCheckpoint(
         group, job.source.row_chunk, job.fingerprint, job.output.checkpoint_every
     )
@@ -252,7 +291,9 @@ def _run(
         timings["write_s"] = time.perf_counter() - clock
         timings["cluster_start_s"] = cluster_start  # includes loading this process's kernels
         timings["pipeline_s"] = time.perf_counter() - job.started - cluster_start
-        attributes = result_attributes(result, job.params, job.source, job.source.array.shape[0])
+        attributes = result_attributes(
+            result, job.params, job.source, job.source.array.shape[0], job.content
+        )
         attributes |= {
             "timings": timings,
             "job": {"name": job.name, "run_id": job.run_id},
@@ -261,6 +302,8 @@ def _run(
             "fingerprint": job.fingerprint,
             "dropped_rows": 0 if kept is None else kept.dropped,
         }
+        job.check_input_unchanged()
+        lease.check()
         checkpoint.clear()
         store.write_summary(group, result.centers, result.sizes, attributes)
         link = client.dashboard_link if dashboard else None
@@ -275,10 +318,39 @@ def _open_output(job: Job) -> Any:
     path = job.output.path
     if not job.output.overwrite and resumable(path, job.fingerprint):
         return store.reopen_output(path)
+    if not job.output.overwrite:
+        _refuse_output_of_other_content(job)
     n = job.source.array.shape[0]
     return store.create_output(
-        path, n, job.source.row_chunk, job.output.overwrite, input_url=job.input.url
+        path,
+        n,
+        job.source.row_chunk,
+        job.output.overwrite,
+        input_url=job.input.url,
+        attributes={"input": input_attributes(job.source, job.content)},
     )
+
+
+def _refuse_output_of_other_content(job: Job) -> None:
+    """Say so when the output holds this input's clusters from before it changed.
+
+    Raises
+    ------
+    OutputError
+    """
+    attributes = store.existing_attributes(job.output.path) or {}
+    before = attributes.get("input") or {}
+    status = attributes.get("status")
+    same_input = [before.get("url"), before.get("array")] == [job.input.url, job.source.name]
+    if status in (None, store.STATUS_FAILED) or not same_input or "content" not in before:
+        return
+    if before["content"] != job.content:
+        raise OutputError(
+            f"output {literal(job.output.path)} (status '{status}') was computed from other "
+            f"content of the input {literal(job.input.url)}, which changed since; pass "
+            "{overwrite} to compute it again",
+            overwrite=True,
+        )
 
 
 def _cluster(
