@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,3 +135,21 @@ class StandingCluster:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+def kill_driver_once(command: list[str], out: str, ready, timeout: float = 120.0) -> dict:
+    """Start ``command`` (a ``meanshift run`` writing ``out``); SIGKILL it and its embedded
+    cluster once ``ready(checkpoint attribute)`` holds. Returns that attribute."""
+    driver = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    meta = os.path.join(out, "zarr.json")
+    deadline, saved = time.monotonic() + timeout, {}
+    while not ready(saved) and time.monotonic() < deadline and driver.poll() is None:
+        try:
+            with open(meta) as handle:
+                saved = json.load(handle)["attributes"].get("checkpoint") or {}
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its embedded cluster, mid-run
+    driver.wait()
+    return saved

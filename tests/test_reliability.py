@@ -13,7 +13,7 @@ from pipeline.engine import mean_shift
 from pipeline.jobs.spec import ClusterSpec, OutputSpec
 from pipeline.params import make_params
 
-from .support import CLI, meanshift, tree_digest
+from .support import CLI, kill_driver_once, meanshift, tree_digest
 
 ONE_WORKER = ClusterSpec(n_workers=1)
 """An embedded cluster of one worker process."""
@@ -270,28 +270,6 @@ def test_a_read_only_folder_is_a_clear_error(chunked_store, tmp_path):
     assert tree_digest(chunked_store) == digest
 
 
-def _kill_driver_once(command: list[str], out: str, ready, timeout: float = 120.0) -> dict:
-    """Start ``command`` (a ``meanshift run`` writing ``out``); SIGKILL it and its embedded
-    cluster once ``ready(checkpoint attribute)`` holds. Returns that attribute."""
-    import json
-    import signal
-    import time
-
-    driver = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
-    meta = os.path.join(out, "zarr.json")
-    deadline, saved = time.monotonic() + timeout, {}
-    while not ready(saved) and time.monotonic() < deadline and driver.poll() is None:
-        try:
-            with open(meta) as handle:
-                saved = json.load(handle)["attributes"].get("checkpoint") or {}
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its embedded cluster, mid-run
-    driver.wait()
-    return saved
-
-
 def test_a_killed_driver_resumes_from_its_last_iteration(tmp_path):
     data = str(tmp_path / "in.zarr")
     generated = meanshift("generate", "-o", data, "--per-cluster", "3000", "--chunk", "3000")
@@ -302,7 +280,7 @@ def test_a_killed_driver_resumes_from_its_last_iteration(tmp_path):
     assert meanshift("run", "-i", data, "-o", reference, *options).returncode == 0
     out = str(tmp_path / "out.zarr")
     command = [*CLI, "run", "-i", data, "-o", out, *options]
-    saved = _kill_driver_once(command, out, lambda state: state.get("iteration", 0) >= 2)
+    saved = kill_driver_once(command, out, lambda state: state.get("iteration", 0) >= 2)
     assert saved.get("iteration", 0) >= 2, "the run ended before two iterations were saved"
     assert zarr.open_group(out, mode="r").attrs["status"] == "running"  # not complete
     again = meanshift("run", "-i", data, "-o", out, *options)  # the same command
@@ -312,6 +290,7 @@ def test_a_killed_driver_resumes_from_its_last_iteration(tmp_path):
     assert b.attrs["resumed_from_iteration"] >= 2  # it did not start from iteration 0
     assert a.attrs["resumed_from_iteration"] == 0
     assert "checkpoint" not in b.attrs and "checkpoint" not in b
+    assert not os.path.exists(out + ".lease")  # the killed run's lease taken over, released
     np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
     np.testing.assert_array_equal(a["centers"][...], b["centers"][...])
     assert a.attrs["n_iter"] == b.attrs["n_iter"]
@@ -329,7 +308,7 @@ def test_a_killed_standard_run_reuses_its_finished_seed_chunks(tmp_path):
     assert meanshift("run", "-i", data, "-o", reference, *options).returncode == 0
     out = str(tmp_path / "out.zarr")
     command = [*CLI, "run", "-i", data, "-o", out, *options]
-    saved = _kill_driver_once(command, out, lambda state: len(state.get("done", [])) >= 2)
+    saved = kill_driver_once(command, out, lambda state: len(state.get("done", [])) >= 2)
     done = len(saved.get("done", []))
     assert saved.get("stage") == "standard" and 2 <= done < len(saved["chunks"]), saved
     assert zarr.open_group(out, mode="r").attrs["status"] == "running"

@@ -1,0 +1,206 @@
+"""Integrity: a changed input never yields a stale result, and one run writes an output.
+
+Real stores on disk, real ``meanshift`` processes and worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.errors import InputDataError, OutputError
+from pipeline.io import lease as lease_module
+from pipeline.io.datasets import write_blobs
+from pipeline.io.lease import OutputLease
+from pipeline.jobs.job import run_job
+from pipeline.jobs.spec import ClusterSpec
+from pipeline.params import make_params
+
+from .support import CLI, kill_driver_once, meanshift, tree_digest
+
+ONE_WORKER = ClusterSpec(n_workers=1)
+QUICK = ["-b", "1.0", "--quiet", "--n-workers", "1"]
+
+
+def generate(path: str, seed: int, per_cluster: int = 500, chunk: int = 300) -> None:
+    """The same shape every time; the content depends on ``seed``."""
+    done = meanshift(
+        "generate",
+        "-o",
+        path,
+        "--clusters",
+        "4",
+        "--per-cluster",
+        str(per_cluster),
+        "--chunk",
+        str(chunk),
+        "--seed",
+        str(seed),
+        "--overwrite",
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def same_result(a: str, b: str) -> None:
+    first, second = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
+    assert first.attrs["status"] == second.attrs["status"] == "complete"
+    np.testing.assert_array_equal(first["labels"][...], second["labels"][...])
+    np.testing.assert_array_equal(first["centers"][...], second["centers"][...])
+
+
+def test_a_complete_output_of_since_changed_input_is_refused_not_reported(tmp_path):
+    data, out = str(tmp_path / "mut.zarr"), str(tmp_path / "o.zarr")
+    generate(data, seed=1)
+    assert meanshift("run", "-i", data, "-o", out, *QUICK).returncode == 0
+    before = tree_digest(out)
+    generate(data, seed=2)  # same shape and dtype, other points
+    data_digest = tree_digest(data)
+    again = meanshift("run", "-i", data, "-o", out, *QUICK)
+    assert again.returncode == 4
+    assert again.stderr.strip().splitlines() == [
+        f"meanshift: error: output {out} (status 'complete') was computed from other content "
+        f"of the input {data}, which changed since; pass --overwrite to compute it again"
+    ]
+    assert tree_digest(out) == before and tree_digest(data) == data_digest
+    assert meanshift("run", "-i", data, "-o", out, *QUICK, "--overwrite").returncode == 0
+    fresh = str(tmp_path / "fresh.zarr")
+    assert meanshift("run", "-i", data, "-o", fresh, *QUICK).returncode == 0
+    same_result(out, fresh)
+    assert tree_digest(data) == data_digest
+
+
+def test_a_killed_run_does_not_resume_onto_changed_input(tmp_path):
+    data, out = str(tmp_path / "mut.zarr"), str(tmp_path / "o.zarr")
+    generate(data, seed=1, per_cluster=3000, chunk=3000)
+    options = ["-b", "1.0", "--kernel", "gaussian", "--blurring", "--method", "exact"]
+    options += ["--tol", "0", "--max-iter", "12", "--quiet", "--n-workers", "1"]
+    command = [*CLI, "run", "-i", data, "-o", out, *options]
+    saved = kill_driver_once(command, out, lambda state: state.get("iteration", 0) >= 2)
+    assert saved.get("iteration", 0) >= 2, "the run ended before two iterations were saved"
+    generate(data, seed=2, per_cluster=3000, chunk=3000)
+    again = meanshift("run", "-i", data, "-o", out, *options)
+    assert again.returncode == 4
+    assert again.stderr.strip().splitlines() == [
+        f"meanshift: error: output {out} (status 'running') was computed from other content "
+        f"of the input {data}, which changed since; pass --overwrite to compute it again"
+    ]
+    assert meanshift("run", "-i", data, "-o", out, *options, "--overwrite").returncode == 0
+    assert zarr.open_group(out, mode="r").attrs["resumed_from_iteration"] == 0
+    fresh = str(tmp_path / "fresh.zarr")
+    assert meanshift("run", "-i", data, "-o", fresh, *options).returncode == 0
+    same_result(out, fresh)
+
+
+def test_input_changed_while_the_job_ran_is_never_marked_complete(tmp_path):
+    data, out = str(tmp_path / "mut.zarr"), str(tmp_path / "o.zarr")
+    write_blobs(data, 4, 500, 1.0, 2, seed=1, chunk=300)
+    params = make_params(kernel="gaussian", bandwidth=1.0, blurring=True, tol=0.0, max_iter=6)
+
+    def change_the_input(done: int, shift: float, moving: int) -> None:
+        if done == 2:
+            write_blobs(data, 4, 500, 1.0, 2, seed=2, chunk=300, overwrite=True)
+
+    with pytest.raises(InputDataError) as raised:
+        run_job(data, out, params, cluster=ONE_WORKER, progress=change_the_input)
+    assert str(raised.value) == (
+        f"input {data} changed while the job ran; its result is not marked complete: "
+        "run the job again"
+    )
+    assert zarr.open_group(out, mode="r").attrs["status"] == "failed"
+    again = run_job(data, out, params, cluster=ONE_WORKER)  # the new content, from the start
+    assert not again.already_complete
+    run_job(data, str(tmp_path / "fresh.zarr"), params, cluster=ONE_WORKER)
+    same_result(out, str(tmp_path / "fresh.zarr"))
+
+
+def test_a_second_run_of_a_busy_output_is_refused_and_the_first_completes(tmp_path):
+    data, out = str(tmp_path / "in.zarr"), str(tmp_path / "o.zarr")
+    generate(data, seed=1)
+    options = ["-b", "1.0", "--kernel", "gaussian", "--blurring", "--tol", "0"]
+    first = subprocess.Popen(
+        [*CLI, "run", "-i", data, "-o", out, *options, "--max-iter", "30", "--quiet"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not os.path.exists(out + ".lease") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    params = make_params(kernel="gaussian", bandwidth=1.0, blurring=True, tol=0.0, max_iter=30)
+    with pytest.raises(OutputError) as raised:  # while the first starts its cluster
+        run_job(data, out, params, cluster=ONE_WORKER)
+    message = str(raised.value)
+    assert message.startswith(
+        f"output {out} is being written by another run (process {first.pid} on "
+        f"{socket.gethostname()}, heartbeat "
+    )
+    assert message.endswith(f"its lease {out}.lease goes stale 60 s after it stops)")
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert zarr.open_group(out, mode="r").attrs["status"] == "complete"
+    assert not os.path.exists(out + ".lease")
+    assert run_job(data, out, params, cluster=ONE_WORKER).already_complete
+
+
+def _lease_record(pid: int, age: float) -> bytes:
+    record = {"token": "other", "host": socket.gethostname(), "pid": pid}
+    return json.dumps(record | {"heartbeat": time.time() - age}).encode()
+
+
+def _ended_process_id() -> int:
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(ended.stdout)
+
+
+@pytest.mark.parametrize(
+    ("holder", "taken_over"),
+    [("live", False), ("silent", True), ("ended process", True), ("unreadable", True)],
+)
+def test_a_lease_is_taken_over_only_when_its_holder_is_gone(tmp_path, holder, taken_over):
+    out = str(tmp_path / "o.zarr")
+    records = {
+        "live": _lease_record(os.getpid(), age=1),
+        "silent": _lease_record(os.getpid(), age=lease_module.STALE_AFTER_S + 1),
+        "ended process": _lease_record(_ended_process_id(), age=1),
+        "unreadable": b"{not json",
+    }
+    with open(out + ".lease", "wb") as handle:
+        handle.write(records[holder])
+    lease = OutputLease(out)
+    if not taken_over:
+        with pytest.raises(OutputError, match="is being written by another run"):
+            lease.acquire()
+        with open(out + ".lease", "rb") as handle:
+            assert handle.read() == records[holder]  # left alone
+        return
+    with lease:
+        with open(out + ".lease") as handle:
+            assert json.load(handle)["token"] == lease.token
+        lease.check()
+    assert not os.path.exists(out + ".lease")
+
+
+def test_a_run_whose_lease_was_taken_does_not_mark_its_output(tmp_path):
+    out = str(tmp_path / "o.zarr")
+    lease = OutputLease(out)
+    lease.acquire()
+    with open(out + ".lease", "wb") as handle:  # another run took it over
+        handle.write(_lease_record(os.getpid(), age=0))
+    with pytest.raises(OutputError) as raised:
+        lease.check()
+    assert str(raised.value) == (
+        f"output {out} is not marked complete: another run took over its lease"
+    )
+    lease.release()
+    assert os.path.exists(out + ".lease")  # the other run's, left in place
