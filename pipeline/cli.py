@@ -11,6 +11,7 @@ from typing import Any, get_args
 import click
 
 from .errors import PipelineError
+from .jobs.spec import MAX_CONNECT_TIMEOUT_S
 from .params import BANDWIDTH_ESTIMATES, MeanShiftParams
 
 
@@ -132,8 +133,8 @@ def _cluster_options() -> list[Any]:
             "--connect-timeout",
             default=30.0,
             show_default=True,
-            type=click.FloatRange(min=0, min_open=True),
-            help="Seconds to wait for --scheduler.",
+            type=click.FloatRange(min=0, min_open=True, max=MAX_CONNECT_TIMEOUT_S),
+            help="Seconds to wait for --scheduler (at most a day).",
         ),
         click.option(
             "--cluster",
@@ -412,11 +413,9 @@ def schedule(locations: tuple[str, ...], state_dir: str, max_parallel: int) -> N
         logger.setLevel(logging.INFO if logger is LOG else logging.WARNING)
         logger.propagate = False
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        serve(list(locations), state_dir, max_parallel, stop)
-    except KeyboardInterrupt:
-        stop.set()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    serve(list(locations), state_dir, max_parallel, stop)
 
 
 @cli.command()
@@ -583,9 +582,37 @@ def option_name(parameter: str, value: Any) -> str:
     return f"--no-{flag[2:]}" if value is False else flag
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM asked the command to stop. It unwinds like ``KeyboardInterrupt``
+    (an unfinished output is marked failed, keeps its saved state and is resumed by the
+    same command), but is not click's to handle."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+STOPPED_BY = {2: "interrupted", 15: "terminated"}
+"""What the one line says for SIGINT and SIGTERM."""
+
+
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    import logging
+
+    # distributed's tasks cancelled mid-flight would log "Task exception was never retrieved"
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``meanshift`` console script."""
+    import signal
+
     warnings.showwarning = _show_warning
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_on_signal)
     try:
         code = cli.main(args=argv, prog_name="meanshift", standalone_mode=False)
     except click.exceptions.Abort:
@@ -604,6 +631,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("meanshift: interrupted", err=True)
         sys.exit(130)
+    except Interrupted as stopped:
+        click.echo(f"meanshift: {STOPPED_BY.get(stopped.signum, 'stopped')}", err=True)
+        sys.exit(128 + stopped.signum)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -132,6 +132,16 @@ MISTAKES = [
         2,
         "not both",
     ),
+    (
+        ["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--n-workers", "100000"],
+        2,
+        "can run: at most",
+    ),
+    (
+        ["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--connect-timeout", "1e10"],
+        2,
+        "not in the range 0<x<=86400",
+    ),
     (["generate", "-o", "{store}", "--overwrite"], 4, "is not generated data"),
     (["demo", "--plot", "{tmp}/no/such/folder/x.png"], 4, "cannot write plot"),
 ]

@@ -204,3 +204,35 @@ def test_a_run_whose_lease_was_taken_does_not_mark_its_output(tmp_path):
     )
     lease.release()
     assert os.path.exists(out + ".lease")  # the other run's, left in place
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "line"), [(15, 143, "terminated"), (2, 130, "interrupted")]
+)
+def test_sigterm_and_sigint_end_in_one_line_and_leave_a_resumable_output(
+    tmp_path, signum, code, line
+):
+    data, out = str(tmp_path / "in.zarr"), str(tmp_path / "o.zarr")
+    generate(data, seed=1, per_cluster=3000, chunk=3000)
+    options = ["-b", "1.0", "--kernel", "gaussian", "--blurring", "--method", "exact"]
+    options += ["--tol", "0", "--max-iter", "12", "--quiet", "--n-workers", "1"]
+    run = subprocess.Popen(
+        [*CLI, "run", "-i", data, "-o", out, *options], stderr=subprocess.PIPE, text=True
+    )
+    deadline, saved = time.monotonic() + 120, {}
+    while saved.get("iteration", 0) < 1 and time.monotonic() < deadline and run.poll() is None:
+        try:
+            with open(os.path.join(out, "zarr.json")) as handle:
+                saved = json.load(handle)["attributes"].get("checkpoint") or {}
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    assert saved.get("iteration", 0) >= 1, "the run ended before an iteration was saved"
+    run.send_signal(signum)
+    assert run.wait(timeout=60) == code
+    assert run.stderr.read().strip().splitlines() == [f"meanshift: {line}"]
+    assert zarr.open_group(out, mode="r").attrs["status"] == "failed"
+    assert not os.path.exists(out + ".lease")
+    again = meanshift("run", "-i", data, "-o", out, *options)
+    assert again.returncode == 0, again.stderr
+    assert zarr.open_group(out, mode="r").attrs["resumed_from_iteration"] >= 1

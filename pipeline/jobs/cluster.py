@@ -77,6 +77,37 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+WORKERS_PER_CORE = 4
+"""Most embedded workers per CPU core."""
+MEMORY_PER_WORKER = 256 * 2**20
+"""Least memory (bytes) an embedded worker process is given."""
+
+
+def most_local_workers() -> int:
+    """The most workers an embedded cluster may start on this machine: ``WORKERS_PER_CORE``
+    per core, and no more than ``MEMORY_PER_WORKER`` each of its memory allow."""
+    import psutil
+
+    by_memory = psutil.virtual_memory().total // MEMORY_PER_WORKER
+    return int(max(1, min(WORKERS_PER_CORE * (os.cpu_count() or 1), by_memory)))
+
+
+def check_local_workers(n_workers: int | None) -> None:
+    """Refuse more embedded workers than this machine can run (before any starts).
+
+    Raises
+    ------
+    ParameterError
+    """
+    most = most_local_workers()
+    if n_workers is not None and n_workers > most:
+        raise ParameterError(
+            f"{{n_workers}} {n_workers} is more than this machine can run: at most {most} "
+            f"({WORKERS_PER_CORE} per CPU core, {MEMORY_PER_WORKER // 2**20} MiB of memory each)",
+            n_workers=None,
+        )
+
+
 @contextlib.contextmanager
 def dask_client(
     scheduler: str | None = None,
@@ -121,6 +152,7 @@ def dask_client(
     workers = default_workers() if n_workers is None else n_workers
     if workers < 1:
         raise ClusterError("the embedded cluster needs at least 1 worker")
+    check_local_workers(workers)
     cluster = start_local_cluster(workers, threads_per_worker, processes)
     try:
         with Client(cluster, set_as_default=True) as client:

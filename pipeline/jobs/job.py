@@ -28,7 +28,7 @@ from ..worker import warm_up
 
 if TYPE_CHECKING:
     from distributed import Client
-from .cluster import cluster_client, spec_security
+from .cluster import check_local_workers, cluster_client, spec_security
 from .spec import ClusterSpec, InputSpec, OutputSpec
 
 
@@ -236,6 +236,8 @@ def run_job(
             return dataclasses.replace(done, **given)
     cluster = cluster or ClusterSpec()
     security = spec_security(cluster)  # its files are checked before any output is made
+    if cluster.kind == "local":
+        check_local_workers(cluster.n_workers)
     with OutputLease(output.path) as lease:  # one writer per output, from its first write
         group = _open_output(job)
         try:

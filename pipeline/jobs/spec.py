@@ -60,6 +60,10 @@ class TLSSpec(_Strict):
     key: str | None = None
 
 
+MAX_CONNECT_TIMEOUT_S = 86_400.0
+"""The longest wait for a scheduler: a day."""
+
+
 class ClusterSpec(_Strict):
     """Where the job runs: an embedded cluster (CPU or one worker per GPU) or a scheduler.
 
@@ -70,7 +74,7 @@ class ClusterSpec(_Strict):
     n_workers: int | None = Field(default=None, ge=1)
     scheduler: str | None = None
     tls: TLSSpec | None = None
-    connect_timeout: float = Field(default=30.0, gt=0)
+    connect_timeout: float = Field(default=30.0, gt=0, le=MAX_CONNECT_TIMEOUT_S)
 
     @model_validator(mode="before")
     @classmethod
