@@ -10,7 +10,7 @@ from typing import Any, get_args
 
 import click
 
-from .errors import PipelineError
+from .errors import ParameterError, PipelineError, literal
 from .jobs.spec import MAX_CONNECT_TIMEOUT_S
 from .params import BANDWIDTH_ESTIMATES, MeanShiftParams
 
@@ -431,8 +431,10 @@ def history(state_dir: str, name: str | None, limit: int, as_json: bool) -> None
     from .jobs.schedule import STATE_FILE, History
 
     path = os.path.join(state_dir, STATE_FILE)
-    if not os.path.exists(path):
-        raise click.ClickException(f"no schedule state in {state_dir}")
+    if not os.path.isfile(path):
+        raise ParameterError(
+            f"no schedule state in {literal(state_dir)} ({{state_dir}})", state_dir=None
+        )
     runs = History(path).runs(name, limit)
     for entry in runs:
         if as_json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -20,12 +21,12 @@ from pipeline.jobs.spec import parse_run_id
 from .support import CLI
 
 
-def write_spec(folder, name, cron, input_url, **schedule):
+def write_spec(folder, name, cron, input_url, cluster=None, **schedule):
     spec = {
         "name": name,
         "input": {"url": input_url},
         "params": {"bandwidth": 2.5, "kernel": "gaussian", "blurring": True},
-        "cluster": {"kind": "local", "n_workers": 1},
+        "cluster": cluster or {"kind": "local", "n_workers": 1},
         "output": {"path": f"out/{name}-{{run_id}}.zarr"},
         "schedule": {"cron": cron, **schedule},
     }
@@ -71,12 +72,17 @@ def test_schedule_fires_retries_and_keeps_history(workdir, seed_data):
     write_spec(
         specs, "broken", "*/3 * * * * *", "/nonexistent/points.zarr", retries=1, retry_delay_s=1
     )
+    unreachable = {"scheduler": "tcp://127.0.0.1:9", "connect_timeout": 1}
+    write_spec(
+        specs, "unreachable", "*/3 * * * * *", store, unreachable, retries=1, retry_delay_s=1
+    )
     process, log = start_scheduler(specs, state)
     try:
         history_file = os.path.join(state, STATE_FILE)
         history = wait_for(lambda: os.path.exists(history_file) and History(history_file))
         good = wait_for(lambda: [r for r in history.runs("every3s") if r.status == "complete"])
-        retried = wait_for(lambda: [r for r in history.runs("broken") if r.attempt == 2])
+        retried = wait_for(lambda: [r for r in history.runs("unreachable") if r.attempt == 2])
+        wait_for(lambda: [r for r in history.runs("broken") if r.status == "failed"])
     finally:
         assert stop_scheduler(process, log) == 0
     run = good[-1]
@@ -85,16 +91,22 @@ def test_schedule_fires_retries_and_keeps_history(workdir, seed_data):
     assert result.attrs["job"] == {"name": "every3s", "run_id": run.run_id}
     assert adjusted_rand_score(seed_data[1], result["labels"][...]) >= 0.99
     assert parse_run_id(run.run_id).second % 3 == 0  # the run id is the scheduled time
-    # the broken job failed with the input error, was retried once, and the retry failed too
-    failed = [r for r in history.runs("broken") if r.status == "failed"]
+    # the unreachable cluster (exit 5) was retried once, and the retry failed too
+    failed = [r for r in history.runs("unreachable") if r.status == "failed"]
     assert {r.attempt for r in failed} >= {1, 2} and retried
-    assert "input not found" in failed[0].error
-    # structured log lines
+    assert "cannot reach" in failed[0].error
+    # the missing input (exit 3) fails the same way on every retry: none is made
+    broken = history.runs("broken")
+    assert {r.attempt for r in broken} == {1} and "input not found" in broken[0].error
+    # structured log lines, nothing else
     with open(state + ".log") as handle:
-        events = [json.loads(line)["event"] for line in handle if line.startswith("{")]
+        entries = [json.loads(line) for line in handle]
+    events = [entry["event"] for entry in entries]
     assert {"job_scheduled", "run_started", "run_complete", "run_failed", "retry_scheduled"} <= set(
         events
     )
+    skipped = [e for e in entries if e["event"] == "retry_skipped"]
+    assert skipped and {e["job"] for e in skipped} == {"broken"} and skipped[0]["exit_code"] == 3
     assert events[-1] == "scheduler_stopped"
     # the history command lists the runs
     listed = subprocess.run(
@@ -135,3 +147,54 @@ def test_a_run_missed_while_the_scheduler_was_down_runs_once_on_restart(workdir)
     # after the restart would carry a later id
     assert parse_run_id(again.run_id) < restarted
     assert len({r.run_id for r in history.runs()}) == 2
+
+
+@pytest.mark.parametrize(
+    ("command", "state", "code", "message"),
+    [
+        ("history", "garbage", 3, "is not usable (file is not a database); move it away"),
+        ("schedule", "garbage", 3, "is not usable (file is not a database); move it away"),
+        ("history", "missing", 2, "no schedule state in {state} (--state-dir)"),
+        ("history", "folder", 2, "no schedule state in {state} (--state-dir)"),
+        ("schedule", "file", 3, "cannot use {state} as the schedule's state folder: File exists"),
+    ],
+)
+def test_unusable_schedule_state_is_one_line(workdir, command, state, code, message):
+    specs, folder, store = workdir
+    write_spec(specs, "every3s", "*/3 * * * * *", store)
+    if state == "garbage":
+        os.makedirs(folder)
+        with open(os.path.join(folder, STATE_FILE), "w") as handle:
+            handle.write("not a database")
+    elif state == "folder":
+        os.makedirs(os.path.join(folder, STATE_FILE))
+    elif state == "file":
+        with open(folder, "w") as handle:
+            handle.write("a file")
+    arguments = [specs] if command == "schedule" else []
+    done = subprocess.run(
+        [*CLI, command, *arguments, "--state-dir", folder], capture_output=True, text=True
+    )
+    assert done.returncode == code
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message.format(state=folder) in lines[0], done.stderr
+
+
+def test_the_scheduler_stops_in_one_line_when_its_state_folder_is_removed(workdir):
+    specs, state, store = workdir
+    write_spec(specs, "hourly", "0 * * * *", store)
+    process, log = start_scheduler(specs, state)
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(state, STATE_FILE)))
+        shutil.rmtree(state)
+        assert process.wait(timeout=60) == 3
+    finally:
+        if process.poll() is None:
+            stop_scheduler(process, log)
+        log.close()
+    with open(state + ".log") as handle:
+        last = handle.read().strip().splitlines()[-1]
+    assert last == (
+        f"meanshift: error: schedule state {os.path.abspath(state)}/{STATE_FILE} was removed "
+        "while the scheduler ran; stopped (start it again to begin a new history)"
+    )

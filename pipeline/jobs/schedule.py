@@ -21,6 +21,7 @@ Policies
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import glob
 import json
@@ -32,10 +33,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ParameterError
+from ..errors import InputDataError, ParameterError, first_line, literal
 from .spec import WorkflowSpec, cron_trigger, load_spec, make_run_id
 
 LOG = logging.getLogger("meanshift.schedule")
@@ -90,8 +92,23 @@ class History:
                 " output TEXT, error TEXT, spec TEXT, PRIMARY KEY (name, run_id, attempt))"
             )
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A transaction on the state file; its failures as one line.
+
+        Raises
+        ------
+        InputDataError
+            The state file is not a database, or cannot be opened or written.
+        """
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as db, db:
+                yield db
+        except sqlite3.Error as exc:
+            raise InputDataError(
+                f"schedule state {literal(self.path)} is not usable ({first_line(exc)}); "
+                "move it away to start a new history"
+            ) from None
 
     def record(self, run: Run) -> None:
         with self._lock, self._connect() as db:
@@ -125,7 +142,19 @@ class History:
 
 
 def state_path(state_dir: str) -> str:
-    os.makedirs(state_dir, exist_ok=True)
+    """The state file in ``state_dir`` (created if missing).
+
+    Raises
+    ------
+    InputDataError
+        ``state_dir`` cannot be a folder (a file is in the way, no permission).
+    """
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+    except OSError as exc:
+        raise InputDataError(
+            f"cannot use {literal(state_dir)} as the schedule's state folder: {exc.strerror or exc}"
+        ) from None
     return os.path.join(os.path.abspath(state_dir), STATE_FILE)
 
 
@@ -202,9 +231,22 @@ def run_scheduled(spec_file: str, state: str, run_id: str | None = None, attempt
         duration_s=run.duration_s,
     )
     assert spec.schedule is not None
+    if done.returncode in PERMANENT_EXIT_CODES:
+        log_event(
+            "retry_skipped",
+            job=spec.name,
+            run_id=run_id,
+            exit_code=done.returncode,
+            reason="the same spec and input fail the same way again",
+        )
+        return
     if attempt <= spec.schedule.retries:
         when = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=spec.schedule.retry_delay_s)
         _retries.put((spec.name, spec_file, state, run_id, attempt + 1, when))
+
+
+PERMANENT_EXIT_CODES = frozenset({2, 3, 4})
+"""Exit codes of failures a retry cannot mend: parameters, input data, output (errors.py)."""
 
 
 def _run_in_child(spec_file: str, run_id: str, run: Run) -> subprocess.CompletedProcess:
@@ -353,6 +395,11 @@ def serve(
         stop = stop or threading.Event()
         while not stop.wait(0.2):
             _add_retries(scheduler)
+            if not os.path.exists(state):
+                raise InputDataError(
+                    f"schedule state {literal(state)} was removed while the scheduler ran; "
+                    "stopped (start it again to begin a new history)"
+                )
         _add_retries(scheduler)
     finally:
         log_event("scheduler_stopping")
