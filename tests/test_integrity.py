@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -236,3 +237,39 @@ def test_sigterm_and_sigint_end_in_one_line_and_leave_a_resumable_output(
     again = meanshift("run", "-i", data, "-o", out, *options)
     assert again.returncode == 0, again.stderr
     assert zarr.open_group(out, mode="r").attrs["resumed_from_iteration"] >= 1
+
+
+def _damage(out: str, how: str) -> str:
+    if how == "sizes deleted":
+        shutil.rmtree(os.path.join(out, "sizes"))
+        return "no array 'sizes'"
+    chunk = os.path.join(out, "labels", "c", "1")
+    if how == "label chunk garbage":
+        with open(chunk, "wb") as handle:
+            handle.write(b"garbage")
+        return "unreadable: "
+    if how == "label chunk missing":
+        os.remove(chunk)
+        return "'labels' misses 1 chunk(s)"
+    labels = zarr.open_group(out, mode="r+")["labels"]
+    labels[:10] = labels[10:20]  # valid numbers, other counts
+    return "the labels do not add up to the cluster sizes"
+
+
+@pytest.mark.parametrize(
+    "how", ["sizes deleted", "label chunk garbage", "label chunk missing", "labels changed"]
+)
+def test_a_damaged_complete_output_is_never_trusted(tmp_path, how):
+    data, out = str(tmp_path / "in.zarr"), str(tmp_path / "o.zarr")
+    generate(data, seed=1)
+    assert meanshift("run", "-i", data, "-o", out, *QUICK).returncode == 0
+    problem = _damage(out, how)
+    for command in (["report", out], ["run", "-i", data, "-o", out, *QUICK]):
+        done = meanshift(*command)
+        assert done.returncode == 4, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in done.stderr
+        assert lines[0].startswith(f"meanshift: error: output {out} is marked complete but damaged")
+        assert problem in lines[0] and lines[0].endswith("; run its job again with --overwrite")
+    assert meanshift("run", "-i", data, "-o", out, *QUICK, "--overwrite").returncode == 0
+    assert meanshift("report", out).returncode == 0

@@ -424,7 +424,51 @@ def open_result(url: str) -> zarr.Group:
     status = group.attrs.get("status")
     if status != STATUS_COMPLETE:
         raise InputDataError(f"output {url} is not complete (status: {status})")
+    problem = damage(group)
+    if problem is not None:
+        raise OutputError(
+            f"output {literal(url)} is marked complete but damaged ({problem}); "
+            "run its job again with {overwrite}",
+            overwrite=True,
+        )
     return group
+
+
+def damage(group: zarr.Group) -> str | None:
+    """What is wrong with a complete output's arrays, or None if nothing is.
+
+    Every array the attributes promise must be there with its shape, with every chunk
+    present; the labels are read whole (chunk by chunk): each in ``[-1, k)``, and the
+    counts per cluster equal to ``sizes``.
+    """
+    n, k = int(group.attrs.get("n_points", -1)), int(group.attrs.get("n_clusters", -1))
+    d = int(((group.attrs.get("input") or {}).get("shape") or [0, -1])[1])
+    expected = {"labels": (n,), "centers": (k, d), "sizes": (k,)}
+    if "modes" in group:
+        expected["modes"] = (n, d)
+    for name, shape in expected.items():
+        if name not in group.array_keys():
+            return f"no array '{name}'"
+        array = group[name]
+        if tuple(array.shape) != shape:
+            return f"'{name}' has shape {tuple(array.shape)}, not {shape}"
+        if array.nchunks_initialized < array.nchunks and array.size:
+            return f"'{name}' misses {array.nchunks - array.nchunks_initialized} chunk(s)"
+    try:
+        sizes = np.asarray(group["sizes"][...])
+        counts = np.zeros(k, dtype=np.int64)
+        labels = group["labels"]
+        step = labels.chunks[0] * max(1, 2**22 // labels.chunks[0])
+        for start in range(0, n, step):
+            block = np.asarray(labels[start : start + step])
+            if block.size and (block.min() < -1 or block.max() >= k):
+                return f"labels outside -1..{k - 1} in rows {start}-{start + len(block) - 1}"
+            counts += np.bincount(block[block >= 0], minlength=k)
+    except Exception as exc:  # an undecodable chunk: codec errors come in many types
+        return f"unreadable: {first_line(exc)}"
+    if not np.array_equal(counts, sizes):
+        return "the labels do not add up to the cluster sizes"
+    return None
 
 
 def reopen_output(url: str) -> zarr.Group:
