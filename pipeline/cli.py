@@ -601,18 +601,18 @@ STOPPED_BY = {2: "interrupted", 15: "terminated"}
 
 
 def _stop_on_signal(signum: int, frame: Any) -> None:
-    import logging
-
-    # distributed's tasks cancelled mid-flight would log "Task exception was never retrieved"
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     raise Interrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``meanshift`` console script."""
+    import logging
     import signal
 
     warnings.showwarning = _show_warning
+    # tasks cut short by an error or a signal (Dask's, Zarr's reads) would be logged as
+    # "Task was destroyed but it is pending" or "Task exception was never retrieved"
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop_on_signal)
     try:

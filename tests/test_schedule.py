@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -185,7 +186,7 @@ def test_the_scheduler_stops_in_one_line_when_its_state_folder_is_removed(workdi
     write_spec(specs, "hourly", "0 * * * *", store)
     process, log = start_scheduler(specs, state)
     try:
-        wait_for(lambda: os.path.exists(os.path.join(state, STATE_FILE)))
+        wait_for(lambda: "job_scheduled" in pathlib.Path(state + ".log").read_text())
         shutil.rmtree(state)
         assert process.wait(timeout=60) == 3
     finally:

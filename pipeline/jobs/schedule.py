@@ -373,6 +373,20 @@ def _drop_retries() -> None:
         log_event("retry_dropped", logging.WARNING, job=name, run_id=run_id, attempt=attempt)
 
 
+def _check_state(state: str) -> None:
+    """Refuse to go on without the state file.
+
+    Raises
+    ------
+    InputDataError
+    """
+    if not os.path.exists(state):
+        raise InputDataError(
+            f"schedule state {literal(state)} was removed while the scheduler ran; "
+            "stopped (start it again to begin a new history)"
+        )
+
+
 def serve(
     locations: list[str], state_dir: str, max_parallel: int = 2, stop: threading.Event | None = None
 ) -> None:
@@ -395,12 +409,11 @@ def serve(
         stop = stop or threading.Event()
         while not stop.wait(0.2):
             _add_retries(scheduler)
-            if not os.path.exists(state):
-                raise InputDataError(
-                    f"schedule state {literal(state)} was removed while the scheduler ran; "
-                    "stopped (start it again to begin a new history)"
-                )
+            _check_state(state)
         _add_retries(scheduler)
+    except Exception:
+        _check_state(state)  # the state's removal, not what it caused, is the reason
+        raise
     finally:
         log_event("scheduler_stopping")
         scheduler.shutdown(wait=True)  # lets running runs finish
