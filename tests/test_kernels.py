@@ -275,3 +275,16 @@ def test_compiled_grid_redoes_queries_that_only_see_floored_weights():
     expected, expected_density = grid.shift_by_neighbourhood(queries)
     np.testing.assert_allclose(shifted, expected, atol=1e-6)
     assert shifted[0, 0] < 1.0  # towards the nearer blob A, not to the middle of both
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "epanechnikov", "flat"])
+@pytest.mark.parametrize("method", ["exact", "grid"])
+def test_a_bandwidth_far_beyond_the_data_gives_one_cluster_at_the_mean(kernel, method):
+    from pipeline import MeanShift
+
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(30, 1, (100, 2))])
+    for bandwidth in (1e40, 1e50, 1e300):  # float32 bandwidth units underflow from ~1e45 on
+        fitted = MeanShift(bandwidth=bandwidth, kernel=kernel, method=method).fit(points)
+        assert len(fitted.cluster_centers_) == 1 and set(fitted.labels_) == {0}
+        np.testing.assert_allclose(fitted.cluster_centers_[0], points.mean(axis=0), rtol=1e-9)

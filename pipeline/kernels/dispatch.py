@@ -32,6 +32,24 @@ array path)."""
 COMPILED_MAX_COORDINATE = 150.0
 """Largest coordinate magnitude (bandwidths) the float32 compiled path takes (error <= 1e-5)."""
 
+COMPILED_MIN_COORDINATE = 1e-30
+"""A point set whose every coordinate is smaller than this (bandwidths: a bandwidth 1e30
+times the data's extent) takes the float64 path: in float32 its coordinates and their
+differences would underflow to 0."""
+
+
+def float32_resolves(largest: float) -> bool:
+    """Whether float32 coordinates (the compiled and GPU Gaussian and Epanechnikov kernels)
+    resolve a point set whose largest coordinate magnitude is ``largest`` bandwidths."""
+    return largest <= COMPILED_MAX_COORDINATE and float32_differences_resolve(largest)
+
+
+def float32_differences_resolve(largest: float) -> bool:
+    """Whether float32 differences of coordinates (taken in float64, then rounded: the grid's
+    span kernel) resolve a point set whose largest coordinate magnitude is ``largest``."""
+    return largest == 0.0 or largest >= COMPILED_MIN_COORDINATE
+
+
 GPU_DENSE_MAX_POINTS = 2**15
 """Grid sets up to this size meet every point on a GPU (the fused kernel, at most 2^15
 pair evaluations per query: little for the grid kernel to save); larger ones take the
@@ -71,7 +89,7 @@ def use_compiled(
         return True
     if points_largest is None:
         points_largest = largest_coordinate(points)
-    return max(largest_coordinate(queries), points_largest) <= COMPILED_MAX_COORDINATE
+    return float32_resolves(max(largest_coordinate(queries), points_largest))
 
 
 def on_gpu(xp: ModuleType) -> bool:
@@ -181,7 +199,7 @@ def grid_route_on_gpu(
     n, d = shape
     if not gpu.grid_route(d, kernel):
         return "dense" if n <= GPU_DENSE_MAX_POINTS else "cells"
-    whole = kernel == "flat" or largest() <= COMPILED_MAX_COORDINATE
+    whole = kernel == "flat" or float32_resolves(largest())
     if whole and (n <= GPU_DENSE_MAX_POINTS or mean_neighbourhood() * GPU_GRID_GAIN >= n):
         return "dense"
     return "grid"
@@ -202,5 +220,5 @@ def grid_route_on_cpu(
     neighbour cells. ``largest`` and ``mean_neighbourhood`` are asked only when needed.
     """
     n = shape[0]
-    whole = kernel == "flat" or largest() <= COMPILED_MAX_COORDINATE
+    whole = kernel == "flat" or float32_resolves(largest())
     return "dense" if whole and mean_neighbourhood() * CPU_GRID_GAIN >= n else "grid"

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .array import row_major_strides
-from .dispatch import COMPILED_MAX_COORDINATE, GAUSSIAN_SCALE, KERNELS
+from .dispatch import GAUSSIAN_SCALE, KERNELS, float32_resolves
 
 THREADS = 256
 """Threads (queries) per block, and points per shared-memory tile."""
@@ -578,8 +578,8 @@ def pack(
     if largest is None:
         largest = float(cupy.abs(points).max()) if points.size else 0.0
     chosen = route(d, kernel)
-    if kernel != "flat" and largest > COMPILED_MAX_COORDINATE:
-        chosen = "array"  # float32 would lose more than 1e-5 bandwidths
+    if kernel != "flat" and not float32_resolves(largest):
+        chosen = "array"  # float32 would lose more than 1e-5 bandwidths, or underflow
     scale = GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
     total = float(n if weights is None else weights.sum())
     coords = point_weights = None
@@ -690,7 +690,7 @@ def shift(
         return array_shift(queries)
     if packed.kernel != "flat":
         largest = float(cupy.abs(queries).max())
-        if largest > COMPILED_MAX_COORDINATE:
+        if not float32_resolves(max(largest, packed.largest)):
             return array_shift(queries)
     if packed.route == "fused":
         shifted, density = fused_shift(queries, packed, block_bytes)

@@ -20,6 +20,7 @@ from .array import kernel_radius, largest_coordinate, row_major_strides
 from .dispatch import (
     GAUSSIAN_SCALE,
     compiled_available,
+    float32_differences_resolve,
     grid_route_on_cpu,
     grid_route_on_gpu,
     on_gpu,
@@ -159,7 +160,11 @@ class GridPointSet(_OnDevice):
         offsets = np.array(list(itertools.product((-1, 0, 1), repeat=n_dims)), dtype=np.int64)
         self.offsets = xp.asarray(offsets @ strides)
         self._columns: Any = None  # the compiled kernel's layout (NumPy)
-        if compiled_available(kernel, xp) and len(self.points):
+        if (
+            compiled_available(kernel, xp)
+            and len(self.points)
+            and (kernel == "flat" or float32_differences_resolve(largest_coordinate(points)))
+        ):
             from . import compiled
 
             scale = GAUSSIAN_SCALE if kernel == "gaussian" else 1.0
@@ -345,9 +350,12 @@ class GridPointSet(_OnDevice):
             index = xp.concatenate([xp.arange(a, b) for a, b in spans])
             block_rows = rows[start:stop]
             local = queries[block_rows]
-            centre = xp.floor(local[0] / self.radius) * self.radius
+            # neighbourhood coordinates stay small (float32-safe) around the cell's corner,
+            # except next to the origin, where the corner would round tiny coordinates away
+            corner = xp.floor(local[0] / self.radius) * self.radius
+            centre = xp.where(xp.abs(corner) <= self.radius, 0.0, corner)
             moved, dens = shift_points(
-                local - centre,  # neighbourhood coordinates stay small: float32-safe
+                local - centre,
                 self.points[index] - centre,
                 None if self.weights is None else self.weights[index],
                 self.kernel,
