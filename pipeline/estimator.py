@@ -162,9 +162,9 @@ class MeanShift(ClusterMixin, BaseEstimator):
                 )
             return X, None, False
         module = "cupy" if namespace_of(X).__name__ == "cupy" else None
-        array = validate_data(
-            self, to_host(X) if module else X, dtype=[np.float64, np.float32], reset=reset
-        )
+        # 64-bit integers go to the engine as they are: it refuses those that float64 rounds
+        kinds = [np.float64, np.float32, np.int64, np.uint64]
+        array = validate_data(self, to_host(X) if module else X, dtype=kinds, reset=reset)
         if self._on_cluster:
             array = da.from_array(array, chunks=(rows_per_chunk(len(array)), array.shape[1]))
         return array, module, True

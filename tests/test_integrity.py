@@ -273,3 +273,25 @@ def test_a_damaged_complete_output_is_never_trusted(tmp_path, how):
         assert problem in lines[0] and lines[0].endswith("; run its job again with --overwrite")
     assert meanshift("run", "-i", data, "-o", out, *QUICK, "--overwrite").returncode == 0
     assert meanshift("report", out).returncode == 0
+
+
+@pytest.mark.parametrize(("base", "clusters"), [(2**40, 4), (2**62, None)])
+def test_64_bit_integer_coordinates_are_exact_or_refused(tmp_path, base, clusters):
+    rng = np.random.default_rng(0)
+    offsets = np.concatenate([rng.integers(0, 3, (50, 2)) + k * 100 for k in range(4)])
+    data, out = str(tmp_path / "ints.zarr"), str(tmp_path / "o.zarr")
+    group = zarr.open_group(data, mode="w")
+    group.create_array("points", data=(np.int64(base) + offsets).astype(np.int64), chunks=(50, 2))
+    digest = tree_digest(data)
+    done = meanshift("run", "-i", data, "-o", out, *QUICK[2:], "-b", "3")
+    assert tree_digest(data) == digest
+    if clusters is not None:
+        assert done.returncode == 0, done.stderr
+        assert zarr.open_group(out, mode="r").attrs["n_clusters"] == clusters
+        return
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines() == [
+        "meanshift: error: integer coordinates up to 4.612e+18 are resolved to 1024 in float64, "
+        "too coarse for bandwidth 3: subtract an offset (such as each column's minimum) first"
+    ]
+    assert zarr.open_group(out, mode="r").attrs["status"] == "failed"

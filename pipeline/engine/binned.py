@@ -25,7 +25,13 @@ from ..params import EXACT_MAX_POINTS, GRID_MAX_DIMS, MeanShiftParams
 from . import graph, tasks
 from .executors import DaskExecutor, ThreadExecutor
 from .finish import number_clusters
-from .prepare import check_seeds, check_span, check_weights, resolve_bandwidth
+from .prepare import (
+    check_integer_resolution,
+    check_seeds,
+    check_span,
+    check_weights,
+    resolve_bandwidth,
+)
 from .records import Checkpoint, MeanShiftResult, ProgressCallback
 from .run import Stopwatch, run_stages
 
@@ -273,6 +279,8 @@ def binned(
         cell = params.bin_fraction * bandwidth
         cells, resumed = _cells(points, weights, cell, executor.backend, checkpoint)
         low, high = cells["low"], cells["high"]
+        largest = float(max(np.max(np.abs(low)), np.max(np.abs(high))))
+        check_integer_resolution(largest, points.dtype, bandwidth)
         check_span(float(np.max(high / 2 - low / 2)) * 2, bandwidth)
         table = CellTable.build(cells["keys"], cell)
     seeds = check_seeds(seeds, points.shape[1], params)

@@ -83,6 +83,23 @@ def resolve_bandwidth(
     return 1.0, True
 
 
+def check_integer_resolution(largest: float, dtype: Any, bandwidth: float) -> None:
+    """Refuse integer coordinates (of magnitude up to ``largest``) that float64 rounds (beyond
+    2^53) by more than ``INTEGER_RESOLUTION`` bandwidths."""
+    spacing = float(np.spacing(np.float64(largest)))
+    if np.issubdtype(dtype, np.integer) and spacing > max(1.0, INTEGER_RESOLUTION * bandwidth):
+        raise InputDataError(
+            f"integer coordinates up to {largest:.4g} are resolved to {spacing:g} in float64, "
+            f"too coarse for bandwidth {bandwidth:g}: subtract an offset (such as each "
+            "column's minimum) first"
+        )
+
+
+INTEGER_RESOLUTION = 1e-3
+"""Integer coordinates are refused where float64 resolves them worse than this many
+bandwidths (int64/uint64 beyond 2^53)."""
+
+
 def check_span(span: float, bandwidth: float) -> None:
     """Refuse a bandwidth too small for float64 coordinates over the data's extent."""
     ratio = span / bandwidth

@@ -16,7 +16,13 @@ import numpy as np
 from ..params import MeanShiftParams
 from . import finish, iterate
 from .executors import Executor
-from .prepare import check_seeds, check_span, resolve_bandwidth, seeds_in_data_units
+from .prepare import (
+    check_integer_resolution,
+    check_seeds,
+    check_span,
+    resolve_bandwidth,
+    seeds_in_data_units,
+)
 from .records import Checkpoint, MeanShiftResult, Prepared, ProgressCallback, Shifted
 
 
@@ -55,6 +61,8 @@ def run_stages(
         data = executor.prepare(points, weights)
         seeds = check_seeds(seeds, data.points.shape[1], params)
         bandwidth, estimated = resolve_bandwidth(data.points, params, executor.in_process)
+        largest = float(np.max(np.abs(data.origin))) + data.span / 2
+        check_integer_resolution(largest, points.dtype, bandwidth)
         if bandwidth == 0:
             return finish.distinct_points(data, seeds, params, executor.backend, dict(timings))
         check_span(data.span, bandwidth)
