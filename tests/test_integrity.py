@@ -295,3 +295,18 @@ def test_64_bit_integer_coordinates_are_exact_or_refused(tmp_path, base, cluster
         "too coarse for bandwidth 3: subtract an offset (such as each column's minimum) first"
     ]
     assert zarr.open_group(out, mode="r").attrs["status"] == "failed"
+
+
+@pytest.mark.timeout(180)  # quadratic labelling took minutes here
+def test_a_tiny_bandwidth_on_many_points_ends_with_a_cluster_per_point(tmp_path):
+    data, out = str(tmp_path / "many.zarr"), str(tmp_path / "o.zarr")
+    generate(data, seed=1, per_cluster=25_000, chunk=25_000)
+    done = meanshift("run", "-i", data, "-o", out, "-b", "1e-4", "--quiet", "--n-workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "meanshift: warning: 100000 clusters for 100000 points: the bandwidth 0.0001 is "
+        "probably too small"
+    ]
+    result = zarr.open_group(out, mode="r")
+    assert result.attrs["n_clusters"] == 100_000
+    assert sorted(result["labels"][...]) == list(range(100_000))

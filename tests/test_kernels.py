@@ -288,3 +288,19 @@ def test_a_bandwidth_far_beyond_the_data_gives_one_cluster_at_the_mean(kernel, m
         fitted = MeanShift(bandwidth=bandwidth, kernel=kernel, method=method).fit(points)
         assert len(fitted.cluster_centers_) == 1 and set(fitted.labels_) == {0}
         np.testing.assert_allclose(fitted.cluster_centers_[0], points.mean(axis=0), rtol=1e-9)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 5])
+def test_nearest_through_the_tree_is_the_nearest_of_every_centre(dims, monkeypatch):
+    from pipeline.kernels import array
+
+    rng = np.random.default_rng(dims)
+    centers = np.round(rng.normal(0, 3, (600, dims)), 1)
+    centers[300:310] = centers[:10]  # tied centres: the lower index wins
+    queries = np.concatenate([rng.normal(0, 3, (3000, dims)), centers[:50], centers[:5] + 0.05])
+    by_tree = nearest(queries, centers, np, 2**24)
+    monkeypatch.setattr(array, "TREE_MIN_CENTERS", 10**9)
+    against_all = nearest(queries, centers, np, 2**24)
+    np.testing.assert_array_equal(by_tree[0], against_all[0])
+    np.testing.assert_array_equal(by_tree[1], against_all[1])
+    assert by_tree[0][3000:3010].max() < 300

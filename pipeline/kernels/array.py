@@ -122,11 +122,22 @@ def blocked_shift(
     return shifted, density
 
 
+TREE_MIN_CENTERS = 128
+"""From this many centres (and up to ``DIRECT_MAX_DIMS`` dimensions), NumPy queries find
+their nearest centre through a k-d tree rather than against every centre: O(log k) each."""
+
+TREE_CANDIDATES = 4
+"""Nearest centres the tree proposes per query; the nearest of them is decided by the same
+squared distances as the search against every centre."""
+
+
 def nearest(queries: Any, centers: Any, xp: ModuleType, block_bytes: int) -> tuple[Any, Any]:
     """Index of the nearest centre for each query and the squared distance to it.
 
     Ties go to the lower index.
     """
+    if xp is np and len(centers) >= TREE_MIN_CENTERS and queries.shape[1] <= DIRECT_MAX_DIMS:
+        return _nearest_by_tree(queries, centers)
     n_queries = queries.shape[0]
     index = xp.empty(n_queries, dtype=xp.int64)
     dist2 = xp.empty(n_queries, dtype=queries.dtype)
@@ -137,6 +148,33 @@ def nearest(queries: Any, centers: Any, xp: ModuleType, block_bytes: int) -> tup
         index[start : start + step] = best
         dist2[start : start + step] = xp.take_along_axis(d2, best[:, None], axis=1)[:, 0]
     return index, dist2
+
+
+def _nearest_by_tree(queries: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nearest` through scipy's k-d tree: its ``TREE_CANDIDATES`` nearest centres,
+    compared by :func:`squared_distances`' sums (ties to the lower index)."""
+    from scipy.spatial import cKDTree
+
+    k = min(TREE_CANDIDATES, len(centers))
+    _, candidates = cKDTree(centers).query(queries, k=k)
+    candidates = candidates.reshape(len(queries), k)
+    d2 = np.zeros(candidates.shape, dtype=queries.dtype)
+    for j in range(queries.shape[1]):
+        diff = centers[candidates, j] - queries[:, j, None]
+        diff *= diff
+        d2 += diff
+    best = np.lexsort((candidates, d2), axis=-1)[:, :1]
+    index = np.take_along_axis(candidates, best, axis=1)[:, 0].astype(np.int64)
+    distance2 = np.take_along_axis(d2, best, axis=1)[:, 0]
+    crowded = np.flatnonzero(d2.max(axis=1) <= distance2)  # more ties than candidates
+    if len(crowded) and k < len(centers):
+        step = rows_per_block(len(centers), queries.dtype.itemsize, 2**26)
+        for start in range(0, len(crowded), step):
+            rows = crowded[start : start + step]
+            all_d2 = squared_distances(queries[rows], centers, np)
+            index[rows] = all_d2.argmin(axis=1)
+            distance2[rows] = all_d2[np.arange(len(rows)), index[rows]]
+    return index, distance2
 
 
 GAUSSIAN_CUTOFF = 5.0
