@@ -310,3 +310,42 @@ def test_a_tiny_bandwidth_on_many_points_ends_with_a_cluster_per_point(tmp_path)
     result = zarr.open_group(out, mode="r")
     assert result.attrs["n_clusters"] == 100_000
     assert sorted(result["labels"][...]) == list(range(100_000))
+
+
+BOMB = """name: bomb
+input:
+  url: in.zarr
+  storage_options:
+    a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+{levels}
+output:
+  path: out.zarr
+params:
+  bandwidth: 1.0
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("kind", ["alias bomb", "huge file"])
+def test_specs_that_expand_beyond_bounds_are_refused_at_once(tmp_path, command, kind):
+    path = str(tmp_path / "spec.yaml")
+    names = "abcdefghi"
+    levels = "\n".join(
+        f"    {b}: &{b} [{', '.join(['*' + a] * 9)}]"
+        for a, b in zip(names[:-1], names[1:], strict=True)
+    )
+    text = BOMB.format(levels=levels)  # 9^9 strings once expanded
+    if kind == "huge file":
+        text = BOMB.format(levels="") + "# padding\n" * 30_000
+    with open(path, "w") as handle:
+        handle.write(text)
+    args = [path] if command == "validate" else ["--spec", path]
+    done = subprocess.run([*CLI, command, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    reason = "more than 10,000 values once its aliases" if kind == "alias bomb" else "256 KiB"
+    assert done.stderr.strip().splitlines() == [
+        f"meanshift: error: spec {path}: "
+        + (f"{reason} are expanded" if kind == "alias bomb" else f"larger than {reason}")
+    ]
+    assert not os.path.exists(tmp_path / "out.zarr")

@@ -234,6 +234,42 @@ def parse_run_id(run_id: str) -> _dt.datetime:
         raise ParameterError(f"run id {run_id!r} is not of the form 20261128T030000Z") from None
 
 
+MAX_SPEC_BYTES = 256 * 1024
+"""Largest spec file read."""
+MAX_SPEC_NODES = 10_000
+"""Most YAML nodes a spec may hold once its aliases are expanded."""
+
+
+def check_expanded_size(root: yaml.Node | None, path: str) -> None:
+    """Refuse a YAML document whose aliases expand beyond ``MAX_SPEC_NODES`` nodes (an
+    "alias bomb": a few lines that stand for billions of values).
+
+    Raises
+    ------
+    ParameterError
+    """
+    sizes: dict[int, int] = {}
+
+    def expanded(node: yaml.Node) -> int:  # an alias is the same node object again
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # a node that contains itself counts once
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            total = 1
+            for child in children:
+                total = min(total + expanded(child), MAX_SPEC_NODES + 1)
+            sizes[id(node)] = total
+        return sizes[id(node)]
+
+    if root is not None and expanded(root) > MAX_SPEC_NODES:
+        raise ParameterError(
+            f"spec {path}: more than {MAX_SPEC_NODES:,} values once its aliases are expanded"
+        )
+
+
 def load_spec(path: str) -> WorkflowSpec:
     """Read and validate a spec file.
 
@@ -243,8 +279,12 @@ def load_spec(path: str) -> WorkflowSpec:
         One line: the file, the field and what is wrong with it.
     """
     try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_SPEC_BYTES + 1)
+        if len(text) > MAX_SPEC_BYTES:
+            raise ParameterError(f"spec {path}: larger than {MAX_SPEC_BYTES // 1024} KiB")
+        check_expanded_size(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise ParameterError(f"spec file not found: {path}") from None
     except (OSError, yaml.YAMLError) as exc:
