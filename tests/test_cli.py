@@ -142,6 +142,16 @@ MISTAKES = [
         2,
         "not in the range 0<x<=86400",
     ),
+    (
+        ["run", "-i", "{store}", "--array", "../x", "-o", "{tmp}/o.zarr"],
+        2,
+        "leaves the input group",
+    ),
+    (
+        ["run", "-i", "{store}/points", "--array", "line", "-o", "{tmp}/o.zarr"],
+        2,
+        "is an array itself; --array 'line' names an array inside a group",
+    ),
     (["generate", "-o", "{store}", "--overwrite"], 4, "is not generated data"),
     (["demo", "--plot", "{tmp}/no/such/folder/x.png"], 4, "cannot write plot"),
 ]

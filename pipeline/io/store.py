@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
-from ..errors import InputDataError, OutputError, first_line, literal
+from ..errors import InputDataError, OutputError, ParameterError, first_line, literal
 from ..naming import task_name
 
 STATUS_RUNNING = "running"
@@ -62,8 +62,12 @@ def absolute(url: str) -> str:
     return url if "://" in url else os.path.abspath(url)
 
 
+DEFAULT_ARRAY = "points"
+"""The array of an input group that holds the points, unless another is named."""
+
+
 def open_points(
-    url: str, array: str = "points", storage_options: dict[str, Any] | None = None
+    url: str, array: str = DEFAULT_ARRAY, storage_options: dict[str, Any] | None = None
 ) -> InputInfo:
     """Open an ``(n, d)`` numeric Zarr array read-only.
 
@@ -89,15 +93,7 @@ def open_points(
         raise InputDataError(f"not a Zarr store (no zarr.json or .zarray/.zgroup): {url}") from None
     except Exception as exc:  # fsspec and codec errors come in many types
         raise InputDataError(f"cannot open input {url}: {exc}") from None
-    if isinstance(node, zarr.Group):
-        names = sorted(node.array_keys())
-        if array not in names:
-            found = ", ".join(names) if names else "none"
-            raise InputDataError(f"{url} has no array '{array}' (arrays found: {found})")
-        node = node[array]
-        if not isinstance(node, zarr.Array):
-            raise InputDataError(f"'{array}' in {url} is not an array")
-    arr = node
+    arr = _points_array(node, url, array)
     if arr.ndim != 2:
         raise InputDataError(
             f"'{array}' must be 2-D (n points x d dimensions); it has shape {arr.shape}"
@@ -111,6 +107,36 @@ def open_points(
     info = InputInfo(arr, url, array, int(row_chunk), storage_options)
     check_chunks_present(info)
     return info
+
+
+def _points_array(node: zarr.Array | zarr.Group, url: str, array: str) -> zarr.Array:
+    """The array named ``array`` in the group ``node`` (or ``node``, an array itself).
+
+    Raises
+    ------
+    ParameterError
+        ``array`` leaves the group, or is named although ``url`` is an array.
+    InputDataError
+        The group has no such array.
+    """
+    if ".." in array.split("/"):
+        raise ParameterError(f"{{array}} '{literal(array)}' leaves the input group", array=None)
+    if isinstance(node, zarr.Array):
+        if array != DEFAULT_ARRAY:
+            raise ParameterError(
+                f"{literal(url)} is an array itself; {{array}} '{literal(array)}' names an "
+                "array inside a group (give one or the other)",
+                array=None,
+            )
+        return node
+    names = sorted(node.array_keys())
+    if array not in names:
+        found = ", ".join(names) if names else "none"
+        raise InputDataError(f"{url} has no array '{array}' (arrays found: {found})")
+    found_node = node[array]
+    if not isinstance(found_node, zarr.Array):
+        raise InputDataError(f"'{array}' in {url} is not an array")
+    return found_node
 
 
 def check_chunks_present(info: InputInfo) -> None:
