@@ -613,6 +613,8 @@ def main(argv: list[str] | None = None) -> None:
     # tasks cut short by an error or a signal (Dask's, Zarr's reads) would be logged as
     # "Task was destroyed but it is pending" or "Task exception was never retrieved"
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    # a lost scheduler is reported as one line, not as the client's reconnection tracebacks
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop_on_signal)
     try:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from distributed import Client
 from .cluster import check_local_workers, cluster_client, spec_security
 from .spec import ClusterSpec, InputSpec, OutputSpec
+from .watch import CrashLoopWatch, cluster_failures
 
 
 @dataclass
@@ -242,7 +243,10 @@ def run_job(
         group = _open_output(job)
         try:
             connection = cluster_client(cluster, security)
-            report = _run(job, group, connection, progress, dashboard, on_cluster_ready, lease)
+            watching = cluster.connect_timeout
+            report = _run(
+                job, group, connection, watching, progress, dashboard, on_cluster_ready, lease
+            )
         except BaseException as exc:
             if lease.lost is None:
                 store.mark_failed(group, f"{type(exc).__name__}: {exc}")
@@ -267,6 +271,7 @@ def _run(
     job: Job,
     group: Any,
     connection: contextlib.AbstractContextManager[Client],
+    no_worker_s: float,
     progress: ProgressCallback | None,
     dashboard: bool,
     on_cluster_ready: Callable[[Client], None] | None,
@@ -280,12 +285,12 @@ def _run(
     before_cluster = time.perf_counter()
     warming = threading.Thread(target=warm_up, daemon=True)  # while the cluster starts
     warming.start()
-    with connection as client:
+    with connection as client, CrashLoopWatch(client, no_worker_s) as watch:
         warming.join()
         cluster_start = time.perf_counter() - before_cluster
         if on_cluster_ready is not None:
             on_cluster_ready(client)
-        with job_tag(job.name):
+        with job_tag(job.name), cluster_failures(watch):
             result, kept = _cluster(job, progress, checkpoint)
             clock = time.perf_counter()
             _write_per_point(group, result, kept, job.source.row_chunk, job.output.modes)
