@@ -611,10 +611,11 @@ def main(argv: list[str] | None = None) -> None:
 
     warnings.showwarning = _show_warning
     # tasks cut short by an error or a signal (Dask's, Zarr's reads) would be logged as
-    # "Task was destroyed but it is pending" or "Task exception was never retrieved"
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    # a lost scheduler is reported as one line, not as the client's reconnection tracebacks
-    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+    # "Task was destroyed but it is pending" or "Task exception was never retrieved"; a lost
+    # scheduler is one line, not the client's reconnection tracebacks (filters: distributed
+    # sets its loggers' levels when it is imported)
+    for name in ("asyncio", "distributed.client", "distributed.batched"):
+        logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.CRITICAL)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop_on_signal)
     try:

@@ -92,7 +92,13 @@ DASK = os.path.join(os.path.dirname(sys.executable), "dask")
 class StandingCluster:
     """A scheduler and two single-threaded workers, each its own process."""
 
-    def __init__(self, folder: str, tls: tuple[str, str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: str,
+        tls: tuple[str, str, str] | None = None,
+        workers: int = 2,
+        worker_options: tuple[str, ...] = (),
+    ) -> None:
         self.tls = tls
         self.tls_args = []
         if tls is not None:
@@ -111,13 +117,14 @@ class StandingCluster:
         time.sleep(0.2)  # the file is written whole, but give the writer a moment
         with open(scheduler_file) as handle:
             self.address = json.load(handle)["address"]
-        for i in range(2):
+        for i in range(workers):
             command = [DASK, "worker", self.address, "--nworkers", "1", "--nthreads", "1"]
-            command += ["--no-dashboard", "--preload", "pipeline.worker"]
+            command += ["--no-dashboard", "--preload", "pipeline.worker", *worker_options]
             command += ["--local-directory", os.path.join(folder, f"worker-{i}"), *self.tls_args]
             self.processes.append(subprocess.Popen(command, **quiet))
-        with self.client() as client:
-            client.wait_for_workers(2, timeout=120)
+        if not worker_options:
+            with self.client() as client:
+                client.wait_for_workers(workers, timeout=120)
 
     def client(self) -> Client:
         security = None if self.tls is None else tls_security(*self.tls)

@@ -25,7 +25,7 @@ from pipeline.jobs.job import run_job
 from pipeline.jobs.spec import ClusterSpec
 from pipeline.params import make_params
 
-from .support import CLI, kill_driver_once, meanshift, tree_digest
+from .support import CLI, StandingCluster, kill_driver_once, meanshift, tree_digest
 
 ONE_WORKER = ClusterSpec(n_workers=1)
 QUICK = ["-b", "1.0", "--quiet", "--n-workers", "1"]
@@ -349,3 +349,69 @@ def test_specs_that_expand_beyond_bounds_are_refused_at_once(tmp_path, command, 
         + (f"{reason} are expanded" if kind == "alias bomb" else f"larger than {reason}")
     ]
     assert not os.path.exists(tmp_path / "out.zarr")
+
+
+def test_workers_that_never_start_end_the_job_in_one_line(tmp_path):
+    data, out = str(tmp_path / "in.zarr"), str(tmp_path / "o.zarr")
+    generate(data, seed=1)
+    digest = tree_digest(data)
+    cluster = StandingCluster(
+        str(tmp_path / "cluster"), workers=1, worker_options=("--memory-limit", "50MB")
+    )
+    try:
+        done = meanshift(
+            "run",
+            "-i",
+            data,
+            "-o",
+            out,
+            "-b",
+            "1",
+            "--quiet",
+            "--scheduler",
+            cluster.address,
+            "--connect-timeout",
+            "5",
+        )
+    finally:
+        cluster.close()
+    assert done.returncode == 5
+    assert done.stderr.strip().splitlines() == [
+        "meanshift: error: the Dask scheduler has had no worker for 5 s (workers that fail to "
+        "start: a memory limit below what a worker needs, about 250 MB, see their logs); the "
+        "job was stopped"
+    ]
+    assert zarr.open_group(out, mode="r").attrs["status"] == "failed"
+    assert tree_digest(data) == digest
+
+
+def test_a_scheduler_killed_mid_job_is_one_line_and_the_job_resumes(tmp_path):
+    data, out = str(tmp_path / "in.zarr"), str(tmp_path / "o.zarr")
+    generate(data, seed=1, per_cluster=3000, chunk=3000)
+    options = ["-b", "1.0", "--kernel", "gaussian", "--blurring", "--method", "exact"]
+    options += ["--tol", "0", "--max-iter", "40", "--quiet"]
+    cluster = StandingCluster(str(tmp_path / "cluster"), workers=1)
+    try:
+        command = [*CLI, "run", "-i", data, "-o", out, *options, "--scheduler", cluster.address]
+        run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        deadline, saved = time.monotonic() + 120, {}
+        while saved.get("iteration", 0) < 1 and time.monotonic() < deadline and run.poll() is None:
+            try:
+                with open(os.path.join(out, "zarr.json")) as handle:
+                    saved = json.load(handle)["attributes"].get("checkpoint") or {}
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        assert saved.get("iteration", 0) >= 1, "the run ended before an iteration was saved"
+        cluster.processes[0].kill()  # the scheduler, mid-job
+        assert run.wait(timeout=180) == 5
+    finally:
+        cluster.close()
+    assert run.stderr.read().strip().splitlines() == [
+        "meanshift: error: lost the Dask cluster mid-job (the connection to the scheduler was "
+        "lost); the output keeps its saved state: run the job again to resume"
+    ]
+    assert zarr.open_group(out, mode="r").attrs["status"] == "failed"
+    again = meanshift("run", "-i", data, "-o", out, *options, "--n-workers", "1")
+    assert again.returncode == 0, again.stderr
+    assert zarr.open_group(out, mode="r").attrs["resumed_from_iteration"] >= 1

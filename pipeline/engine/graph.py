@@ -83,6 +83,8 @@ def as_finished(blocks: list[Any], indices: list[int]) -> Iterator[tuple[int, An
     futures = client.compute(blocks)
     index_of = {future.key: index for future, index in zip(futures, indices, strict=True)}
     for future, block in as_completed(futures, with_results=True):
+        if future.status != "finished":  # cancelled (a lost scheduler): its error, not data
+            future.result()
         yield index_of[future.key], block, future
 
 
