@@ -10,7 +10,7 @@ import importlib.metadata
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -241,17 +241,24 @@ def run_job(
         check_local_workers(cluster.n_workers)
     with OutputLease(output.path) as lease:  # one writer per output, from its first write
         group = _open_output(job)
-        try:
+        with _failed_on_error(group, lease):
             connection = cluster_client(cluster, security)
             watching = cluster.connect_timeout
             report = _run(
                 job, group, connection, watching, progress, dashboard, on_cluster_ready, lease
             )
-        except BaseException as exc:
-            if lease.lost is None:
-                store.mark_failed(group, f"{type(exc).__name__}: {exc}")
-            raise
     return dataclasses.replace(report, **given)
+
+
+@contextlib.contextmanager
+def _failed_on_error(group: Any, lease: OutputLease) -> Iterator[None]:
+    """Mark the output failed on any error or signal (unless another run took it over)."""
+    try:
+        yield
+    except BaseException as exc:
+        if lease.lost is None:
+            store.mark_failed(group, f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def _absolute_specs(
