@@ -81,7 +81,8 @@ def test_a_complete_output_of_since_changed_input_is_refused_not_reported(tmp_pa
     assert tree_digest(data) == data_digest
 
 
-@pytest.mark.slow  # the refusal itself: test_a_complete_output_of_since_changed_input_...
+# the refusal itself: test_a_complete_output_of_since_changed_input_is_refused_not_reported
+@pytest.mark.slow
 def test_a_killed_run_does_not_resume_onto_changed_input(tmp_path):
     data, out = str(tmp_path / "mut.zarr"), str(tmp_path / "o.zarr")
     generate(data, seed=1, per_cluster=3000, chunk=3000)
@@ -126,6 +127,8 @@ def test_input_changed_while_the_job_ran_is_never_marked_complete(tmp_path):
     same_result(out, str(tmp_path / "fresh.zarr"))
 
 
+# the refusal of a live lease: test_a_lease_is_taken_over_only_when_its_holder_is_gone
+@pytest.mark.slow
 def test_a_second_run_of_a_busy_output_is_refused_and_the_first_completes(tmp_path):
     data, out = str(tmp_path / "in.zarr"), str(tmp_path / "o.zarr")
     generate(data, seed=1)
@@ -213,6 +216,8 @@ def test_a_run_whose_lease_was_taken_does_not_mark_its_output(tmp_path):
 
 @pytest.mark.parametrize(
     ("signum", "code", "line"),
+    # SIGINT is handled as SIGTERM is, which the first case of
+    # test_sigterm_and_sigint_end_in_one_line_and_leave_a_resumable_output checks
     [(15, 143, "terminated"), pytest.param(2, 130, "interrupted", marks=pytest.mark.slow)],
 )
 def test_sigterm_and_sigint_end_in_one_line_and_leave_a_resumable_output(
@@ -322,6 +327,8 @@ def test_64_bit_integer_coordinates_are_exact_or_refused(tmp_path, base, cluster
     assert zarr.open_group(out, mode="r").attrs["status"] == "failed"
 
 
+# the tree's answers: test_nearest_through_the_tree_is_the_nearest_of_every_centre
+@pytest.mark.slow
 @pytest.mark.timeout(180)  # quadratic labelling took minutes here
 def test_a_tiny_bandwidth_on_many_points_ends_with_a_cluster_per_point(tmp_path):
     data, out = str(tmp_path / "many.zarr"), str(tmp_path / "o.zarr")
@@ -440,3 +447,19 @@ def test_a_scheduler_killed_mid_job_is_one_line_and_the_job_resumes(tmp_path):
     again = meanshift("run", "-i", data, "-o", out, *options, "--n-workers", "1")
     assert again.returncode == 0, again.stderr
     assert zarr.open_group(out, mode="r").attrs["resumed_from_iteration"] >= 1
+
+
+def test_a_spec_waiting_longer_than_a_day_for_its_scheduler_is_refused(tmp_path):
+    path = str(tmp_path / "spec.yaml")
+    with open(path, "w") as handle:
+        handle.write(
+            "name: patient\ninput: {url: in.zarr}\noutput: {path: out.zarr}\n"
+            "params: {bandwidth: 1.0}\n"
+            "cluster: {scheduler: 'tcp://127.0.0.1:9', connect_timeout: 1e308}\n"
+        )
+    done = subprocess.run([*CLI, "validate", path], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"meanshift: error: spec {path}: cluster.connect_timeout: Input should be less than or "
+        "equal to 86400"
+    ]
