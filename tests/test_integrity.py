@@ -463,3 +463,14 @@ def test_a_spec_waiting_longer_than_a_day_for_its_scheduler_is_refused(tmp_path)
         f"meanshift: error: spec {path}: cluster.connect_timeout: Input should be less than or "
         "equal to 86400"
     ]
+
+
+def test_a_lease_in_an_fsspec_store_is_exclusive_too(tmp_path):
+    out = f"memory://{tmp_path.name}/o.zarr"  # fsspec's exclusive create, not the local link
+    first = OutputLease(out)
+    with first:
+        with pytest.raises(OutputError, match="is being written by another run"):
+            OutputLease(out).acquire()
+        first.check()
+    with OutputLease(out) as second:  # released: free again
+        second.check()

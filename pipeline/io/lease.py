@@ -106,9 +106,7 @@ class OutputLease:
         """
         try:
             if not self.local:
-                with self.fs.open(self.path, "xb") as handle:
-                    handle.write(self._record())
-                return True
+                return self._create_remote()
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             private = self._write_private()
             try:
@@ -126,6 +124,19 @@ class OutputLease:
                 f"cannot write output {literal(self.output_url)}: {first_line(exc)}"
             ) from None
         return True
+
+    def _create_remote(self) -> bool:
+        """Exclusive create where the filesystem offers it; else (best effort) write the lease
+        if none is there."""
+        try:
+            with self.fs.open(self.path, "xb") as handle:
+                handle.write(self._record())
+            return True
+        except (NotImplementedError, ValueError):  # no exclusive create ("xb") here
+            if self.fs.exists(self.path):
+                return False
+            self.fs.pipe_file(self.path, self._record())
+            return True
 
     def _write_private(self) -> str:
         """This run's record in a file of its own beside the lease; its path."""
