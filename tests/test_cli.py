@@ -214,3 +214,15 @@ def test_status_and_scheduled_workflow_script(tmp_path):
     assert second.stdout.strip() == f"already complete: {output}"  # idempotent
     missing = meanshift("status", str(tmp_path / "nothing.zarr"))
     assert missing.returncode == 1 and missing.stdout.strip() == "missing"
+
+
+def test_file_urls_and_plain_paths_are_the_same_locations(small_store, tmp_path):
+    out = str(tmp_path / "o.zarr")
+    first = meanshift(
+        "run", "-i", f"file://{small_store}", "-o", f"file://{out}", "-b", "1", "--quiet"
+    )
+    assert first.returncode == 0, first.stderr
+    assert zarr.open_group(out, mode="r").attrs["status"] == "complete"
+    again = meanshift("run", "-i", small_store, "-o", out, "-b", "1")  # the same job
+    assert again.returncode == 0 and again.stdout.startswith(f"already complete: {out}")
+    assert meanshift("report", f"file://{out}").returncode == 0

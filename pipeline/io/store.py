@@ -57,9 +57,9 @@ def local_path(url: str) -> str:
 
 
 def absolute(url: str) -> str:
-    """A relative local path made absolute (Dask workers may run in another folder);
-    URLs as they are."""
-    return url if "://" in url else os.path.abspath(url)
+    """A local path or ``file://`` URL as an absolute path (Dask workers may run in another
+    folder; ``file://`` and plain paths then behave alike); other URLs as they are."""
+    return os.path.abspath(local_path(url)) if is_local(url) else url
 
 
 DEFAULT_ARRAY = "points"
