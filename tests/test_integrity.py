@@ -474,3 +474,16 @@ def test_a_lease_in_an_fsspec_store_is_exclusive_too(tmp_path):
         first.check()
     with OutputLease(out) as second:  # released: free again
         second.check()
+
+
+def test_an_output_the_workers_wrote_elsewhere_is_never_marked_complete(tmp_path):
+    # memory:// is this process's: worker processes read and write a store of their own
+    data, out = f"memory://{tmp_path.name}/in.zarr", f"memory://{tmp_path.name}/o.zarr"
+    write_blobs(data, 4, 500, 1.0, 2, seed=1, chunk=300)
+    with pytest.raises(OutputError) as raised:
+        run_job(data, out, make_params(bandwidth=1.0), cluster=ONE_WORKER)
+    assert str(raised.value) == (
+        f"output {out} was not written whole ('labels' misses 7 chunk(s)); it is not marked "
+        "complete"
+    )
+    assert zarr.open_group(out, mode="r").attrs["status"] == "failed"

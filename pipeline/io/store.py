@@ -398,14 +398,20 @@ def _write_block(block: np.ndarray, target: zarr.Array, block_info: Any = None) 
 
 
 def write_summary(
-    group: zarr.Group, centers: np.ndarray, sizes: np.ndarray, attributes: dict[str, Any]
+    group: zarr.Group,
+    centers: np.ndarray,
+    sizes: np.ndarray,
+    attributes: dict[str, Any],
+    url: str | None = None,
 ) -> None:
-    """Write centres, sizes and the run's attributes, then mark the output complete.
+    """Write centres, sizes and the run's attributes, verify every array (:func:`damage`),
+    then mark the output complete.
 
     Raises
     ------
     OutputError
-        A write failed (disk full, file too large, permissions).
+        A write failed (disk full, file too large, permissions), or what was written does
+        not read back whole (workers that wrote somewhere this process cannot see).
     """
     k, d = centers.shape
     with output_errors(group):
@@ -414,6 +420,13 @@ def write_summary(
         )
         group.create_array("sizes", shape=(k,), chunks=(max(k, 1),), dtype="int64")[...] = sizes
         group.update_attributes({**attributes, "status": STATUS_RUNNING})
+    problem = damage(group)  # what the workers wrote, read back here
+    if problem is not None:
+        raise OutputError(
+            f"output {literal(url or str(group.store_path))} was not written whole ({problem}); "
+            "it is not marked complete"
+        )
+    with output_errors(group):
         group.update_attributes({"status": STATUS_COMPLETE})
 
 

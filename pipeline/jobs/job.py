@@ -319,7 +319,7 @@ def _run(
         job.check_input_unchanged()
         lease.check()
         checkpoint.clear()
-        store.write_summary(group, result.centers, result.sizes, attributes)
+        store.write_summary(group, result.centers, result.sizes, attributes, job.output.path)
         link = client.dashboard_link if dashboard else None
     return _job_report(
         job.input.url, job.output.path, attributes, result.centers, result.sizes, link
