@@ -553,13 +553,19 @@ def report(output: str, folder: str | None, max_points: int) -> None:
 @cli.command()
 @click.argument("output")
 def status(output: str) -> None:
-    """Print the status of an output group (complete, running, failed); exit 0 only if complete."""
+    """Print the status of an output group (complete, damaged, running, failed); exit 0 only
+    if complete (marked so, and every array verified)."""
     import zarr
 
+    from .io.store import damage
+
     try:
-        state = str(zarr.open_group(output, mode="r").attrs.get("status", "unknown"))
+        group = zarr.open_group(output, mode="r")
+        state = str(group.attrs.get("status", "unknown"))
     except Exception:
         state = "missing"
+    if state == "complete" and damage(group) is not None:
+        state = "damaged"
     click.echo(state)
     if state != "complete":
         sys.exit(1)

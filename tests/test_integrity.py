@@ -292,6 +292,8 @@ def test_a_damaged_complete_output_is_never_reported(complete_output, tmp_path, 
     shutil.copytree(complete_output[1], out)
     problem = _damage(out, how)
     _refused_as_damaged(meanshift("report", out), out, problem)
+    state = meanshift("status", out)
+    assert (state.returncode, state.stdout) == (1, "damaged\n")
 
 
 def test_a_damaged_complete_output_is_not_called_complete_and_is_recomputed(
