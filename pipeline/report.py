@@ -17,15 +17,18 @@ import numpy as np
 import zarr
 
 from .errors import OutputError, PipelineError
-from .io.store import open_result
+from .io.store import is_local, local_path, open_result
 from .plot import draw_clusters, pyplot, save_figure
 
 DEFAULT_MAX_POINTS = 50_000
 
 
 def default_report_folder(output_url: str) -> str:
-    """``clusters.zarr`` -> ``clusters-report`` beside it."""
-    base = output_url.rstrip("/")
+    """``clusters.zarr`` -> ``clusters-report`` beside it (a ``file://`` URL's path); for an
+    output elsewhere (``s3://...``), in the current folder."""
+    base = local_path(output_url).rstrip("/")
+    if not is_local(output_url):
+        base = base.rsplit("/", 1)[-1]
     return (base[: -len(".zarr")] if base.endswith(".zarr") else base) + "-report"
 
 

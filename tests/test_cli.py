@@ -226,3 +226,4 @@ def test_file_urls_and_plain_paths_are_the_same_locations(small_store, tmp_path)
     again = meanshift("run", "-i", small_store, "-o", out, "-b", "1")  # the same job
     assert again.returncode == 0 and again.stdout.startswith(f"already complete: {out}")
     assert meanshift("report", f"file://{out}").returncode == 0
+    assert os.path.isfile(tmp_path / "o-report" / "index.html")  # beside it, as for the path
