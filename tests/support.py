@@ -144,19 +144,26 @@ class StandingCluster:
                     process.kill()
 
 
-def kill_driver_once(command: list[str], out: str, ready, timeout: float = 120.0) -> dict:
-    """Start ``command`` (a ``meanshift run`` writing ``out``); SIGKILL it and its embedded
-    cluster once ``ready(checkpoint attribute)`` holds. Returns that attribute."""
-    driver = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+def wait_for_checkpoint(run: subprocess.Popen, out: str, ready, timeout: float = 120.0) -> dict:
+    """Poll ``out``'s ``checkpoint`` attribute until ``ready(it)`` holds, ``run`` ends, or
+    ``timeout`` passes. Returns the last attribute read."""
     meta = os.path.join(out, "zarr.json")
     deadline, saved = time.monotonic() + timeout, {}
-    while not ready(saved) and time.monotonic() < deadline and driver.poll() is None:
+    while not ready(saved) and time.monotonic() < deadline and run.poll() is None:
         try:
             with open(meta) as handle:
                 saved = json.load(handle)["attributes"].get("checkpoint") or {}
         except (OSError, ValueError):
             pass
         time.sleep(0.02)
+    return saved
+
+
+def kill_driver_once(command: list[str], out: str, ready, timeout: float = 120.0) -> dict:
+    """Start ``command`` (a ``meanshift run`` writing ``out``); SIGKILL it and its embedded
+    cluster once ``ready(checkpoint attribute)`` holds. Returns that attribute."""
+    driver = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    saved = wait_for_checkpoint(driver, out, ready, timeout)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its embedded cluster, mid-run
     driver.wait()
     return saved

@@ -26,7 +26,14 @@ from pipeline.jobs.job import run_job
 from pipeline.jobs.spec import ClusterSpec
 from pipeline.params import make_params
 
-from .support import CLI, StandingCluster, kill_driver_once, meanshift, tree_digest
+from .support import (
+    CLI,
+    StandingCluster,
+    kill_driver_once,
+    meanshift,
+    tree_digest,
+    wait_for_checkpoint,
+)
 
 ONE_WORKER = ClusterSpec(n_workers=1)
 QUICK = ["-b", "1.0", "--quiet", "--n-workers", "1"]
@@ -230,14 +237,7 @@ def test_sigterm_and_sigint_end_in_one_line_and_leave_a_resumable_output(
     run = subprocess.Popen(
         [*CLI, "run", "-i", data, "-o", out, *options], stderr=subprocess.PIPE, text=True
     )
-    deadline, saved = time.monotonic() + 120, {}
-    while saved.get("iteration", 0) < 1 and time.monotonic() < deadline and run.poll() is None:
-        try:
-            with open(os.path.join(out, "zarr.json")) as handle:
-                saved = json.load(handle)["attributes"].get("checkpoint") or {}
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
+    saved = wait_for_checkpoint(run, out, lambda state: state.get("iteration", 0) >= 1)
     assert saved.get("iteration", 0) >= 1, "the run ended before an iteration was saved"
     run.send_signal(signum)
     assert run.wait(timeout=60) == code
@@ -428,14 +428,7 @@ def test_a_scheduler_killed_mid_job_is_one_line_and_the_job_resumes(tmp_path):
     try:
         command = [*CLI, "run", "-i", data, "-o", out, *options, "--scheduler", cluster.address]
         run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-        deadline, saved = time.monotonic() + 120, {}
-        while saved.get("iteration", 0) < 1 and time.monotonic() < deadline and run.poll() is None:
-            try:
-                with open(os.path.join(out, "zarr.json")) as handle:
-                    saved = json.load(handle)["attributes"].get("checkpoint") or {}
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.02)
+        saved = wait_for_checkpoint(run, out, lambda state: state.get("iteration", 0) >= 1)
         assert saved.get("iteration", 0) >= 1, "the run ended before an iteration was saved"
         cluster.processes[0].kill()  # the scheduler, mid-job
         assert run.wait(timeout=180) == 5

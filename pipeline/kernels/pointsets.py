@@ -140,6 +140,7 @@ class GridPointSet(_OnDevice):
     ) -> None:
         self.kernel, self.xp, self.block_bytes = kernel, xp, block_bytes
         self.radius = kernel_radius(kernel)
+        self.largest = largest_coordinate(points)  # once: the routes and layouts ask for it
         self._cpu_route = cpu_route
         n_dims = points.shape[1]
         cells = xp.floor(points / self.radius).astype(xp.int64)
@@ -163,7 +164,7 @@ class GridPointSet(_OnDevice):
         if (
             compiled_available(kernel, xp)
             and len(self.points)
-            and (kernel == "flat" or float32_differences_resolve(largest_coordinate(points)))
+            and (kernel == "flat" or float32_differences_resolve(self.largest))
         ):
             from . import compiled
 
@@ -222,7 +223,7 @@ class GridPointSet(_OnDevice):
             route = grid_route_on_gpu(
                 self.points.shape,
                 self.kernel,
-                lambda: largest_coordinate(self.points),
+                lambda: self.largest,
                 self.mean_neighbourhood,
             )
             self.__dict__["_device_route"] = route
@@ -237,7 +238,7 @@ class GridPointSet(_OnDevice):
                 self._cpu_route = grid_route_on_cpu(
                     self.points.shape,
                     self.kernel,
-                    lambda: largest_coordinate(self.points),
+                    lambda: self.largest,
                     self.mean_neighbourhood,
                 )
         return self._cpu_route
