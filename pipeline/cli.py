@@ -34,6 +34,45 @@ class BandwidthType(click.ParamType):
         return number
 
 
+class StorageOptionsType(click.ParamType):
+    """fsspec storage options: a JSON object, or ``@FILE`` naming a file that holds one (which
+    keeps credentials off the command line, where other users' ``ps`` can read them)."""
+
+    name = "JSON|@FILE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> dict[str, Any]:
+        import json
+
+        if isinstance(value, dict):
+            return value
+        text, where = value, "the value"
+        if value.startswith("@"):
+            where = value[1:]
+            try:
+                with open(where) as handle:
+                    text = handle.read()
+            except OSError as exc:
+                self.fail(f"cannot read {where}: {exc.strerror or exc}", param, ctx)
+        try:
+            options = json.loads(text)
+        except ValueError as exc:  # the text itself is not repeated: it may hold secrets
+            self.fail(f"{where} is not JSON ({type(exc).__name__} at char {exc.pos})", param, ctx)
+        if not isinstance(options, dict):
+            self.fail(f"{where} must be a JSON object of fsspec options", param, ctx)
+        return options
+
+
+def storage_options_option(*names: str, what: str) -> Any:
+    """An option taking the fsspec storage options of ``what``."""
+    return click.option(
+        *names,
+        type=StorageOptionsType(),
+        default=None,
+        help=f"fsspec options of {what} (endpoint, credentials, ...): JSON, or @FILE holding "
+        "it [default: none; credentials from the environment].",
+    )
+
+
 def _show_warning(
     message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
 ) -> None:
@@ -55,6 +94,7 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--chunk", default=None, type=click.IntRange(min=1), help="Rows per Zarr chunk.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@storage_options_option("--storage-options", what="a remote output")
 def generate(
     output: str,
     clusters: int,
@@ -64,11 +104,14 @@ def generate(
     seed: int,
     chunk: int | None,
     overwrite: bool,
+    storage_options: dict[str, Any] | None,
 ) -> None:
     """Write the seed notebook's data set: Gaussian blobs, centroids uniform in [-35, 35]^d."""
     from .io.datasets import write_blobs
 
-    write_blobs(output, clusters, per_cluster, spread, dims, seed, chunk, overwrite)
+    write_blobs(
+        output, clusters, per_cluster, spread, dims, seed, chunk, overwrite, storage_options
+    )
     click.echo(
         f"wrote {clusters * per_cluster:,} points x {dims} dims to {output} (arrays: points, truth)"
     )
@@ -138,10 +181,11 @@ def _cluster_options() -> list[Any]:
         ),
         click.option(
             "--cluster",
-            type=click.Choice(["local", "local-cuda"]),
+            type=click.Choice(["local", "local-cuda", "threads"]),
             default="local",
             show_default=True,
-            help="Embedded cluster: CPU worker processes, or one worker per GPU (dask-cuda).",
+            help="Embedded cluster: CPU worker processes, one worker per GPU (dask-cuda), or "
+            "threads of this process (no workers; what memory:// stores need).",
         ),
         click.option(
             "--n-workers",
@@ -327,6 +371,8 @@ def format_summary(report: Any, params: Any) -> str:
     "--input", "-i", "input_url", default=None, help="Zarr group (or array) holding the points."
 )
 @click.option("--output", "-o", default=None, help="Zarr group to write the clusters to.")
+@storage_options_option("--input-storage-options", what="a remote input")
+@storage_options_option("--output-storage-options", what="a remote output")
 @click.option(
     "--array",
     default="points",
@@ -543,24 +589,45 @@ def demo(output_dir: str | None, plot_path: str, n_workers: int, seed: int, quie
     type=click.IntRange(min=1),
     help="Most points in the scatter plot (a uniform random sample of rows beyond).",
 )
-def report(output: str, folder: str | None, max_points: int) -> None:
+@storage_options_option("--storage-options", what="a remote output")
+@storage_options_option(
+    "--input-storage-options", what="the run's remote input [default: the output's]"
+)
+def report(
+    output: str,
+    folder: str | None,
+    max_points: int,
+    storage_options: dict[str, Any] | None,
+    input_storage_options: dict[str, Any] | None,
+) -> None:
     """Write PNGs and an HTML page for a complete output: clusters, convergence, sizes, run."""
     from .report import write_report
 
-    click.echo(f"report: {write_report(output, folder, max_points)}")
+    page = write_report(
+        output,
+        folder,
+        max_points,
+        storage_options=storage_options,
+        input_storage_options=input_storage_options,
+    )
+    click.echo(f"report: {page}")
 
 
 @cli.command()
 @click.argument("output")
-def status(output: str) -> None:
+@storage_options_option("--storage-options", what="a remote output")
+def status(output: str, storage_options: dict[str, Any] | None) -> None:
     """Print the status of an output group (complete, damaged, running, failed); exit 0 only
     if complete (marked so, and every array verified)."""
     import zarr
 
-    from .io.store import damage
+    from .io.store import check_location, damage, zarr_options
 
+    check_location(output, storage_options, "output")
     try:
-        group = zarr.open_group(output, mode="r")
+        group = zarr.open_group(
+            output, mode="r", storage_options=zarr_options(output, storage_options)
+        )
         state = str(group.attrs.get("status", "unknown"))
     except Exception:
         state = "missing"
@@ -610,6 +677,16 @@ def _stop_on_signal(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def _ignore_abandoned_coroutines(unraisable: Any) -> None:
+    """Drop what a coroutine left unfinished by a sibling's error says when it is collected
+    (Zarr reads a store's metadata files together: when one read is refused, the others
+    end as "Exception ignored in: <coroutine ...>" tracebacks after the error's one line)."""
+    import types
+
+    if not isinstance(unraisable.object, types.CoroutineType):
+        sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``meanshift`` console script."""
     import logging
@@ -622,6 +699,7 @@ def main(argv: list[str] | None = None) -> None:
     # sets its loggers' levels when it is imported)
     for name in ("asyncio", "distributed.client", "distributed.batched"):
         logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.CRITICAL)
+    sys.unraisablehook = _ignore_abandoned_coroutines
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop_on_signal)
     try:

@@ -141,7 +141,9 @@ class MeanShift(ClusterMixin, BaseEstimator):
         else:
             yield
 
-    def _validate(self, X: Any, reset: bool) -> tuple[Any, str | None, bool]:
+    def _validate(
+        self, X: Any, reset: bool, storage_options: dict[str, Any] | None = None
+    ) -> tuple[Any, str | None, bool]:
         """Validate input; return (dask or NumPy array, array module of the input, in memory?).
 
         In-memory input stays a NumPy array unless the fit runs on a Dask cluster.
@@ -149,7 +151,10 @@ class MeanShift(ClusterMixin, BaseEstimator):
         if isinstance(X, str | os.PathLike):  # a Zarr group (array "points") or array
             from .io import store
 
-            X = store.points_as_dask(store.open_points(store.absolute(os.fspath(X))))
+            url = os.fspath(X)
+            store.check_location(url, storage_options, "input")
+            source = store.open_points(store.absolute(url), storage_options=storage_options)
+            X = store.points_as_dask(source)
         if isinstance(X, da.Array):
             if X.ndim != 2:
                 raise ValueError(f"Expected a 2-D array, got a {X.ndim}-D dask array")
@@ -169,7 +174,9 @@ class MeanShift(ClusterMixin, BaseEstimator):
             array = da.from_array(array, chunks=(rows_per_chunk(len(array)), array.shape[1]))
         return array, module, True
 
-    def fit(self, X: Any, y: Any = None) -> MeanShift:
+    def fit(
+        self, X: Any, y: Any = None, *, storage_options: dict[str, Any] | None = None
+    ) -> MeanShift:
         """Cluster ``X`` (NumPy, CuPy or dask array of shape (n, d), or a Zarr store).
 
         Parameters
@@ -178,13 +185,15 @@ class MeanShift(ClusterMixin, BaseEstimator):
             A path or fsspec URL names a Zarr group (its array ``points``) or a Zarr
             array (``path/array``); it is read as a dask array, as the CLI reads it.
         y : ignored
+        storage_options : dict, optional
+            fsspec options (endpoint, credentials, ...) of ``X`` given as a remote URL.
 
         Returns
         -------
         self
         """
         params = self.mean_shift_params()
-        points, module, in_memory = self._validate(X, reset=True)
+        points, module, in_memory = self._validate(X, reset=True, storage_options=storage_options)
         seeds = None
         if self.seeds is not None:
             seeds = np.asarray(to_host(self.seeds), dtype=np.float64)

@@ -17,7 +17,14 @@ import numpy as np
 import zarr
 
 from .errors import OutputError, PipelineError
-from .io.store import is_local, local_path, open_result
+from .io.store import (
+    StorageOptions,
+    check_location,
+    is_local,
+    local_path,
+    open_result,
+    zarr_options,
+)
 from .plot import draw_clusters, pyplot, save_figure
 
 DEFAULT_MAX_POINTS = 50_000
@@ -52,6 +59,9 @@ def write_report(
     folder: str | None = None,
     max_points: int = DEFAULT_MAX_POINTS,
     random_state: int = 0,
+    *,
+    storage_options: StorageOptions | None = None,
+    input_storage_options: StorageOptions | None = None,
 ) -> str:
     """Write ``clusters.png``, ``convergence.png``, ``sizes.png`` and ``index.html``.
 
@@ -65,6 +75,10 @@ def write_report(
         Most points drawn in the scatter plot.
     random_state : int
         Seed of the point sample.
+    storage_options : dict, optional
+        fsspec options of a remote output.
+    input_storage_options : dict, optional
+        fsspec options of the run's remote input (default: ``storage_options``).
 
     Returns
     -------
@@ -72,7 +86,8 @@ def write_report(
         Path of ``index.html``.
     """
     plt = pyplot()
-    result = open_result(output_url)
+    check_location(output_url, storage_options, "output")
+    result = open_result(output_url, storage_options)
     attrs = result.attrs.asdict()
     folder = _make_report_folder(folder or default_report_folder(output_url))
     centers = np.asarray(result["centers"][...])
@@ -81,7 +96,8 @@ def write_report(
     n = labels_array.shape[0]
     rows = sample_rows(n, max_points, random_state)
     labels = np.asarray(labels_array.get_orthogonal_selection((rows,)))
-    points = _input_rows(attrs, rows)
+    input_options = storage_options if input_storage_options is None else input_storage_options
+    points = _input_rows(attrs, rows, input_options)
     d = points.shape[1]
     shown = f"{len(rows):,} of {n:,} points" + (" (random sample)" if len(rows) < n else "")
     k = max(len(centers), 1)
@@ -184,11 +200,13 @@ def _plot_sizes(plt: Any, folder: str, sizes: np.ndarray, colours: np.ndarray, n
     save_figure(fig, os.path.join(folder, "sizes.png"))
 
 
-def _input_rows(attrs: dict[str, Any], rows: np.ndarray) -> np.ndarray:
+def _input_rows(
+    attrs: dict[str, Any], rows: np.ndarray, storage_options: StorageOptions | None
+) -> np.ndarray:
     source = attrs.get("input") or {}
     url, name = source.get("url"), source.get("array", "points")
     try:
-        node = zarr.open(url, mode="r")
+        node = zarr.open(url, mode="r", storage_options=zarr_options(url, storage_options))
         array = node[name] if isinstance(node, zarr.Group) else node
         return np.asarray(array.get_orthogonal_selection((rows, slice(None))), dtype=np.float64)
     except Exception as exc:

@@ -12,6 +12,7 @@ so that the first task of every job does not pay for imports and kernel loading.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -59,9 +60,19 @@ def _has_gpu_resource(worker: Any) -> bool:
     return bool(resources.get("GPU"))
 
 
+UNCLOSED_SESSION_NOTES = ("Unclosed client session", "Unclosed connector")
+"""What aiohttp says when a worker process ends with an object store's HTTP session open
+(s3fs, gcsfs keep one per filesystem for the worker's life): noise on the user's terminal."""
+
+
+def _not_an_unclosed_session(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(UNCLOSED_SESSION_NOTES)
+
+
 def dask_setup(worker: Any = None) -> None:
     """Entry point Dask calls for a ``--preload`` module (GPU workers also compile the
     GPU kernels: workers that advertise the ``GPU`` resource, e.g. local-cuda's)."""
+    logging.getLogger("asyncio").addFilter(_not_an_unclosed_session)
     warm_up()
     if worker is not None and _has_gpu_resource(worker):
         warm_up_gpu()

@@ -6,9 +6,12 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+import uuid
 
 from distributed import Client
 
@@ -144,26 +147,131 @@ class StandingCluster:
                     process.kill()
 
 
-def wait_for_checkpoint(run: subprocess.Popen, out: str, ready, timeout: float = 120.0) -> dict:
-    """Poll ``out``'s ``checkpoint`` attribute until ``ready(it)`` holds, ``run`` ends, or
-    ``timeout`` passes. Returns the last attribute read."""
-    meta = os.path.join(out, "zarr.json")
+def local_attributes(out: str) -> dict:
+    """The attributes of the Zarr group at the local path ``out``."""
+    with open(os.path.join(out, "zarr.json")) as handle:
+        return json.load(handle)["attributes"]
+
+
+def wait_for_checkpoint(
+    run: subprocess.Popen, out: str, ready, timeout: float = 120.0, attributes=local_attributes
+) -> dict:
+    """Poll ``out``'s ``checkpoint`` attribute (read by ``attributes(out)``) until
+    ``ready(it)`` holds, ``run`` ends, or ``timeout`` passes. Returns the last one read."""
     deadline, saved = time.monotonic() + timeout, {}
     while not ready(saved) and time.monotonic() < deadline and run.poll() is None:
         try:
-            with open(meta) as handle:
-                saved = json.load(handle)["attributes"].get("checkpoint") or {}
-        except (OSError, ValueError):
+            saved = attributes(out).get("checkpoint") or {}
+        except (OSError, ValueError, KeyError):
             pass
         time.sleep(0.02)
     return saved
 
 
-def kill_driver_once(command: list[str], out: str, ready, timeout: float = 120.0) -> dict:
+def kill_driver_once(
+    command: list[str], out: str, ready, timeout: float = 120.0, attributes=local_attributes
+) -> dict:
     """Start ``command`` (a ``meanshift run`` writing ``out``); SIGKILL it and its embedded
     cluster once ``ready(checkpoint attribute)`` holds. Returns that attribute."""
     driver = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
-    saved = wait_for_checkpoint(driver, out, ready, timeout)
+    saved = wait_for_checkpoint(driver, out, ready, timeout, attributes)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its embedded cluster, mid-run
     driver.wait()
     return saved
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class S3Server:
+    """A real S3-compatible server (moto in server mode) on 127.0.0.1, in its own process.
+
+    Requests are authenticated: only the key of the one user created at start (``key``,
+    ``secret``), allowed every S3 action, is accepted.
+    """
+
+    REGION = "us-east-1"
+
+    def __init__(self) -> None:
+        import boto3
+
+        port = free_port()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("the moto S3 server did not start") from None
+                time.sleep(0.1)
+        anyone = {"aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=self.REGION, **anyone)
+        iam.create_user(UserName="tests")
+        policy = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+        document = json.dumps({"Version": "2012-10-17", "Statement": [policy]})
+        iam.put_user_policy(UserName="tests", PolicyName="s3", PolicyDocument=document)
+        created = iam.create_access_key(UserName="tests")["AccessKey"]
+        self.key, self.secret = created["AccessKeyId"], created["SecretAccessKey"]
+        request = urllib.request.Request(  # from now on every request must be signed
+            self.endpoint + "/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        urllib.request.urlopen(request, timeout=30).read()
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.REGION,
+            aws_access_key_id=self.key,
+            aws_secret_access_key=self.secret,
+        )
+
+    def options(self, secret: str | None = None) -> dict:
+        """fsspec (s3fs) storage options reaching this server (with another secret: refused)."""
+        return {
+            "key": self.key,
+            "secret": secret or self.secret,
+            "client_kwargs": {"endpoint_url": self.endpoint, "region_name": self.REGION},
+        }
+
+    def environment(self) -> dict:
+        """This process's environment plus the variables that reach this server."""
+        return dict(
+            os.environ,
+            AWS_ACCESS_KEY_ID=self.key,
+            AWS_SECRET_ACCESS_KEY=self.secret,
+            AWS_ENDPOINT_URL=self.endpoint,
+            AWS_DEFAULT_REGION=self.REGION,
+        )
+
+    def bucket(self) -> str:
+        """A new, empty bucket's name."""
+        name = f"test-{uuid.uuid4().hex[:16]}"
+        self.client.create_bucket(Bucket=name)
+        return name
+
+    def objects(self, bucket: str) -> dict[str, str]:
+        """Every object of ``bucket``: key -> ETag."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return {item["Key"]: item["ETag"] for page in pages for item in page.get("Contents", [])}
+
+    def read(self, bucket: str, key: str) -> bytes:
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()

@@ -168,9 +168,9 @@ class ZarrCheckpoint:
                 del self.group.attrs["checkpoint"]
 
 
-def resumable(url: str, fingerprint: str) -> bool:
+def resumable(url: str, fingerprint: str, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether ``url`` holds an unfinished output of the same job with a saved state."""
-    attributes = existing_attributes(url) or {}
+    attributes = existing_attributes(url, storage_options) or {}
     saved = attributes.get("checkpoint") or {}
     return (
         attributes.get("status") in (STATUS_RUNNING, STATUS_FAILED)

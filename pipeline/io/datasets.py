@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import zarr
 
 from ..errors import OutputError, ParameterError, literal
-from .store import existing_attributes, is_local, local_path
+from .store import (
+    StorageOptions,
+    check_location,
+    existing_attributes,
+    location_exists,
+    zarr_options,
+)
 
 GENERATOR = "meanshift generate"
 GENERATION_BLOCK = 2**20
@@ -65,10 +69,13 @@ def _chunk_rows(n: int, chunk: int | None) -> int:
     return chunk
 
 
-def _open_blob_group(url: str, overwrite: bool) -> zarr.Group:
+def _open_blob_group(
+    url: str, overwrite: bool, storage_options: StorageOptions | None = None
+) -> zarr.Group:
     """Create the output group, replacing only earlier generated data and only if asked."""
-    if is_local(url) and os.path.lexists(local_path(url)):
-        if (existing_attributes(url) or {}).get("generator") != GENERATOR:
+    check_location(url, storage_options, "output")
+    if location_exists(url, storage_options):
+        if (existing_attributes(url, storage_options) or {}).get("generator") != GENERATOR:
             raise OutputError(f"output {url} exists and is not generated data; not replacing it")
         if not overwrite:
             raise OutputError(
@@ -76,7 +83,7 @@ def _open_blob_group(url: str, overwrite: bool) -> zarr.Group:
                 overwrite=True,
             )
     try:
-        return zarr.open_group(url, mode="w")
+        return zarr.open_group(url, mode="w", storage_options=zarr_options(url, storage_options))
     except OSError as exc:
         raise OutputError(f"cannot write {url}: {exc.strerror or exc}") from None
     except Exception as exc:  # fsspec protocol errors, missing filesystem packages
@@ -92,6 +99,7 @@ def write_blobs(
     seed: int = 0,
     chunk: int | None = None,
     overwrite: bool = False,
+    storage_options: StorageOptions | None = None,
 ) -> zarr.Group:
     """Write the seed's data set to a Zarr group: ``points`` (n, d) float32, ``truth`` (n,) int32.
 
@@ -101,7 +109,7 @@ def write_blobs(
     _check_blob_shape(n_clusters, per_cluster, spread, n_dims)
     n = n_clusters * per_cluster
     chunk = _chunk_rows(n, chunk)
-    group = _open_blob_group(url, overwrite)
+    group = _open_blob_group(url, overwrite, storage_options)
     group.update_attributes({"generator": GENERATOR})
     centroids = blob_centroids(n_clusters, n_dims, seed)
     points = group.create_array(

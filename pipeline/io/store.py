@@ -48,8 +48,48 @@ class InputInfo:
     storage_options: dict[str, Any] | None = None
 
 
+StorageOptions = dict[str, Any]
+"""fsspec options of a remote store (endpoint, credentials, ...): never recorded anywhere."""
+
+PROCESS_LOCAL_PROTOCOLS = frozenset({"memory"})
+"""fsspec protocols whose stores live in one process: Dask worker processes cannot see them."""
+
+
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
+
+
+def protocol(url: str) -> str:
+    """The fsspec protocol of a URL (``file`` for local paths)."""
+    return "file" if is_local(url) else url.split("://", 1)[0].split("::")[0].lower()
+
+
+def zarr_options(url: str, storage_options: StorageOptions | None) -> StorageOptions | None:
+    """Storage options as zarr takes them: None for local paths and empty options."""
+    return dict(storage_options) if storage_options and not is_local(url) else None
+
+
+def check_location(url: str, storage_options: StorageOptions | None, what: str) -> None:
+    """Refuse a location that cannot be used as given.
+
+    Raises
+    ------
+    ParameterError
+        Storage options given for a local path, or a password written into the URL
+        (it would end up in attributes and logs: give it in storage options or the
+        environment).
+    """
+    if storage_options and is_local(url):
+        raise ParameterError(
+            f"storage options apply to fsspec URLs (s3://, gs://, ...); the {what} "
+            f"{literal(url)} is a local path"
+        )
+    authority = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
+    if ":" in authority.rpartition("@")[0]:
+        raise ParameterError(
+            f"the {what} URL holds a password; give credentials in storage options or the "
+            "environment, where they are never recorded"
+        )
 
 
 def local_path(url: str) -> str:
@@ -87,8 +127,10 @@ def open_points(
     """
     if is_local(url) and not os.path.exists(local_path(url)):
         raise InputDataError(f"input not found: {url}")
+    if not is_local(url):
+        _probe_remote_input(url, storage_options)
     try:
-        node = zarr.open(url, mode="r", storage_options=storage_options)
+        node = zarr.open(url, mode="r", storage_options=zarr_options(url, storage_options))
     except (zarr.errors.NodeNotFoundError, FileNotFoundError):
         raise InputDataError(f"not a Zarr store (no zarr.json or .zarray/.zgroup): {url}") from None
     except Exception as exc:  # fsspec and codec errors come in many types
@@ -107,6 +149,38 @@ def open_points(
     info = InputInfo(arr, url, array, int(row_chunk), storage_options)
     check_chunks_present(info)
     return info
+
+
+def _probe_remote_input(url: str, storage_options: StorageOptions | None) -> None:
+    """Reach a remote input once, alone, and say in one line why it cannot be read: no such
+    object or bucket, refused credentials, an unreachable server.
+
+    Raises
+    ------
+    InputDataError
+    """
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except Exception as exc:  # unknown protocols, missing filesystem packages
+        raise InputDataError(f"cannot open input {url}: {first_line(exc)}") from None
+    path = path.rstrip("/")
+    try:
+        fs.info(path)
+        return
+    except FileNotFoundError:
+        pass
+    except PermissionError as exc:
+        raise InputDataError(
+            f"cannot open input {url}: access denied ({first_line(exc)}): check the "
+            "credentials (storage options or the environment)"
+        ) from None
+    except Exception as exc:
+        raise InputDataError(f"cannot open input {url}: {first_line(exc)}") from None
+    bucket, missing_bucket = path.split("/", 1)[0], False
+    with contextlib.suppress(Exception):  # a store without buckets, or no right to list them
+        missing_bucket = bucket != path and not fs.exists(bucket)
+    where = f" (no bucket '{bucket}')" if missing_bucket else ""
+    raise InputDataError(f"input not found: {url}{where}")
 
 
 def _points_array(node: zarr.Array | zarr.Group, url: str, array: str) -> zarr.Array:
@@ -281,27 +355,88 @@ def points_as_dask(info: InputInfo) -> da.Array:
     )
 
 
-def existing_attributes(url: str) -> dict[str, Any] | None:
+def existing_attributes(
+    url: str, storage_options: StorageOptions | None = None
+) -> dict[str, Any] | None:
     """Attributes of an existing Zarr group at ``url``, or None if there is none."""
     try:
-        return zarr.open_group(url, mode="r").attrs.asdict()
+        group = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
+        return group.attrs.asdict()
     except Exception:
         return None
 
 
-def _existing_status(url: str) -> str | None:
+def _existing_status(url: str, storage_options: StorageOptions | None = None) -> str | None:
     """The ``status`` attribute of an existing output, or None if it is not one of ours."""
-    status = (existing_attributes(url) or {}).get("status")
+    status = (existing_attributes(url, storage_options) or {}).get("status")
     return None if status is None else str(status)
 
 
-def _overlaps(a: str, b: str) -> bool:
-    """Whether two locations are the same or one lies inside the other."""
-    if is_local(a) and is_local(b):
-        a, b = os.path.realpath(local_path(a)), os.path.realpath(local_path(b))
+def _normalized(url: str, storage_options: StorageOptions | None) -> tuple[str, str, Any]:
+    """A location as (protocol, path, filesystem): local paths absolute with symlinks
+    resolved (their filesystem None), URLs as their filesystem names them."""
+    if is_local(url):
+        return "file", os.path.realpath(local_path(url)), None
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    kind = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return kind, path.rstrip("/"), fs
+
+
+GROUP_FILES = ("zarr.json", ".zgroup")
+"""Files that make a folder a Zarr group (v3, v2)."""
+
+
+def store_root(url: str, storage_options: StorageOptions | None = None) -> tuple[str, str]:
+    """Where the Zarr hierarchy holding ``url`` starts, as (protocol, path): ``url`` or its
+    highest ancestor reached through parents that are Zarr groups (``base.zarr/points``
+    -> ``base.zarr``), local symlinks resolved."""
+    kind, path, fs = _normalized(url, storage_options)
+    if fs is None:
+        exists, parent_of = os.path.exists, os.path.dirname
     else:
-        a, b = a.rstrip("/"), b.rstrip("/")
+        exists, parent_of = fs.exists, fs._parent
+    try:
+        while (parent := parent_of(path).rstrip("/")) and parent != path:
+            if not any(exists(f"{parent}/{name}") for name in GROUP_FILES):
+                break
+            path = parent
+    except Exception:  # an unreachable store: the next read or write says so
+        pass
+    return kind, path
+
+
+def overlaps_input(
+    output_url: str,
+    input_url: str,
+    output_options: StorageOptions | None = None,
+    input_options: StorageOptions | None = None,
+) -> bool:
+    """Whether an output at ``output_url`` would write into the input's Zarr store (its
+    :func:`store_root`), or contain it."""
+    out_kind, out_path, _ = _normalized(output_url, output_options)
+    in_kind, in_path = store_root(input_url, input_options)
+    if out_kind != in_kind:
+        return False
+    a, b = out_path, in_path
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def location_exists(url: str, storage_options: StorageOptions | None = None) -> bool:
+    """Whether anything is at ``url``: a local file, folder or link; a remote object or
+    prefix holding objects.
+
+    Raises
+    ------
+    OutputError
+        The store cannot be reached (a missing bucket, refused credentials).
+    """
+    if is_local(url):
+        return os.path.lexists(local_path(url))
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        return bool(fs.exists(path.rstrip("/")))
+    except Exception as exc:
+        raise OutputError(f"cannot write output {url}: {first_line(exc)}") from None
 
 
 def create_output(
@@ -311,6 +446,8 @@ def create_output(
     overwrite: bool = False,
     input_url: str | None = None,
     attributes: dict[str, Any] | None = None,
+    storage_options: StorageOptions | None = None,
+    input_options: StorageOptions | None = None,
 ) -> zarr.Group:
     """Create the output group with ``status: "running"`` (and ``attributes``) and its
     ``labels`` array.
@@ -325,15 +462,14 @@ def create_output(
         The location is or nests with the input, holds something that may not
         be replaced, or cannot be written.
     """
-    if input_url is not None and _overlaps(url, input_url):
-        raise OutputError(f"output {url} would overwrite or nest with the input {input_url}")
-    if is_local(url):
-        exists = os.path.lexists(local_path(url))
-    else:
-        exists = _existing_status(url) is not None
+    if input_url is not None and overlaps_input(url, input_url, storage_options, input_options):
+        raise OutputError(
+            f"output {url} would overwrite or nest with the input {input_url} (its Zarr store "
+            "is never written to)"
+        )
     replace = False
-    if exists:
-        status = _existing_status(url)
+    if location_exists(url, storage_options):
+        status = _existing_status(url, storage_options)
         if status is None:
             raise OutputError(
                 f"output {url} exists and is not a meanshift output; not replacing it"
@@ -346,7 +482,9 @@ def create_output(
             )
         replace = True
     try:
-        group = zarr.open_group(url, mode="w" if replace else "w-")
+        group = zarr.open_group(
+            url, mode="w" if replace else "w-", storage_options=zarr_options(url, storage_options)
+        )
         group.update_attributes({**(attributes or {}), "status": STATUS_RUNNING})
         group.create_array(
             "labels", shape=(n_points,), chunks=(row_chunk,), dtype="int32", fill_value=-1
@@ -448,7 +586,7 @@ def mark_failed(group: zarr.Group, message: str) -> None:
         pass
 
 
-def open_result(url: str) -> zarr.Group:
+def open_result(url: str, storage_options: StorageOptions | None = None) -> zarr.Group:
     """Open a complete output group read-only.
 
     Raises
@@ -457,7 +595,7 @@ def open_result(url: str) -> zarr.Group:
         The output is missing or not marked complete.
     """
     try:
-        group = zarr.open_group(url, mode="r")
+        group = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
     except Exception:
         raise InputDataError(f"no meanshift output at {url}") from None
     status = group.attrs.get("status")
@@ -510,9 +648,9 @@ def damage(group: zarr.Group) -> str | None:
     return None
 
 
-def reopen_output(url: str) -> zarr.Group:
+def reopen_output(url: str, storage_options: StorageOptions | None = None) -> zarr.Group:
     """An unfinished output, open for writing again (``status: running``), its state kept."""
-    group = zarr.open_group(url, mode="r+")
+    group = zarr.open_group(url, mode="r+", storage_options=zarr_options(url, storage_options))
     with output_errors(group):
         group.update_attributes({"status": STATUS_RUNNING, "error": None})
     return group

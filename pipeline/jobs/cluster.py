@@ -61,8 +61,11 @@ def spec_security(cluster: ClusterSpec) -> Security | None:
 
 def cluster_client(
     cluster: ClusterSpec, security: Security | None
-) -> contextlib.AbstractContextManager[Client]:
-    """A client of the cluster a spec's ``cluster`` section names (see :func:`dask_client`)."""
+) -> contextlib.AbstractContextManager[Client | None]:
+    """A client of the cluster a spec's ``cluster`` section names (see :func:`dask_client`);
+    None for ``kind: threads``, which runs on Dask's threaded scheduler in this process."""
+    if cluster.kind == "threads":
+        return _threads(cluster.n_workers)
     return dask_client(
         cluster.scheduler if cluster.kind == "remote" else None,
         cluster.n_workers,
@@ -70,6 +73,15 @@ def cluster_client(
         security=security,
         kind=cluster.kind,
     )
+
+
+@contextlib.contextmanager
+def _threads(n_workers: int | None) -> Iterator[None]:
+    """Dask's threaded scheduler in this process (``n_workers`` threads, default one per core)."""
+    import dask
+
+    with dask.config.set(scheduler="threads", num_workers=n_workers):
+        yield None
 
 
 def default_workers() -> int:

@@ -195,6 +195,7 @@ def run_job(
     progress: ProgressCallback | None = None,
     dashboard: bool = False,
     on_cluster_ready: Callable[[Client], None] | None = None,
+    storage_options: store.StorageOptions | None = None,
 ) -> JobReport:
     """Cluster a Zarr point set and write the result to a Zarr group.
 
@@ -226,20 +227,24 @@ def run_job(
     dashboard : bool
         Put the cluster's dashboard address in the report.
     on_cluster_ready : callable, optional
-        Called with the ``distributed.Client`` once connected.
+        Called with the ``distributed.Client`` once connected (not for ``kind: threads``).
+    storage_options : dict, optional
+        fsspec options (endpoint, credentials, ...) of an input and output given as URLs;
+        an :class:`InputSpec` or :class:`OutputSpec` carries its own. Never recorded.
     """
     started = time.perf_counter()
-    input, output, given = _absolute_specs(input, output)
+    input, output, given = _absolute_specs(input, output, storage_options)
+    cluster = cluster or ClusterSpec()
+    check_locations(input, output, cluster)
     job = Job.open(input, output, params, name, run_id, started)
     if not output.overwrite:
-        done = completed_report(output.path, job.fingerprint, output.modes)
+        done = completed_report(output.path, job.fingerprint, output.modes, output.storage_options)
         if done is not None:
             return dataclasses.replace(done, **given)
-    cluster = cluster or ClusterSpec()
     security = spec_security(cluster)  # its files are checked before any output is made
     if cluster.kind == "local":
         check_local_workers(cluster.n_workers)
-    with OutputLease(output.path) as lease:  # one writer per output, from its first write
+    with OutputLease(output.path, output.storage_options) as lease:  # one writer per output
         group = _open_output(job)
         with _failed_on_error(group, lease):
             connection = cluster_client(cluster, security)
@@ -261,13 +266,44 @@ def _failed_on_error(group: Any, lease: OutputLease) -> Iterator[None]:
         raise
 
 
+def check_locations(input: InputSpec, output: OutputSpec, cluster: ClusterSpec) -> None:
+    """Refuse, before anything is read or written, an input or output the job cannot use:
+    storage options for a local path, a password in a URL (:func:`.store.check_location`),
+    or a store only this process can see (``memory://``) for worker processes.
+
+    Raises
+    ------
+    ParameterError, OutputError
+    """
+    for url, options, what in (
+        (input.url, input.storage_options, "input"),
+        (output.path, output.storage_options, "output"),
+    ):
+        store.check_location(url, options, what)
+        if store.protocol(url) in store.PROCESS_LOCAL_PROTOCOLS and cluster.kind != "threads":
+            raise OutputError(
+                f"the {what} {literal(url)} lives in this process's memory, which Dask worker "
+                "processes cannot see: run with {cluster} threads, or use a store the workers "
+                "share",
+                cluster=None,
+            )
+
+
 def _absolute_specs(
-    input: str | InputSpec, output: str | OutputSpec
+    input: str | InputSpec,
+    output: str | OutputSpec,
+    storage_options: store.StorageOptions | None = None,
 ) -> tuple[InputSpec, OutputSpec, dict[str, str]]:
     """Input and output as specs with absolute local paths (Dask workers may run in another
     folder), and their paths as given (the report names them so)."""
-    input = input if isinstance(input, InputSpec) else InputSpec(url=input)
-    output = output if isinstance(output, OutputSpec) else OutputSpec(path=output)
+
+    def options(url: str) -> dict[str, Any]:  # for URLs only: a local path takes none
+        return {} if store.is_local(url) else dict(storage_options or {})
+
+    if not isinstance(input, InputSpec):
+        input = InputSpec(url=input, storage_options=options(input))
+    if not isinstance(output, OutputSpec):
+        output = OutputSpec(path=output, storage_options=options(output))
     given = {"input": input.url, "output": output.path}
     input = input.model_copy(update={"url": store.absolute(input.url)})
     output = output.model_copy(update={"path": store.absolute(output.path)})
@@ -277,7 +313,7 @@ def _absolute_specs(
 def _run(
     job: Job,
     group: Any,
-    connection: contextlib.AbstractContextManager[Client],
+    connection: contextlib.AbstractContextManager[Client | None],
     no_worker_s: float,
     progress: ProgressCallback | None,
     dashboard: bool,
@@ -292,10 +328,10 @@ def _run(
     before_cluster = time.perf_counter()
     warming = threading.Thread(target=warm_up, daemon=True)  # while the cluster starts
     warming.start()
-    with connection as client, CrashLoopWatch(client, no_worker_s) as watch:
+    with connection as client, _watching(client, no_worker_s) as watch:
         warming.join()
         cluster_start = time.perf_counter() - before_cluster
-        if on_cluster_ready is not None:
+        if on_cluster_ready is not None and client is not None:
             on_cluster_ready(client)
         with job_tag(job.name), cluster_failures(watch):
             result, kept = _cluster(job, progress, checkpoint)
@@ -320,18 +356,25 @@ def _run(
         lease.check()
         checkpoint.clear()
         store.write_summary(group, result.centers, result.sizes, attributes, job.output.path)
-        link = client.dashboard_link if dashboard else None
+        link = client.dashboard_link if dashboard and client is not None else None
     return _job_report(
         job.input.url, job.output.path, attributes, result.centers, result.sizes, link
     )
 
 
+def _watching(
+    client: Client | None, no_worker_s: float
+) -> contextlib.AbstractContextManager[CrashLoopWatch | None]:
+    """A watch on the cluster's workers (none on the threaded scheduler)."""
+    return contextlib.nullcontext() if client is None else CrashLoopWatch(client, no_worker_s)
+
+
 def _open_output(job: Job) -> Any:
     """The output group: reopened when this job stopped part way (to continue from its
     saved state), created (``status: "running"``) otherwise."""
-    path = job.output.path
-    if not job.output.overwrite and resumable(path, job.fingerprint):
-        return store.reopen_output(path)
+    path, options = job.output.path, job.output.storage_options
+    if not job.output.overwrite and resumable(path, job.fingerprint, options):
+        return store.reopen_output(path, options)
     if not job.output.overwrite:
         _refuse_output_of_other_content(job)
     n = job.source.array.shape[0]
@@ -342,6 +385,8 @@ def _open_output(job: Job) -> Any:
         job.output.overwrite,
         input_url=job.input.url,
         attributes={"input": input_attributes(job.source, job.content)},
+        storage_options=options,
+        input_options=job.input.storage_options,
     )
 
 
@@ -352,7 +397,7 @@ def _refuse_output_of_other_content(job: Job) -> None:
     ------
     OutputError
     """
-    attributes = store.existing_attributes(job.output.path) or {}
+    attributes = store.existing_attributes(job.output.path, job.output.storage_options) or {}
     before = attributes.get("input") or {}
     status = attributes.get("status")
     same_input = [before.get("url"), before.get("array")] == [job.input.url, job.source.name]
@@ -431,7 +476,10 @@ def _job_report(
 
 
 def completed_report(
-    output_url: str, fingerprint: str | None, modes: bool = False
+    output_url: str,
+    fingerprint: str | None,
+    modes: bool = False,
+    storage_options: store.StorageOptions | None = None,
 ) -> JobReport | None:
     """The report of ``output_url`` if it is complete, else None: the one test of
     "already complete".
@@ -444,13 +492,15 @@ def completed_report(
         complete output (a scheduled run's own output, named by its run id).
     modes : bool
         Only an output holding each point's mode counts.
+    storage_options : dict, optional
+        fsspec options of a remote output.
     """
-    attributes = store.existing_attributes(output_url) or {}
+    attributes = store.existing_attributes(output_url, storage_options) or {}
     if attributes.get("status") != store.STATUS_COMPLETE:
         return None
     if fingerprint is not None and attributes.get("fingerprint") != fingerprint:
         return None
-    group = store.open_result(output_url)
+    group = store.open_result(output_url, storage_options)
     if modes and "modes" not in group:
         return None
     return _job_report(

@@ -48,7 +48,7 @@ class InputSpec(_Strict):
 
     url: str
     array: str = "points"
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
     drop_invalid_rows: bool = False
 
 
@@ -65,12 +65,13 @@ MAX_CONNECT_TIMEOUT_S = 86_400.0
 
 
 class ClusterSpec(_Strict):
-    """Where the job runs: an embedded cluster (CPU or one worker per GPU) or a scheduler.
+    """Where the job runs: an embedded cluster (CPU or one worker per GPU), a scheduler, or
+    threads of this process (no worker processes: what a ``memory://`` store needs).
 
     A ``scheduler`` given without a ``kind`` means ``kind: remote``.
     """
 
-    kind: Literal["local", "local-cuda", "remote"] = "local"
+    kind: Literal["local", "local-cuda", "remote", "threads"] = "local"
     n_workers: int | None = Field(default=None, ge=1)
     scheduler: str | None = None
     tls: TLSSpec | None = None
@@ -96,6 +97,7 @@ class OutputSpec(_Strict):
     """Where the clusters go; ``path`` may hold {name}, {date}, {run_id}."""
 
     path: str
+    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
     overwrite: bool = False
     modes: bool = False
     checkpoint_every: int = Field(default=1, ge=0)

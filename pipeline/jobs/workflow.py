@@ -17,6 +17,8 @@ from .spec import ClusterSpec, TLSSpec, WorkflowSpec, describe_spec_error, make_
 CLI_TO_SPEC = {
     "input_url": ("input", "url"),
     "array": ("input", "array"),
+    "input_storage_options": ("input", "storage_options"),
+    "output_storage_options": ("output", "storage_options"),
     "drop_invalid_rows": ("input", "drop_invalid_rows"),
     "output": ("output", "path"),
     "overwrite": ("output", "overwrite"),
@@ -145,10 +147,11 @@ def run_spec(
     run_id = run_id or make_run_id()
     output = spec.output.model_copy(update={"path": spec.output_path(run_id)})
     if skip_complete:
-        done = completed_report(output.path, None)  # any complete output of this run
+        options = output.storage_options
+        done = completed_report(output.path, None, storage_options=options)  # any of this run
         if done is not None:
             return done
-        if store.existing_attributes(output.path) is not None:  # an earlier attempt's
+        if store.existing_attributes(output.path, options) is not None:  # an earlier attempt's
             output = output.model_copy(update={"overwrite": True})
     return run_job(
         spec.input.model_copy(update={"url": spec.resolve(spec.input.url)}),
