@@ -20,6 +20,7 @@ import zarr
 from pipeline.engine import mean_shift
 from pipeline.errors import InputDataError, OutputError
 from pipeline.io import lease as lease_module
+from pipeline.io import store
 from pipeline.io.datasets import write_blobs
 from pipeline.io.lease import OutputLease
 from pipeline.jobs.job import run_job
@@ -471,14 +472,37 @@ def test_a_lease_in_an_fsspec_store_is_exclusive_too(tmp_path):
         second.check()
 
 
-def test_an_output_the_workers_wrote_elsewhere_is_never_marked_complete(tmp_path):
-    # memory:// is this process's: worker processes read and write a store of their own
+def test_a_store_only_this_process_sees_is_refused_for_worker_processes(tmp_path):
+    # memory:// is this process's: worker processes would read and write stores of their own
     data, out = f"memory://{tmp_path.name}/in.zarr", f"memory://{tmp_path.name}/o.zarr"
     write_blobs(data, 4, 500, 1.0, 2, seed=1, chunk=300)
     with pytest.raises(OutputError) as raised:
         run_job(data, out, make_params(bandwidth=1.0), cluster=ONE_WORKER)
     assert str(raised.value) == (
-        f"output {out} was not written whole ('labels' misses 7 chunk(s)); it is not marked "
+        f"the input {data} lives in this process's memory, which Dask worker processes cannot "
+        "see: run with cluster threads, or use a store the workers share"
+    )
+    with pytest.raises(FileNotFoundError):  # refused before anything was written
+        zarr.open_group(out, mode="r")
+    done = run_job(data, out, make_params(bandwidth=1.0), cluster=ClusterSpec(kind="threads"))
+    expected = mean_shift(
+        zarr.open_group(data, mode="r")["points"][...], make_params(bandwidth=1.0)
+    )
+    result = zarr.open_group(out, mode="r")
+    assert result.attrs["status"] == "complete" and done.n_clusters == len(expected.sizes)
+    np.testing.assert_array_equal(result["labels"][...], expected.labels)
+    np.testing.assert_array_equal(result["centers"][...], expected.centers)
+
+
+def test_an_output_not_written_whole_is_never_marked_complete(tmp_path):
+    # what workers that wrote somewhere this process cannot see leave behind: no labels
+    out = str(tmp_path / "o.zarr")
+    group = store.create_output(out, 1000, 300)
+    attributes = {"n_points": 1000, "n_clusters": 1, "input": {"shape": [1000, 2]}}
+    with pytest.raises(OutputError) as raised:
+        store.write_summary(group, np.zeros((1, 2)), np.array([1000]), attributes, out)
+    assert str(raised.value) == (
+        f"output {out} was not written whole ('labels' misses 4 chunk(s)); it is not marked "
         "complete"
     )
-    assert zarr.open_group(out, mode="r").attrs["status"] == "failed"
+    assert zarr.open_group(out, mode="r").attrs["status"] == "running"

@@ -170,6 +170,11 @@ class Job:
         name = name or default_job_name(output.path)
         return cls(input, output, params, source, content, fingerprint, name, run_id, started)
 
+    def completed(self) -> JobReport | None:
+        """The report of this very job's complete output, or None (:func:`completed_report`)."""
+        output = self.output
+        return completed_report(output.path, self.fingerprint, output.modes, output.storage_options)
+
     def check_input_unchanged(self) -> None:
         """Refuse a result computed while the input changed (its content stamp moved).
 
@@ -202,9 +207,8 @@ def run_job(
     The input is checked and the output created (``status: "running"``) before any
     cluster starts; on an error the output is marked ``failed``, and ``complete`` only
     after everything is written. The same job (input, parameters, version) continues
-    from its saved state in its unfinished output, and reads back the report of its
-    complete one (``already_complete``); only ``overwrite`` recomputes it, and only
-    ``overwrite`` replaces another job's output.
+    from its saved state in its unfinished output and reads back the report of its
+    complete one (``already_complete``); ``overwrite`` recomputes, or replaces another's.
 
     Parameters
     ----------
@@ -218,8 +222,7 @@ def run_job(
     cluster : ClusterSpec, optional
         Where to compute (default: an embedded local cluster, one worker per core).
     name : str, optional
-        Prefix of the job's task names on the dashboard (default: the output's folder
-        name without extension).
+        Prefix of the job's task names on the dashboard (default: the output's name).
     run_id : str, optional
         Recorded in the output's attributes (workflow runs).
     progress : callable, optional
@@ -229,18 +232,17 @@ def run_job(
     on_cluster_ready : callable, optional
         Called with the ``distributed.Client`` once connected (not for ``kind: threads``).
     storage_options : dict, optional
-        fsspec options (endpoint, credentials, ...) of an input and output given as URLs;
-        an :class:`InputSpec` or :class:`OutputSpec` carries its own. Never recorded.
+        fsspec options (endpoint, credentials, ...) of an input and output given as URLs
+        (a spec object carries its own). Never recorded.
     """
     started = time.perf_counter()
     input, output, given = _absolute_specs(input, output, storage_options)
     cluster = cluster or ClusterSpec()
     check_locations(input, output, cluster)
     job = Job.open(input, output, params, name, run_id, started)
-    if not output.overwrite:
-        done = completed_report(output.path, job.fingerprint, output.modes, output.storage_options)
-        if done is not None:
-            return dataclasses.replace(done, **given)
+    done = None if output.overwrite else job.completed()
+    if done is not None:
+        return dataclasses.replace(done, **given)
     security = spec_security(cluster)  # its files are checked before any output is made
     if cluster.kind == "local":
         check_local_workers(cluster.n_workers)
