@@ -221,16 +221,14 @@ def run_job(
     params : MeanShiftParams
     cluster : ClusterSpec, optional
         Where to compute (default: an embedded local cluster, one worker per core).
-    name : str, optional
-        Prefix of the job's task names on the dashboard (default: the output's name).
-    run_id : str, optional
-        Recorded in the output's attributes (workflow runs).
+    name, run_id : str, optional
+        The prefix of its task names (default: the output's name); recorded (workflows).
     progress : callable, optional
         Called after each blurring iteration.
     dashboard : bool
         Put the cluster's dashboard address in the report.
     on_cluster_ready : callable, optional
-        Called with the ``distributed.Client`` once connected (not for ``kind: threads``).
+        Called with the ``distributed.Client`` once connected (none for ``threads``).
     storage_options : dict, optional
         fsspec options (endpoint, credentials, ...) of an input and output given as URLs
         (a spec object carries its own). Never recorded.
