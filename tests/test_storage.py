@@ -71,7 +71,7 @@ def test_generate_run_status_and_report_with_an_s3_input_and_output(s3, options_
     made = meanshift("generate", "-o", data, "--storage-options", options_file, "--chunk", "300")
     assert made.returncode == 0, made.stderr
     before = s3.objects(source)
-    run = ["-b", "2.5", "--kernel", "gaussian", "--n-workers", "2"]  # with its summary
+    run = ["-b", "2.5", "--kernel", "gaussian", "--n-workers", "1"]  # with its summary
     given = ["--input-storage-options", options_file, "--output-storage-options", options_file]
     done = meanshift("run", "-i", data, "-o", out, *given, *run)
     assert done.returncode == 0 and done.stderr == "", done.stderr
