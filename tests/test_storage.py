@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,3 +312,21 @@ def test_a_memory_store_needs_the_job_to_run_in_this_process(tmp_path):
     expected = mean_shift(zarr.open_group(local, mode="r")["points"][...], make_params(bandwidth=1))
     np.testing.assert_array_equal(zarr.open_group(out, mode="r")["labels"][...], expected.labels)
     assert not os.path.exists(tmp_path / "o.zarr")
+
+
+def test_the_readme_object_store_example_runs_as_written(s3):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    (example,) = [block for block in blocks if "storage_options=s3" in block]
+    source, target = s3.bucket(), s3.bucket()
+    s3_blobs(s3, source)
+    lines = example.replace("s3://in/", f"s3://{source}/").replace("s3://out/", f"s3://{target}/")
+    code = re.sub(r"^s3 = .*$", f"s3 = {s3.options()!r}", lines, flags=re.M)
+    assert code.count(s3.secret) == 1  # the example's options line was replaced
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # run_job on an embedded cluster
+    out = s3_group(s3, f"s3://{target}/clusters.zarr")
+    expected = mean_shift(
+        s3_group(s3, f"s3://{source}/data.zarr")["points"][...], make_params(bandwidth=2.5)
+    )
+    assert_same_clusters(out, expected)
