@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 import warnings
 from typing import Any, get_args
 
@@ -32,6 +33,29 @@ class BandwidthType(click.ParamType):
         if not number > 0 or number == float("inf"):
             self.fail(f"{value!r} must be a positive number", param, ctx)
         return number
+
+
+class ClusterType(click.ParamType):
+    """Where a job computes: auto, threads, local, local-cuda, or a scheduler's address."""
+
+    name = "auto|threads|local|local-cuda|ADDRESS"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        from .jobs.spec import CLUSTER_KINDS, check_scheduler_address
+
+        if value in CLUSTER_KINDS and value != "remote":
+            return value
+        if "://" not in value:
+            kinds = ", ".join(kind for kind in CLUSTER_KINDS if kind != "remote")
+            self.fail(f"{value!r} is none of {kinds}, nor a scheduler address", param, ctx)
+        try:
+            return check_scheduler_address(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+PROGRESS_EVERY_S = 10.0
+"""Seconds between plain progress lines when stderr is not a terminal."""
 
 
 class StorageOptionsType(click.ParamType):
@@ -181,11 +205,13 @@ def _cluster_options() -> list[Any]:
         ),
         click.option(
             "--cluster",
-            type=click.Choice(["local", "local-cuda", "threads"]),
-            default="local",
+            type=ClusterType(),
+            default="auto",
             show_default=True,
-            help="Embedded cluster: CPU worker processes, one worker per GPU (dask-cuda), or "
-            "threads of this process (no workers; what memory:// stores need).",
+            help="Where to compute: threads of this process (no worker processes), a local "
+            "cluster of worker processes, one worker per GPU (dask-cuda), a scheduler's "
+            "address; auto: Dask's configured scheduler-address if set, else threads for "
+            "inputs that fit comfortably in memory, else local.",
         ),
         click.option(
             "--n-workers",
@@ -226,6 +252,15 @@ def _job_options() -> list[Any]:
         click.option(
             "--quiet", "-q", is_flag=True, help="No progress bar or summary; errors only."
         ),
+        click.option(
+            "--progress-every",
+            default=PROGRESS_EVERY_S,
+            show_default=True,
+            type=click.FloatRange(min=0),
+            metavar="SECONDS",
+            help="When stderr is not a terminal (cron, logs): a progress line every SECONDS "
+            "(0: every iteration).",
+        ),
     ]
 
 
@@ -242,29 +277,42 @@ def _run_options(func: Any) -> Any:
     return func
 
 
-class _ProgressBar:
-    """A progress callback drawing a tqdm bar on stderr, opened at the first iteration."""
+class _Progress:
+    """A progress callback: on a terminal, a tqdm counter of iterations (no total: a run
+    stops when its points stop moving, not at ``max_iter``) with the largest shift and the
+    points still moving; otherwise (cron, container logs) a plain line on stderr every
+    ``every_s`` seconds (0: every iteration)."""
 
-    def __init__(self, params: MeanShiftParams) -> None:
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
+    def __init__(self, params: MeanShiftParams, every_s: float) -> None:
         self._params = params
+        self._every_s = every_s
+        self._terminal = sys.stderr.isatty()
         self._bar: Any = None
+        self._started = self._said = time.monotonic()
 
     def __call__(self, iteration: int, shift: float, moving: int) -> None:
-        """Advance the bar by one iteration and show the largest shift and the points moving."""
+        """Report one more iteration: its largest shift and the points still moving."""
+        if not self._terminal:
+            now = time.monotonic()
+            if now - self._said >= self._every_s:
+                self._said = now
+                click.echo(
+                    f"meanshift: iteration {iteration}: largest shift {shift:.3g}, "
+                    f"{moving:,} points moving ({now - self._started:.0f} s)",
+                    err=True,
+                )
+            return
         if self._bar is None:
-            self._bar = self._tqdm(
-                total=self._params.max_iter,
+            from tqdm import tqdm
+
+            self._bar = tqdm(
                 desc="blurring" if self._params.blurring else "mean shift",
                 unit="it",
                 file=sys.stderr,
                 leave=False,
-                disable=None,
             )
         self._bar.update(1)
-        self._bar.set_postfix(max_shift=f"{shift:.3g}", moving=moving)
+        self._bar.set_postfix(max_shift=f"{shift:.3g}", moving=f"{moving:,}")
 
     def close(self) -> None:
         """Close the bar, if the job got as far as opening it."""
@@ -297,9 +345,10 @@ def _execute(
     from .jobs.spec import load_spec
     from .jobs.workflow import run_spec, spec_with_options
 
+    every_s = given.pop("progress_every", PROGRESS_EVERY_S)
     spec = spec_with_options(None if spec_file is None else load_spec(spec_file), given)
     params = spec.mean_shift_params()
-    progress = None if quiet else _ProgressBar(params)
+    progress = None if quiet else _Progress(params, every_s)
 
     def announce(client: Any) -> None:
         if not quiet:
@@ -313,6 +362,7 @@ def _execute(
             on_cluster_ready=announce,
             dashboard=not quiet,
             skip_complete=skip_complete,
+            on_start=None if quiet else click.echo,
         )
     finally:
         if progress is not None:
@@ -349,6 +399,12 @@ def format_summary(report: Any, params: Any) -> str:
     )
     if report.dropped_rows:
         lines.append(f"left out {report.dropped_rows:,} rows holding NaN or Inf (labelled -1)")
+    outliers = report.unlabelled - report.dropped_rows
+    if outliers:
+        lines.append(
+            f"labelled -1: {outliers:,} points farther than the bandwidth from every centre "
+            "(--no-cluster-all)"
+        )
     lines.append(f"output: {report.output}")
     return "\n".join(lines)
 

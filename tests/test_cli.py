@@ -114,7 +114,17 @@ MISTAKES = [
     (["run", "-i", "{store}", "-o", "{store}/inner"], 4, "nest with the input"),
     (["run", "-i", "{store}", "-o", "{parent}/plain-folder", "--overwrite"], 4, "not a meanshift"),
     (["run", "-i", "{store}", "-o", "nosuch://x.zarr", "-b", "1"], 4, "cannot write output"),
-    (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--scheduler", "nonsense"], 5, "cannot reach"),
+    (
+        ["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--scheduler", "nonsense"],
+        2,
+        "cluster.scheduler: 'nonsense' is not a Dask scheduler address",
+    ),
+    (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--cluster", "nonsense"], 2, "nor a scheduler"),
+    (
+        ["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--cluster", "tcp://127.0.0.1:1"],
+        5,
+        "cannot reach Dask scheduler tcp://127.0.0.1:1",
+    ),
     (["run"], 2, "missing option --input"),
     (["run", "-i", "{store}"], 2, "missing option --output"),
     (
@@ -172,6 +182,8 @@ def test_user_mistakes_give_one_line_and_exit_code(small_store, tmp_path, args, 
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert tree_digest(parent) == before  # inputs and unrelated folders untouched
+    if code != 3:  # a usage mistake leaves no output (bad data: a failed one, saying why)
+        assert not [name for name in os.listdir(tmp_path) if name.startswith("o.zarr")]
 
 
 def test_unreachable_scheduler_is_a_cluster_error(small_store, tmp_path):

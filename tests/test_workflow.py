@@ -117,7 +117,7 @@ def test_a_scheduler_without_a_kind_means_a_remote_cluster():
     from pipeline.jobs.spec import ClusterSpec
 
     assert ClusterSpec(scheduler="tcp://h:8786").kind == "remote"
-    assert ClusterSpec().kind == "local" and ClusterSpec(n_workers=2).scheduler is None
+    assert ClusterSpec().kind == "auto" and ClusterSpec(n_workers=2).scheduler is None
 
 
 def test_unreadable_specs(tmp_path):

@@ -412,8 +412,17 @@ def overlaps_input(
     input_options: StorageOptions | None = None,
 ) -> bool:
     """Whether an output at ``output_url`` would write into the input's Zarr store (its
-    :func:`store_root`), or contain it."""
-    out_kind, out_path, _ = _normalized(output_url, output_options)
+    :func:`store_root`), or contain it.
+
+    Raises
+    ------
+    OutputError
+        ``output_url`` names no filesystem fsspec knows.
+    """
+    try:
+        out_kind, out_path, _ = _normalized(output_url, output_options)
+    except Exception as exc:  # unknown protocols, missing filesystem packages
+        raise OutputError(f"cannot write output {output_url}: {first_line(exc)}") from None
     in_kind, in_path = store_root(input_url, input_options)
     if out_kind != in_kind:
         return False
@@ -439,6 +448,44 @@ def location_exists(url: str, storage_options: StorageOptions | None = None) -> 
         raise OutputError(f"cannot write output {url}: {first_line(exc)}") from None
 
 
+def check_output(
+    url: str,
+    overwrite: bool = False,
+    input_url: str | None = None,
+    storage_options: StorageOptions | None = None,
+    input_options: StorageOptions | None = None,
+) -> bool:
+    """Whether a new output at ``url`` replaces an existing one; refuse one it may not write.
+
+    An existing output is replaced only if it is a meanshift output and either
+    ``overwrite`` is set or its status is ``failed``. Anything else at that
+    location (another program's data, a plain folder) is never replaced.
+
+    Raises
+    ------
+    OutputError
+        The location is, contains or lies in the input's Zarr store, or holds something
+        that may not be replaced.
+    """
+    if input_url is not None and overlaps_input(url, input_url, storage_options, input_options):
+        raise OutputError(
+            f"output {url} would overwrite or nest with the input {input_url} (its Zarr store "
+            "is never written to)"
+        )
+    if not location_exists(url, storage_options):
+        return False
+    status = _existing_status(url, storage_options)
+    if status is None:
+        raise OutputError(f"output {url} exists and is not a meanshift output; not replacing it")
+    if not overwrite and status != STATUS_FAILED:
+        raise OutputError(
+            f"output {literal(url)} already exists (status '{status}'); "
+            "pass {overwrite} to replace it",
+            overwrite=True,
+        )
+    return True
+
+
 def create_output(
     url: str,
     n_points: int,
@@ -450,37 +497,14 @@ def create_output(
     input_options: StorageOptions | None = None,
 ) -> zarr.Group:
     """Create the output group with ``status: "running"`` (and ``attributes``) and its
-    ``labels`` array.
-
-    An existing output is replaced only if it is a meanshift output and either
-    ``overwrite`` is set or its status is ``failed``. Anything else at that
-    location (another program's data, a plain folder) is never replaced.
+    ``labels`` array, where :func:`check_output` allows.
 
     Raises
     ------
     OutputError
-        The location is or nests with the input, holds something that may not
-        be replaced, or cannot be written.
+        :func:`check_output` refuses the location, or it cannot be written.
     """
-    if input_url is not None and overlaps_input(url, input_url, storage_options, input_options):
-        raise OutputError(
-            f"output {url} would overwrite or nest with the input {input_url} (its Zarr store "
-            "is never written to)"
-        )
-    replace = False
-    if location_exists(url, storage_options):
-        status = _existing_status(url, storage_options)
-        if status is None:
-            raise OutputError(
-                f"output {url} exists and is not a meanshift output; not replacing it"
-            )
-        if not overwrite and status != STATUS_FAILED:
-            raise OutputError(
-                f"output {literal(url)} already exists (status '{status}'); "
-                "pass {overwrite} to replace it",
-                overwrite=True,
-            )
-        replace = True
+    replace = check_output(url, overwrite, input_url, storage_options, input_options)
     try:
         group = zarr.open_group(
             url, mode="w" if replace else "w-", storage_options=zarr_options(url, storage_options)
@@ -584,6 +608,14 @@ def mark_failed(group: zarr.Group, message: str) -> None:
         group.update_attributes({"status": STATUS_FAILED, "error": message})
     except Exception:
         pass
+
+
+def remove_output(group: zarr.Group) -> None:
+    """Delete an output group and everything in it (best effort): one this run created."""
+    from zarr.core.sync import sync
+
+    with contextlib.suppress(Exception):
+        sync(group.store_path.delete_dir())
 
 
 def open_result(url: str, storage_options: StorageOptions | None = None) -> zarr.Group:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import math
 import os
 import time
 import warnings
@@ -82,6 +84,86 @@ def _threads(n_workers: int | None) -> Iterator[None]:
 
     with dask.config.set(scheduler="threads", num_workers=n_workers):
         yield None
+
+
+THREADS_MEMORY_SHARE = 8
+"""``auto`` computes in this process's threads when the input, as float64, takes at most
+1/8 of this machine's memory (room for its copies: positions, shifted points, modes)."""
+
+
+def resolve_cluster(
+    cluster: ClusterSpec, input_shape: tuple[int, ...], process_local: bool = False
+) -> ClusterSpec:
+    """The cluster an ``auto`` spec stands for (any other kind: as it is).
+
+    In order: threads for a store only this process sees (``process_local``); an embedded
+    cluster when ``n_workers`` is given; the scheduler of Dask's configuration
+    (``scheduler-address``, e.g. ``DASK_SCHEDULER_ADDRESS``); threads when the input fits
+    comfortably in memory (:data:`THREADS_MEMORY_SHARE`); an embedded cluster above.
+
+    Raises
+    ------
+    ParameterError
+        Dask's configured scheduler address is malformed.
+    """
+    if cluster.kind != "auto":
+        return cluster
+    if process_local:
+        return cluster.model_copy(update={"kind": "threads"})
+    if cluster.n_workers is not None:
+        return cluster.model_copy(update={"kind": "local"})
+    import dask
+    import psutil
+
+    from .spec import check_scheduler_address
+
+    address = dask.config.get("scheduler-address", None)
+    if address:
+        try:
+            check_scheduler_address(str(address))
+        except ValueError as exc:
+            raise ParameterError(f"Dask's configured scheduler-address: {exc}") from None
+        return cluster.model_copy(update={"kind": "remote", "scheduler": str(address)})
+    n_bytes = 8 * math.prod(input_shape)
+    fits = n_bytes * THREADS_MEMORY_SHARE <= psutil.virtual_memory().total
+    return cluster.model_copy(update={"kind": "threads" if fits else "local"})
+
+
+def check_cluster(cluster: ClusterSpec, backend: str = "auto") -> Security | None:
+    """Check what can be checked of a (resolved) cluster before it starts: its TLS files,
+    the number of embedded workers, the GPU a ``cupy`` run on this machine needs, dask-cuda
+    for ``local-cuda``. Returns its TLS settings.
+
+    Raises
+    ------
+    ParameterError, ClusterError
+    """
+    security = spec_security(cluster)
+    if cluster.kind == "local":
+        check_local_workers(cluster.n_workers)
+    if cluster.kind == "local-cuda" and importlib.util.find_spec("dask_cuda") is None:
+        raise ClusterError(
+            "a local-cuda cluster needs dask-cuda: pip install 'meanshift-pipeline[gpu]'"
+        )
+    if backend == "cupy" and cluster.kind in ("threads", "local"):
+        from ..backend import gpu_available
+
+        if not gpu_available():
+            raise ParameterError("backend 'cupy' was asked for but no CUDA device is usable")
+    return security
+
+
+def describe_cluster(cluster: ClusterSpec) -> str:
+    """One line saying where a (resolved) cluster's job runs."""
+    if cluster.kind == "threads":
+        threads = cluster.n_workers or os.cpu_count() or 1
+        return f"running in this process: Dask's threaded scheduler, {threads} threads"
+    if cluster.kind == "local":
+        workers = cluster.n_workers or default_workers()
+        return f"starting a local Dask cluster: {workers} worker processes"
+    if cluster.kind == "local-cuda":
+        return "starting a local CUDA Dask cluster: one worker per GPU"
+    return f"connecting to the Dask scheduler at {cluster.scheduler}"
 
 
 def default_workers() -> int:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..engine import MeanShiftResult, ProgressCallback, mean_shift
-from ..errors import InputDataError, InvalidRowsError, OutputError, literal
+from ..errors import InputDataError, InvalidRowsError, OutputError, ParameterError, literal
 from ..io import store
 from ..io.checkpoint import ZarrCheckpoint, resumable
 from ..io.lease import OutputLease
@@ -28,8 +28,8 @@ from ..worker import warm_up
 
 if TYPE_CHECKING:
     from distributed import Client
-from .cluster import check_local_workers, cluster_client, spec_security
-from .spec import ClusterSpec, InputSpec, OutputSpec
+from .cluster import check_cluster, cluster_client, describe_cluster, resolve_cluster
+from .spec import ClusterSpec, InputSpec, OutputSpec, default_job_name
 from .watch import CrashLoopWatch, cluster_failures
 
 
@@ -56,6 +56,7 @@ class JobReport:
     resumed: str | None = None
     already_complete: bool = False
     dropped_rows: int = 0
+    unlabelled: int = 0
 
 
 def package_versions() -> dict[str, str]:
@@ -133,12 +134,6 @@ def job_fingerprint(
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
-def default_job_name(output_url: str) -> str:
-    """A job's name from its output: the last path element without its extension."""
-    last = output_url.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
-    return last.rsplit(".", 1)[0] or "meanshift"
-
-
 @dataclass(frozen=True)
 class Job:
     """One job, as :func:`run_job` was asked to run it, and its input as opened."""
@@ -201,6 +196,7 @@ def run_job(
     dashboard: bool = False,
     on_cluster_ready: Callable[[Client], None] | None = None,
     storage_options: store.StorageOptions | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> JobReport:
     """Cluster a Zarr point set and write the result to a Zarr group.
 
@@ -232,6 +228,8 @@ def run_job(
     storage_options : dict, optional
         fsspec options (endpoint, credentials, ...) of an input and output given as URLs
         (a spec object carries its own). Never recorded.
+    on_start : callable, optional
+        Called with one line saying where the job runs, before its cluster starts.
     """
     started = time.perf_counter()
     input, output, given = _absolute_specs(input, output, storage_options)
@@ -241,27 +239,38 @@ def run_job(
     done = None if output.overwrite else job.completed()
     if done is not None:
         return dataclasses.replace(done, **given)
-    security = spec_security(cluster)  # its files are checked before any output is made
-    if cluster.kind == "local":
-        check_local_workers(cluster.n_workers)
+    cluster = resolve_cluster(cluster, job.source.array.shape, _process_local(input, output))
+    security = check_cluster(cluster, params.backend)  # all before anything is written
+    _check_output(job)
+    if on_start is not None:
+        on_start(describe_cluster(cluster))
     with OutputLease(output.path, output.storage_options) as lease:  # one writer per output
-        group = _open_output(job)
-        with _failed_on_error(group, lease):
-            connection = cluster_client(cluster, security)
-            watching = cluster.connect_timeout
-            report = _run(
-                job, group, connection, watching, progress, dashboard, on_cluster_ready, lease
-            )
+        connection = cluster_client(cluster, security)
+        watching = cluster.connect_timeout
+        report = _run(job, connection, watching, progress, dashboard, on_cluster_ready, lease)
     return dataclasses.replace(report, **given)
 
 
+def _process_local(input: InputSpec, output: OutputSpec) -> bool:
+    """Whether the input or output is a store only this process can see (``memory://``)."""
+    return any(
+        store.protocol(url) in store.PROCESS_LOCAL_PROTOCOLS for url in (input.url, output.path)
+    )
+
+
 @contextlib.contextmanager
-def _failed_on_error(group: Any, lease: OutputLease) -> Iterator[None]:
-    """Mark the output failed on any error or signal (unless another run took it over)."""
+def _failed_on_error(group: Any, lease: OutputLease, created: bool) -> Iterator[None]:
+    """Mark the output failed on any error or signal (unless another run took it over);
+    remove an output this run ``created`` when a parameter proves wrong for the data (a
+    bandwidth too small for it: a mistake, with nothing to resume)."""
     try:
         yield
     except BaseException as exc:
-        if lease.lost is None:
+        if lease.lost is not None:
+            raise
+        if created and isinstance(exc, ParameterError):
+            store.remove_output(group)
+        else:
             store.mark_failed(group, f"{type(exc).__name__}: {exc}")
         raise
 
@@ -312,7 +321,6 @@ def _absolute_specs(
 
 def _run(
     job: Job,
-    group: Any,
     connection: contextlib.AbstractContextManager[Client | None],
     no_worker_s: float,
     progress: ProgressCallback | None,
@@ -320,11 +328,8 @@ def _run(
     on_cluster_ready: Callable[[Client], None] | None,
     lease: OutputLease,
 ) -> JobReport:
-    """Start or reach the cluster, cluster the points, write everything, mark complete
-    (only if the input did not change meanwhile and this run still holds the output)."""
-    checkpoint = ZarrCheckpoint(
-        group, job.source.row_chunk, job.fingerprint, job.output.checkpoint_every
-    )
+    """Start or reach the cluster; then create the output (or reopen it, to continue), and
+    compute, write and mark it complete (:func:`_compute`), or failed on any error."""
     before_cluster = time.perf_counter()
     warming = threading.Thread(target=warm_up, daemon=True)  # while the cluster starts
     warming.start()
@@ -333,33 +338,59 @@ def _run(
         cluster_start = time.perf_counter() - before_cluster
         if on_cluster_ready is not None and client is not None:
             on_cluster_ready(client)
-        with job_tag(job.name), cluster_failures(watch):
-            result, kept = _cluster(job, progress, checkpoint)
-            clock = time.perf_counter()
-            _write_per_point(group, result, kept, job.source.row_chunk, job.output.modes)
-        timings = dict(result.timings)
-        timings["write_s"] = time.perf_counter() - clock
-        timings["cluster_start_s"] = cluster_start  # includes loading this process's kernels
-        timings["pipeline_s"] = time.perf_counter() - job.started - cluster_start
-        attributes = result_attributes(
-            result, job.params, job.source, job.source.array.shape[0], job.content
-        )
-        attributes |= {
-            "timings": timings,
-            "job": {"name": job.name, "run_id": job.run_id},
-            "resumed_from_iteration": result.resumed_from_iteration,
-            "resumed": result.resumed,
-            "fingerprint": job.fingerprint,
-            "dropped_rows": 0 if kept is None else kept.dropped,
-        }
-        job.check_input_unchanged()
-        lease.check()
-        checkpoint.clear()
-        store.write_summary(group, result.centers, result.sizes, attributes, job.output.path)
+        group, created = _open_output(job)
+        with _failed_on_error(group, lease, created):
+            result, attributes = _compute(job, group, progress, watch, lease, cluster_start)
         link = client.dashboard_link if dashboard and client is not None else None
     return _job_report(
         job.input.url, job.output.path, attributes, result.centers, result.sizes, link
     )
+
+
+def _compute(
+    job: Job,
+    group: Any,
+    progress: ProgressCallback | None,
+    watch: CrashLoopWatch | None,
+    lease: OutputLease,
+    cluster_start: float,
+) -> tuple[MeanShiftResult, dict[str, Any]]:
+    """Cluster the points, write everything, mark the output complete (only if the input did
+    not change meanwhile and this run still holds the output); the result and attributes."""
+    checkpoint = ZarrCheckpoint(
+        group, job.source.row_chunk, job.fingerprint, job.output.checkpoint_every
+    )
+    with job_tag(job.name), cluster_failures(watch):
+        result, kept = _cluster(job, progress, checkpoint)
+        clock = time.perf_counter()
+        _write_per_point(group, result, kept, job.source.row_chunk, job.output.modes)
+    timings = dict(result.timings)
+    timings["write_s"] = time.perf_counter() - clock
+    timings["cluster_start_s"] = cluster_start  # includes loading this process's kernels
+    timings["pipeline_s"] = time.perf_counter() - job.started - cluster_start
+    n = job.source.array.shape[0]
+    attributes = result_attributes(result, job.params, job.source, n, job.content)
+    attributes |= {
+        "timings": timings,
+        "job": {"name": job.name, "run_id": job.run_id},
+        "resumed_from_iteration": result.resumed_from_iteration,
+        "resumed": result.resumed,
+        "fingerprint": job.fingerprint,
+        "dropped_rows": 0 if kept is None else kept.dropped,
+    }
+    attributes["unlabelled"] = unlabelled_points(n, result.sizes, attributes["dropped_rows"])
+    job.check_input_unchanged()
+    lease.check()
+    checkpoint.clear()
+    store.write_summary(group, result.centers, result.sizes, attributes, job.output.path)
+    return result, attributes
+
+
+def unlabelled_points(n_points: int, sizes: Any, dropped_rows: int) -> dict[str, int]:
+    """How many points are labelled -1, and why: ``outliers`` (farther than the bandwidth
+    from every centre, ``cluster_all=False``) and ``dropped_rows`` (NaN or Inf)."""
+    total = n_points - int(np.sum(sizes))
+    return {"points": total, "outliers": total - dropped_rows, "dropped_rows": dropped_rows}
 
 
 def _watching(
@@ -369,16 +400,34 @@ def _watching(
     return contextlib.nullcontext() if client is None else CrashLoopWatch(client, no_worker_s)
 
 
-def _open_output(job: Job) -> Any:
-    """The output group: reopened when this job stopped part way (to continue from its
-    saved state), created (``status: "running"``) otherwise."""
+def _check_output(job: Job) -> None:
+    """Refuse, before any cluster starts and without writing, an output this job may not
+    write (:func:`_open_output` creates it once the cluster is there).
+
+    Raises
+    ------
+    OutputError
+    """
     path, options = job.output.path, job.output.storage_options
     if not job.output.overwrite and resumable(path, job.fingerprint, options):
-        return store.reopen_output(path, options)
+        return
+    if not job.output.overwrite:
+        _refuse_output_of_other_content(job)
+    store.check_output(
+        path, job.output.overwrite, job.input.url, options, job.input.storage_options
+    )
+
+
+def _open_output(job: Job) -> tuple[Any, bool]:
+    """The output group, reopened when this job stopped part way (to continue from its
+    saved state), created (``status: "running"``) otherwise; and whether it was created."""
+    path, options = job.output.path, job.output.storage_options
+    if not job.output.overwrite and resumable(path, job.fingerprint, options):
+        return store.reopen_output(path, options), False
     if not job.output.overwrite:
         _refuse_output_of_other_content(job)
     n = job.source.array.shape[0]
-    return store.create_output(
+    created = store.create_output(
         path,
         n,
         job.source.row_chunk,
@@ -388,6 +437,7 @@ def _open_output(job: Job) -> Any:
         storage_options=options,
         input_options=job.input.storage_options,
     )
+    return created, True
 
 
 def _refuse_output_of_other_content(job: Job) -> None:
@@ -472,6 +522,7 @@ def _job_report(
         resumed=attributes.get("resumed"),
         already_complete=already_complete,
         dropped_rows=int(attributes.get("dropped_rows") or 0),
+        unlabelled=int((attributes.get("unlabelled") or {}).get("points", 0)),
     )
 
 

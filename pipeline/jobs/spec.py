@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 import string
 from typing import Any, Literal
 
@@ -64,14 +65,54 @@ MAX_CONNECT_TIMEOUT_S = 86_400.0
 """The longest wait for a scheduler: a day."""
 
 
+SCHEDULER_PROTOCOLS = ("tcp", "tls", "ucx", "ws", "wss")
+"""Dask comm protocols a scheduler address may name."""
+
+_ADDRESS = re.compile(r"^(?:([a-z]+)://)?(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]@]+):(\d{1,5})/?$")
+
+
+def check_scheduler_address(address: str) -> str:
+    """A Dask scheduler address, ``[protocol://]host:port``, as given.
+
+    Raises
+    ------
+    ValueError
+        Naming what is wrong (checked without importing Dask).
+    """
+    found = _ADDRESS.match(address)
+    if found is None:
+        raise ValueError(
+            f"{address!r} is not a Dask scheduler address (protocol://host:port, e.g. "
+            "tcp://10.0.0.5:8786)"
+        )
+    protocol, port = found.group(1), int(found.group(3))
+    if protocol is not None and protocol not in SCHEDULER_PROTOCOLS:
+        raise ValueError(
+            f"{address!r}: unknown protocol {protocol!r} (one of {', '.join(SCHEDULER_PROTOCOLS)})"
+        )
+    if not 0 < port < 65536:
+        raise ValueError(f"{address!r}: port {port} is not 1-65535")
+    return address
+
+
+CLUSTER_KINDS = ("auto", "threads", "local", "local-cuda", "remote")
+
+
 class ClusterSpec(_Strict):
-    """Where the job runs: an embedded cluster (CPU or one worker per GPU), a scheduler, or
-    threads of this process (no worker processes: what a ``memory://`` store needs).
+    """Where the job runs.
+
+    ``auto`` (the default): the scheduler of Dask's configuration (``scheduler-address``,
+    ``DASK_SCHEDULER_ADDRESS``) if one is set; otherwise an embedded cluster of ``n_workers``
+    processes if ``n_workers`` is given; otherwise threads of this process for an input that
+    fits comfortably in memory (see :func:`pipeline.jobs.cluster.resolve_cluster`), an
+    embedded cluster above. ``threads``: Dask's threaded scheduler in this process (no worker
+    processes; what a ``memory://`` store needs). ``local``: an embedded cluster of CPU worker
+    processes; ``local-cuda``: one worker per GPU; ``remote``: a running ``scheduler``.
 
     A ``scheduler`` given without a ``kind`` means ``kind: remote``.
     """
 
-    kind: Literal["local", "local-cuda", "remote", "threads"] = "local"
+    kind: Literal["auto", "threads", "local", "local-cuda", "remote"] = "auto"
     n_workers: int | None = Field(default=None, ge=1)
     scheduler: str | None = None
     tls: TLSSpec | None = None
@@ -83,6 +124,11 @@ class ClusterSpec(_Strict):
         if isinstance(data, dict) and data.get("scheduler") is not None and "kind" not in data:
             return {**data, "kind": "remote"}
         return data
+
+    @field_validator("scheduler")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else check_scheduler_address(value)
 
     @model_validator(mode="after")
     def _remote_needs_scheduler(self) -> ClusterSpec:
@@ -179,6 +225,12 @@ class WorkflowSpec(_Strict):
             name=self.name, date=when.date().isoformat(), run_id=run_id
         )
         return self.resolve(filled)
+
+
+def default_job_name(output_url: str) -> str:
+    """A job's name from its output: the last path element without its extension."""
+    last = output_url.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+    return last.rsplit(".", 1)[0] or "meanshift"
 
 
 def params_values(params: dict[str, Any]) -> dict[str, Any]:

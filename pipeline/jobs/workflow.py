@@ -3,16 +3,24 @@ scheduled runs."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from ..engine import ProgressCallback
 from ..errors import ParameterError
-from ..io import store
 from ..naming import clean_tag
-from .job import JobReport, completed_report, default_job_name, run_job
-from .spec import ClusterSpec, TLSSpec, WorkflowSpec, describe_spec_error, make_run_id
+from .spec import (
+    ClusterSpec,
+    TLSSpec,
+    WorkflowSpec,
+    default_job_name,
+    describe_spec_error,
+    make_run_id,
+)
+
+if TYPE_CHECKING:  # the job machinery (Dask, Zarr) is imported when a job runs, not before
+    from ..engine import ProgressCallback
+    from .job import JobReport
 
 CLI_TO_SPEC = {
     "input_url": ("input", "url"),
@@ -47,11 +55,11 @@ def _spec_fields(spec: WorkflowSpec | None) -> dict[str, Any]:
 
 def _apply_option(data: dict[str, Any], option: str, value: Any) -> None:
     """Put one command-line option's value where it lands in the spec's fields."""
-    if option in CLI_TO_SPEC:
+    if option == "scheduler" or (option == "cluster" and "://" in str(value)):
+        data["cluster"].update(kind="remote", scheduler=value)
+    elif option in CLI_TO_SPEC:
         part, key = CLI_TO_SPEC[option]
         data[part][key] = value
-    elif option == "scheduler":
-        data["cluster"].update(kind="remote", scheduler=value)
     elif option in ("tls_ca_file", "tls_cert", "tls_key"):
         key = {"tls_ca_file": "ca_file", "tls_cert": "cert", "tls_key": "key"}[option]
         data["cluster"].setdefault("tls", {})[key] = value
@@ -125,6 +133,7 @@ def run_spec(
     on_cluster_ready: Any = None,
     dashboard: bool = False,
     skip_complete: bool = False,
+    on_start: Any = None,
 ) -> JobReport:
     """Run one job described by ``spec``.
 
@@ -133,7 +142,7 @@ def run_spec(
     spec : WorkflowSpec
     run_id : str, optional
         Fills ``{run_id}`` and ``{date}`` in the output path (default: now, UTC).
-    progress, on_cluster_ready, dashboard
+    progress, on_cluster_ready, dashboard, on_start
         As for :func:`pipeline.run_job`.
     skip_complete : bool
         Scheduled runs: an output already complete is left alone, whatever job wrote
@@ -144,6 +153,9 @@ def run_spec(
     -------
     JobReport
     """
+    from ..io import store
+    from .job import completed_report, run_job
+
     run_id = run_id or make_run_id()
     output = spec.output.model_copy(update={"path": spec.output_path(run_id)})
     if skip_complete:
@@ -163,4 +175,5 @@ def run_spec(
         progress=progress,
         dashboard=dashboard,
         on_cluster_ready=on_cluster_ready,
+        on_start=on_start,
     )
