@@ -580,14 +580,16 @@ def validate(specs: tuple[str, ...]) -> None:
 @click.option(
     "--plot",
     "plot_path",
-    default="meanshift-demo.png",
-    show_default=True,
-    help="Where to save the picture.",
+    default=None,
+    help="Where to save the picture (relative to the current folder) [default: "
+    "meanshift-demo.png in --output-dir, or here].",
 )
 @click.option("--n-workers", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--quiet", "-q", is_flag=True)
-def demo(output_dir: str | None, plot_path: str, n_workers: int, seed: int, quiet: bool) -> None:
+def demo(
+    output_dir: str | None, plot_path: str | None, n_workers: int, seed: int, quiet: bool
+) -> None:
     """Run the seed notebook end to end on an embedded Dask cluster and plot the clusters.
 
     6 Gaussian blobs of 250 points (d=2, variance 5), Gaussian kernel, bandwidth 2.5,
@@ -614,11 +616,7 @@ def demo(output_dir: str | None, plot_path: str, n_workers: int, seed: int, quie
 
         result = open_result(out)
         points = np.asarray(zarr.open_group(data, mode="r")["points"][...])
-        path = (
-            plot_path
-            if output_dir is None or os.path.isabs(plot_path)
-            else os.path.join(folder, plot_path)
-        )
+        path = plot_path or os.path.join(output_dir or ".", "meanshift-demo.png")
         plot_clusters(
             points,
             np.asarray(result["labels"][...]),

@@ -431,6 +431,10 @@ def test_identical_results_across_worker_counts_threads_and_processes(seed_store
         out = str(tmp_path / "threads.zarr")
         run_job(seed_store, out, params, cluster=ClusterSpec(scheduler=threads.scheduler_address))
         outcomes.append(zarr.open_group(out, mode="r"))
+    for kind in ("threads", "auto"):  # Dask's threaded scheduler in this process, no workers
+        out = str(tmp_path / f"{kind}.zarr")
+        run_job(seed_store, out, params, cluster=ClusterSpec(kind=kind))
+        outcomes.append(zarr.open_group(out, mode="r"))
     first = outcomes[0]
     for other in outcomes[1:]:
         np.testing.assert_array_equal(other["labels"][...], first["labels"][...])

@@ -444,6 +444,11 @@ def location_exists(url: str, storage_options: StorageOptions | None = None) -> 
     try:
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         return bool(fs.exists(path.rstrip("/")))
+    except PermissionError as exc:
+        raise OutputError(
+            f"cannot write output {url}: access denied ({first_line(exc)}): check the "
+            "credentials (storage options or the environment)"
+        ) from None
     except Exception as exc:
         raise OutputError(f"cannot write output {url}: {first_line(exc)}") from None
 

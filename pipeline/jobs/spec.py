@@ -79,6 +79,8 @@ def check_scheduler_address(address: str) -> str:
     ValueError
         Naming what is wrong (checked without importing Dask).
     """
+    if address.startswith("inproc://"):  # a cluster of threads in this very process
+        return address
     found = _ADDRESS.match(address)
     if found is None:
         raise ValueError(
