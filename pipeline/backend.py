@@ -63,6 +63,17 @@ def resolve_backend(name: str, *, here: bool = False) -> Literal["numpy", "cupy"
     return "cupy" if usable else "numpy"
 
 
+def check_usable_here(backend: str) -> None:
+    """Refuse the ``cupy`` backend for work on this machine when it has no usable GPU.
+
+    Raises
+    ------
+    ParameterError
+    """
+    if backend == "cupy" and not gpu_available():
+        raise ParameterError("backend 'cupy' was asked for but no CUDA device is usable")
+
+
 def runs_here(backend: str) -> bool:
     """Whether this process can run work of a resolved ``backend`` itself."""
     return backend == "numpy" or gpu_available()

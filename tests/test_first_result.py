@@ -8,16 +8,19 @@ import json
 import os
 import pty
 import re
+import shutil
 import struct
 import subprocess
 import sys
 import termios
+from pathlib import Path
 
 import dask
 import numpy as np
 import pytest
 import zarr
 
+from pipeline.backend import gpu_available
 from pipeline.errors import ParameterError
 from pipeline.io.datasets import write_blobs
 from pipeline.jobs.cluster import THREADS_MEMORY_SHARE, resolve_cluster
@@ -61,6 +64,11 @@ def imported_by(folder: str, *args: str) -> tuple[int, list[str], str]:
         (["run", "-i", "x.zarr", "-o", "y.zarr", "--cluster", "tcp://host"], 2),
         (["run", "-i", "x.zarr", "-o", "y.zarr", "--scheduler", "host:99999"], 2),
         (["run", "-i", "x.zarr", "-o", "y.zarr", "--kernel", "cosine"], 2),
+        pytest.param(
+            ["run", "-i", "x.zarr", "-o", "y.zarr", "--backend", "cupy"],
+            2,
+            marks=pytest.mark.skipif(gpu_available(), reason="a usable GPU is here"),
+        ),
     ],
 )
 def test_help_and_usage_errors_answer_without_the_heavy_imports(tmp_path, args, code):
@@ -185,3 +193,16 @@ def test_the_demo_takes_a_plot_path_relative_to_the_current_folder(tmp_path):
     assert os.path.isfile(tmp_path / "demo" / "demo.png")
     assert os.path.isdir(tmp_path / "demo" / "seed-clusters.zarr")
     assert not os.path.exists(tmp_path / "demo" / "demo")
+
+
+def test_the_readme_estimator_example_runs_as_a_script(seed_store, cluster_2proc, tmp_path):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    (example,) = [block for block in blocks if "from pipeline import MeanShift\n" in block[:80]]
+    shutil.copytree(seed_store, tmp_path / "data.zarr")
+    script = tmp_path / "example.py"
+    script.write_text(example.replace("tcp://host:8786", cluster_2proc.scheduler_address))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0, done.stderr

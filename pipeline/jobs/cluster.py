@@ -17,6 +17,7 @@ from distributed.core import Status
 from distributed.security import Security
 from distributed.worker_memory import parse_memory_limit
 
+from ..backend import check_usable_here
 from ..errors import ClusterError, ParameterError, first_line, literal
 
 if TYPE_CHECKING:
@@ -145,11 +146,8 @@ def check_cluster(cluster: ClusterSpec, backend: str = "auto") -> Security | Non
         raise ClusterError(
             "a local-cuda cluster needs dask-cuda: pip install 'meanshift-pipeline[gpu]'"
         )
-    if backend == "cupy" and cluster.kind in ("threads", "local"):
-        from ..backend import gpu_available
-
-        if not gpu_available():
-            raise ParameterError("backend 'cupy' was asked for but no CUDA device is usable")
+    if cluster.computes_here():
+        check_usable_here(backend)
     return security
 
 

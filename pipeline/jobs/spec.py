@@ -132,6 +132,15 @@ class ClusterSpec(_Strict):
     def _address(cls, value: str | None) -> str | None:
         return None if value is None else check_scheduler_address(value)
 
+    def computes_here(self) -> bool:
+        """Whether the job's tasks run on this machine's CPUs (threads, an embedded CPU
+        cluster, or ``auto`` without a configured scheduler address)."""
+        if self.kind == "auto":
+            import dask
+
+            return not dask.config.get("scheduler-address", None)
+        return self.kind in ("threads", "local")
+
     @model_validator(mode="after")
     def _remote_needs_scheduler(self) -> ClusterSpec:
         if self.kind == "remote" and self.scheduler is None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from ..backend import check_usable_here
 from ..errors import ParameterError
 from ..naming import clean_tag
 from .spec import (
@@ -153,6 +154,9 @@ def run_spec(
     -------
     JobReport
     """
+    params = spec.mean_shift_params()
+    if spec.cluster.computes_here():  # before the job machinery is even imported
+        check_usable_here(params.backend)
     from ..io import store
     from .job import completed_report, run_job
 
@@ -168,7 +172,7 @@ def run_spec(
     return run_job(
         spec.input.model_copy(update={"url": spec.resolve(spec.input.url)}),
         output,
-        spec.mean_shift_params(),
+        params,
         cluster=_resolved_cluster(spec),
         name=spec.name,
         run_id=run_id,
