@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import sys
 from types import ModuleType
 from typing import Any, Literal
 
@@ -31,6 +32,8 @@ def gpu_available() -> bool:
 def gpu_workers() -> bool:
     """Whether the default ``distributed`` client has a worker advertising the ``GPU``
     resource (False without a client)."""
+    if "distributed" not in sys.modules:  # never imported: no client can exist
+        return False
     try:
         from distributed import default_client
 

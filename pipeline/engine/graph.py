@@ -7,6 +7,7 @@ never as a broadcast scatter.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -73,6 +74,8 @@ def as_finished(blocks: list[Any], indices: list[int]) -> Iterator[tuple[int, An
     schedulers they are computed together.
     """
     try:
+        if "distributed" not in sys.modules:  # never imported: no client can exist
+            raise ImportError
         from distributed import as_completed, get_client
 
         client = get_client()

@@ -12,15 +12,13 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from distributed import Client, LocalCluster
-from distributed.core import Status
-from distributed.security import Security
-from distributed.worker_memory import parse_memory_limit
-
 from ..backend import check_usable_here
 from ..errors import ClusterError, ParameterError, first_line, literal
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # distributed is imported when a cluster is used, not before
+    from distributed import Client, LocalCluster
+    from distributed.security import Security
+
     from .spec import ClusterSpec
 
 
@@ -48,6 +46,8 @@ def tls_security(
     for what, path in given.items():
         if path is not None and not os.path.isfile(path):
             raise ParameterError(f"TLS {what} file not found: {path}")
+    from distributed.security import Security
+
     return Security(
         tls_ca_file=ca_file,
         tls_client_cert=cert_file,
@@ -82,8 +82,10 @@ def cluster_client(
 def _threads(n_workers: int | None) -> Iterator[None]:
     """Dask's threaded scheduler in this process (``n_workers`` threads, default one per core)."""
     import dask
+    import dask.threaded
 
-    with dask.config.set(scheduler="threads", num_workers=n_workers):
+    # the function itself, not "threads": dask would import distributed to look for a client
+    with dask.config.set(scheduler=dask.threaded.get, num_workers=n_workers):
         yield None
 
 
@@ -245,6 +247,8 @@ def dask_client(
     if workers < 1:
         raise ClusterError("the embedded cluster needs at least 1 worker")
     check_local_workers(workers)
+    from distributed import Client
+
     cluster = start_local_cluster(workers, threads_per_worker, processes)
     try:
         with Client(cluster, set_as_default=True) as client:
@@ -256,6 +260,8 @@ def dask_client(
 def _check_tls(scheduler: str, security: Security | None) -> None:
     """Refuse a tls:// scheduler address when neither ``security`` nor Dask's config has TLS."""
     if scheduler.startswith("tls://"):
+        from distributed.security import Security
+
         settings = security or Security()  # default: Dask's distributed.comm.tls config
         if settings.get_connection_args("client").get("ssl_context") is None:
             raise ClusterError(
@@ -268,6 +274,8 @@ def _check_tls(scheduler: str, security: Security | None) -> None:
 @contextlib.contextmanager
 def _remote_client(scheduler: str, timeout: float, security: Security | None) -> Iterator[Client]:
     """A client of a running scheduler, closed afterwards (the scheduler keeps running)."""
+    from distributed import Client
+
     _check_tls(scheduler, security)
     try:
         client = Client(scheduler, timeout=timeout, set_as_default=True, security=security)
@@ -282,7 +290,8 @@ _log = logging.getLogger(__name__)
 WORKER_START_TIMEOUT_S = 300.0
 """Seconds an embedded cluster waits for its workers before running with those that started."""
 
-_GONE = {Status.failed, Status.closing, Status.closed, Status.closing_gracefully}
+GONE_STATES = ("failed", "closing", "closed", "closing_gracefully")
+"""Worker states (``distributed.core.Status`` names) of a worker that will not run."""
 
 
 def start_local_cluster(
@@ -314,6 +323,9 @@ def start_local_cluster(
     ClusterError
         When the scheduler cannot start or no worker can be started.
     """
+    from distributed import LocalCluster
+    from distributed.worker_memory import parse_memory_limit
+
     options: dict = {
         "n_workers": 0,
         "threads_per_worker": threads_per_worker,
@@ -344,8 +356,8 @@ def _start_workers(cluster: LocalCluster, wanted: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         planned, states = cluster.sync(_worker_states, cluster)
-        running = [name for name in planned if states.get(name) == Status.running]
-        failed = [name for name in planned if states.get(name) in _GONE]
+        running = [name for name in planned if states.get(name) == "running"]
+        failed = [name for name in planned if states.get(name) in GONE_STATES]
         if not failed and len(running) >= target:
             break
         if time.monotonic() > deadline:  # run with the workers that started
@@ -377,9 +389,10 @@ def _start_workers(cluster: LocalCluster, wanted: int, timeout: float) -> None:
 
 
 async def _worker_states(cluster: LocalCluster) -> tuple[list, dict]:
-    """The workers the cluster plans to have, and the status of each it has launched."""
+    """The workers the cluster plans to have, and the status (its name) of each it has
+    launched."""
     planned = list(cluster.worker_spec)
-    return planned, {name: worker.status for name, worker in cluster.workers.items()}
+    return planned, {name: worker.status.name for name, worker in cluster.workers.items()}
 
 
 async def _rescale(cluster: LocalCluster, forget: list | tuple, n: int) -> None:
@@ -420,6 +433,8 @@ def cuda_cluster_options(n_workers: int | None) -> dict:
 @contextlib.contextmanager
 def _cuda_cluster(n_workers: int | None) -> Iterator[Client]:
     """dask-cuda's LocalCUDACluster: one worker process per visible GPU."""
+    from distributed import Client
+
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:

@@ -246,8 +246,7 @@ def run_job(
         on_start(describe_cluster(cluster))
     with OutputLease(output.path, output.storage_options) as lease:  # one writer per output
         connection = cluster_client(cluster, security)
-        watching = cluster.connect_timeout
-        report = _run(job, connection, watching, progress, dashboard, on_cluster_ready, lease)
+        report = _run(job, connection, cluster, progress, dashboard, on_cluster_ready, lease)
     return dataclasses.replace(report, **given)
 
 
@@ -322,7 +321,7 @@ def _absolute_specs(
 def _run(
     job: Job,
     connection: contextlib.AbstractContextManager[Client | None],
-    no_worker_s: float,
+    cluster: ClusterSpec,
     progress: ProgressCallback | None,
     dashboard: bool,
     on_cluster_ready: Callable[[Client], None] | None,
@@ -331,10 +330,14 @@ def _run(
     """Start or reach the cluster; then create the output (or reopen it, to continue), and
     compute, write and mark it complete (:func:`_compute`), or failed on any error."""
     before_cluster = time.perf_counter()
-    warming = threading.Thread(target=warm_up, daemon=True)  # while the cluster starts
-    warming.start()
-    with connection as client, _watching(client, no_worker_s) as watch:
-        warming.join()
+    # while a cluster starts, load the kernels this process runs (binned cells); threads of
+    # this process have nothing to wait for: they load the one kernel they use when they use it
+    warming = threading.Thread(target=warm_up, daemon=True)
+    if cluster.kind != "threads":
+        warming.start()
+    with connection as client, _watching(client, cluster.connect_timeout) as watch:
+        if warming.is_alive():
+            warming.join()
         cluster_start = time.perf_counter() - before_cluster
         if on_cluster_ready is not None and client is not None:
             on_cluster_ready(client)
@@ -360,7 +363,8 @@ def _compute(
     checkpoint = ZarrCheckpoint(
         group, job.source.row_chunk, job.fingerprint, job.output.checkpoint_every
     )
-    with job_tag(job.name), cluster_failures(watch):
+    lost_cluster = contextlib.nullcontext() if watch is None else cluster_failures(watch)
+    with job_tag(job.name), lost_cluster:  # threads of this process: no cluster to lose
         result, kept = _cluster(job, progress, checkpoint)
         clock = time.perf_counter()
         _write_per_point(group, result, kept, job.source.row_chunk, job.output.modes)

@@ -14,11 +14,12 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
-
-from distributed import Client, Future
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterError, PipelineError, first_line
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 WATCH_EVERY_S = 1.0
 """Seconds between two looks at the cluster."""
@@ -102,6 +103,8 @@ class CrashLoopWatch:
 
     def _trip(self, reason: str) -> None:
         self.reason = reason
+        from distributed import Future
+
         keys = list(self.client.futures)
         with contextlib.suppress(Exception):
             self.client.cancel([Future(key, self.client) for key in keys], force=True)
