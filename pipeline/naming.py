@@ -14,8 +14,6 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import dask
-
 DEFAULT_TAG = "meanshift"
 
 _tag: contextvars.ContextVar[str] = contextvars.ContextVar("meanshift_job_tag", default=DEFAULT_TAG)
@@ -44,4 +42,6 @@ def task_name(stage: str, *parts: Any) -> str:
     ``key_split`` takes for a hash and drops from the prefix.
     """
     tag = _tag.get()
-    return f"{tag}-{stage}-{dask.base.tokenize(tag, *parts)}"
+    from dask.base import tokenize  # here: naming a job needs no Dask
+
+    return f"{tag}-{stage}-{tokenize(tag, *parts)}"

@@ -121,7 +121,8 @@ MISTAKES = [
     ),
     (["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--cluster", "nonsense"], 2, "nor a scheduler"),
     (
-        ["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--cluster", "tcp://127.0.0.1:1"],
+        ["run", "-i", "{store}", "-o", "{tmp}/o.zarr", "--cluster", "tcp://127.0.0.1:1"]
+        + ["--connect-timeout", "2"],
         5,
         "cannot reach Dask scheduler tcp://127.0.0.1:1",
     ),

@@ -64,6 +64,9 @@ def imported_by(folder: str, *args: str) -> tuple[int, list[str], str]:
         (["run", "-i", "x.zarr", "-o", "y.zarr", "--cluster", "tcp://host"], 2),
         (["run", "-i", "x.zarr", "-o", "y.zarr", "--scheduler", "host:99999"], 2),
         (["run", "-i", "x.zarr", "-o", "y.zarr", "--kernel", "cosine"], 2),
+        (["run", "-i", "x.zarr", "-o", "y.zarr", "-b", "1"], 3),  # no such input
+        (["run", "-i", "x.zarr", "-o", "y.zarr", "--input-storage-options", "{}"], 3),
+        (["run", "-i", "x.zarr", "-o", "y.zarr", "--input-storage-options", '{"a": 1}'], 2),
         pytest.param(
             ["run", "-i", "x.zarr", "-o", "y.zarr", "--backend", "cupy"],
             2,

@@ -3,12 +3,14 @@ scheduled runs."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from ..backend import check_usable_here
-from ..errors import ParameterError
+from ..errors import InputDataError, ParameterError
+from ..io.locations import check_location, is_local, local_path
 from ..naming import clean_tag
 from .spec import (
     ClusterSpec,
@@ -126,6 +128,23 @@ def _resolved_cluster(spec: WorkflowSpec) -> ClusterSpec:
     return spec.cluster.model_copy(update={"tls": resolved})
 
 
+def _check_before_imports(spec: WorkflowSpec, params: Any) -> None:
+    """What can be refused before the job machinery (Dask, Zarr) is imported: ``cupy``
+    without a GPU here, storage options that cannot apply, a missing local input.
+
+    Raises
+    ------
+    ParameterError, InputDataError
+    """
+    if spec.cluster.computes_here():
+        check_usable_here(params.backend)
+    input_url = spec.resolve(spec.input.url)
+    check_location(input_url, spec.input.storage_options, "input")
+    check_location(spec.output.path, spec.output.storage_options, "output")
+    if is_local(input_url) and not os.path.exists(local_path(input_url)):
+        raise InputDataError(f"input not found: {os.path.abspath(local_path(input_url))}")
+
+
 def run_spec(
     spec: WorkflowSpec,
     run_id: str | None = None,
@@ -155,8 +174,7 @@ def run_spec(
     JobReport
     """
     params = spec.mean_shift_params()
-    if spec.cluster.computes_here():  # before the job machinery is even imported
-        check_usable_here(params.backend)
+    _check_before_imports(spec, params)
     from ..io import store
     from .job import completed_report, run_job
 
