@@ -22,6 +22,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import OutputError, first_line, literal
+from .locations import access_denied
 
 HEARTBEAT_S = 5.0
 """Seconds between two renewals of a held lease."""
@@ -115,6 +116,8 @@ class OutputLease:
                 os.unlink(private)
         except FileExistsError:
             return False
+        except PermissionError as exc:
+            raise OutputError(access_denied("output", self.output_url, exc)) from None
         except OSError as exc:
             raise OutputError(
                 f"cannot write output {literal(self.output_url)}: {exc.strerror or exc}"

@@ -62,3 +62,13 @@ def absolute(url: str) -> str:
     """A local path or ``file://`` URL as an absolute path (Dask workers may run in another
     folder; ``file://`` and plain paths then behave alike); other URLs as they are."""
     return os.path.abspath(local_path(url)) if is_local(url) else url
+
+
+def access_denied(what: str, url: str, exc: BaseException) -> str:
+    """The one line saying a store refused this process's credentials."""
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    verb = "open input" if what == "input" else "write output"
+    return (
+        f"cannot {verb} {literal(url)}: access denied ({literal(detail)}): check the "
+        "credentials (storage options or the environment)"
+    )

@@ -35,6 +35,7 @@ from .locations import (  # noqa: F401  (part of this module's interface too)
     PROCESS_LOCAL_PROTOCOLS,
     StorageOptions,
     absolute,
+    access_denied,
     check_location,
     is_local,
     local_path,
@@ -126,10 +127,7 @@ def _probe_remote_input(url: str, storage_options: StorageOptions | None) -> Non
     except FileNotFoundError:
         pass
     except PermissionError as exc:
-        raise InputDataError(
-            f"cannot open input {url}: access denied ({first_line(exc)}): check the "
-            "credentials (storage options or the environment)"
-        ) from None
+        raise InputDataError(access_denied("input", url, exc)) from None
     except Exception as exc:
         raise InputDataError(f"cannot open input {url}: {first_line(exc)}") from None
     bucket, missing_bucket = path.split("/", 1)[0], False
@@ -401,10 +399,7 @@ def location_exists(url: str, storage_options: StorageOptions | None = None) -> 
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         return bool(fs.exists(path.rstrip("/")))
     except PermissionError as exc:
-        raise OutputError(
-            f"cannot write output {url}: access denied ({first_line(exc)}): check the "
-            "credentials (storage options or the environment)"
-        ) from None
+        raise OutputError(access_denied("output", url, exc)) from None
     except Exception as exc:
         raise OutputError(f"cannot write output {url}: {first_line(exc)}") from None
 

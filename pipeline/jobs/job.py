@@ -241,10 +241,10 @@ def run_job(
         return dataclasses.replace(done, **given)
     cluster = resolve_cluster(cluster, job.source.array.shape, _process_local(input, output))
     security = check_cluster(cluster, params.backend)  # all before anything is written
-    _check_output(job)
-    if on_start is not None:
-        on_start(describe_cluster(cluster))
     with OutputLease(output.path, output.storage_options) as lease:  # one writer per output
+        _check_output(job)  # a busy output: the lease says by whom; nothing else is written yet
+        if on_start is not None:
+            on_start(describe_cluster(cluster))
         connection = cluster_client(cluster, security)
         report = _run(job, connection, cluster, progress, dashboard, on_cluster_ready, lease)
     return dataclasses.replace(report, **given)
