@@ -538,30 +538,62 @@ def history(state_dir: str, name: str | None, limit: int, as_json: bool) -> None
             f"no schedule state in {literal(state_dir)} ({{state_dir}})", state_dir=None
         )
     runs = History(path).runs(name, limit)
-    for entry in runs:
-        if as_json:
+    if as_json:
+        for entry in runs:
             click.echo(json.dumps(dataclasses.asdict(entry)))
-            continue
-        duration = "" if entry.duration_s is None else f"{entry.duration_s:.1f} s"
-        click.echo(
-            f"{entry.started_at[:19]}  {entry.name:<16} {entry.run_id}  #{entry.attempt}  "
-            f"{entry.status:<8} {duration:>8}  {entry.output or ''}"
-            + (f"  ({entry.error})" if entry.error else "")
+        return
+    rows = [
+        (
+            entry.started_at[:19],
+            entry.name,
+            entry.run_id,
+            str(entry.attempt),
+            entry.status,
+            "" if entry.duration_s is None else f"{entry.duration_s:.1f} s",
+            entry.output or "",
+            entry.error or "",
         )
+        for entry in runs
+    ]
+    for line in aligned(HISTORY_COLUMNS, rows, right={"attempt", "duration"}):
+        click.echo(line)
+
+
+HISTORY_COLUMNS = ("started", "job", "run id", "attempt", "status", "duration", "output", "error")
+
+
+def aligned(
+    headers: tuple[str, ...], rows: list[tuple[str, ...]], right: set[str] | frozenset = frozenset()
+) -> list[str]:
+    """A header row and the rows in columns as wide as their widest cell (the ``right``
+    columns aligned right), two spaces apart; a last column left empty by every row is
+    left out."""
+    while len(headers) > 1 and rows and not any(row[len(headers) - 1] for row in rows):
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=False)]
+    lines = []
+    for row in (headers, *rows):
+        cells = [
+            cell.rjust(width) if header in right else cell.ljust(width)
+            for header, cell, width in zip(headers, row, widths, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
 
 
 @cli.command()
 @click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
 def validate(specs: tuple[str, ...]) -> None:
-    """Check workflow spec files; exit 0 only if every one is valid."""
-    from .jobs.spec import load_spec
+    """Check workflow spec files: every problem of every file, one line each; exit 0 only if
+    every one is valid."""
+    from .jobs.spec import spec_problems
 
     failed = 0
     for path in specs:
-        try:
-            spec = load_spec(path)
-        except PipelineError as exc:
-            click.echo(f"meanshift: error: {exc.worded(option_name)}", err=True)
+        spec, problems = spec_problems(path)
+        for problem in problems:
+            click.echo(f"meanshift: error: {problem}", err=True)
+        if spec is None:
             failed += 1
             continue
         when = f", schedule '{spec.schedule.cron}'" if spec.schedule else ""

@@ -118,6 +118,23 @@ def test_schedule_fires_retries_and_keeps_history(workdir, seed_data):
     )
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert any(r["name"] == "every3s" and r["status"] == "complete" for r in rows)
+    table = subprocess.run(
+        [*CLI, "history", "--state-dir", state], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert table[0].split() == [
+        "started",
+        "job",
+        "run",
+        "id",
+        "attempt",
+        "status",
+        "duration",
+        "output",
+        "error",
+    ]
+    assert len(table) == len(rows) + 1
+    status_at = table[0].index("status")  # aligned: every row's status in the header's column
+    assert [line[status_at:].split()[0] for line in table[1:]] == [r["status"] for r in rows]
     # a finished run is not redone: the same run id again is recorded as skipped
     run_scheduled(os.path.join(specs, "every3s.yaml"), os.path.join(state, STATE_FILE), run.run_id)
     latest = History(os.path.join(state, STATE_FILE)).runs("every3s", limit=1)[0]

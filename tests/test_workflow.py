@@ -144,3 +144,34 @@ def test_load_spec_fills_output_placeholders(tmp_path):
     spec = load_spec(str(path))
     expected = os.path.join(str(tmp_path), "out/nightly/2026-11-28/20261128T030000Z.zarr")
     assert spec.output_path("20261128T030000Z") == expected
+
+
+def test_validate_lists_every_problem_of_every_file_with_suggestions(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: job\ninput: {url: in.zarr}\noutput: {path: out.zarr}\n"
+        "params: {bandwidht: 2, kernal: flat}\ncluster: {n_workers: two, kindd: local}\n"
+        "colour: blue\n"
+    )
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    good = os.path.join(WORKFLOWS, "seed-demo.yaml")
+    done = meanshift("validate", str(bad), good, str(broken))
+    assert done.returncode == 2
+    assert done.stdout == f"{good}: ok (job seed_demo, schedule '0 3 * * *')\n"
+    lines = done.stderr.splitlines()
+    assert lines[:5] == [
+        f"meanshift: error: spec {bad}: params.bandwidht: unknown key (did you mean 'bandwidth'?)",
+        f"meanshift: error: spec {bad}: params.kernal: unknown key (did you mean 'kernel'?)",
+        f"meanshift: error: spec {bad}: cluster.n_workers: Input should be a valid integer, "
+        "unable to parse string as an integer",
+        f"meanshift: error: spec {bad}: cluster.kindd: unknown key (did you mean 'kind'?)",
+        f"meanshift: error: spec {bad}: colour: unknown key",
+    ]
+    assert len(lines) == 6 and lines[5].startswith(f"meanshift: error: spec {broken}: not readable")
+    run = meanshift("run", "--spec", str(bad))  # one line: the first problem, and how many more
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        f"meanshift: error: spec {bad}: params.bandwidht: unknown key (did you mean "
+        "'bandwidth'?) (and 4 more: meanshift validate lists them)"
+    ]

@@ -18,6 +18,7 @@ time for scheduled runs).
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import os
 import re
 import string
@@ -335,13 +336,13 @@ def check_expanded_size(root: yaml.Node | None, path: str) -> None:
         )
 
 
-def load_spec(path: str) -> WorkflowSpec:
-    """Read and validate a spec file.
+def read_spec_data(path: str) -> dict[str, Any]:
+    """A spec file's YAML as a mapping, not yet validated.
 
     Raises
     ------
     ParameterError
-        One line: the file, the field and what is wrong with it.
+        The file is missing, too large, an alias bomb, not YAML or not a mapping.
     """
     try:
         with open(path, "rb") as handle:
@@ -357,6 +358,19 @@ def load_spec(path: str) -> WorkflowSpec:
         raise ParameterError(f"spec {path}: not readable YAML: {reason}") from None
     if not isinstance(data, dict):
         raise ParameterError(f"spec {path}: expected a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_spec(path: str) -> WorkflowSpec:
+    """Read and validate a spec file.
+
+    Raises
+    ------
+    ParameterError
+        One line: the file, the first field and what is wrong with it (and how many more
+        problems there are: :func:`spec_problems` lists them all).
+    """
+    data = read_spec_data(path)
     try:
         spec = WorkflowSpec(**data)
     except ValidationError as exc:
@@ -364,18 +378,54 @@ def load_spec(path: str) -> WorkflowSpec:
     return spec.read_from(path)
 
 
+def spec_problems(path: str) -> tuple[WorkflowSpec | None, list[str]]:
+    """A spec file and every problem it has, each one line naming the file and the field
+    (the spec is None when there is any)."""
+    try:
+        data = read_spec_data(path)
+    except ParameterError as exc:
+        return None, [str(exc)]
+    try:
+        return WorkflowSpec(**data).read_from(path), []
+    except ValidationError as exc:
+        return None, [f"spec {path}: {problem}" for problem in spec_errors(exc)]
+
+
+def _section_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys a spec allows where ``loc`` sits (its parent section's fields)."""
+    sections: dict[tuple[Any, ...], type[BaseModel]] = {
+        (): WorkflowSpec,
+        ("input",): InputSpec,
+        ("output",): OutputSpec,
+        ("cluster",): ClusterSpec,
+        ("cluster", "tls"): TLSSpec,
+        ("schedule",): ScheduleSpec,
+        ("params",): MeanShiftParams,
+    }
+    model = sections.get(tuple(loc[:-1]))
+    return [] if model is None else list(model.model_fields)
+
+
+def spec_errors(exc: ValidationError) -> list[str]:
+    """Every validation error of a spec, each one line naming the field; an unknown key
+    close to a known one says which ("did you mean ...?")."""
+    problems = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        where = ".".join(str(part) for part in loc)
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _section_keys(loc), n=1, cutoff=0.7)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"{where}: unknown key{hint}")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return problems
+
+
 def describe_spec_error(exc: ValidationError) -> str:
-    """The first validation error of a spec as one line naming the field."""
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "value_error" and "params" in first["loc"]:
-        cause = first.get("ctx", {}).get("error")
-        if isinstance(cause, ValidationError):
-            inner = cause.errors()[0]
-            field = ".".join(str(part) for part in inner["loc"])
-            detail = "unknown parameter" if inner["type"] == "extra_forbidden" else inner["msg"]
-            return f"params.{field}: {detail}"
-    return f"{where}: {message}" if where else message
+    """The first validation error of a spec as one line naming the field (and how many
+    more there are)."""
+    problems = spec_errors(exc)
+    more = len(problems) - 1
+    return problems[0] + (f" (and {more} more: meanshift validate lists them)" if more else "")
