@@ -275,3 +275,12 @@ class S3Server:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+class ClusterThatFailsToStart:
+    """A Dask cluster manager whose start fails, as a batch-system one does where there is
+    no batch system (a ``kind: manager`` spec names it ``tests.support:ClusterThatFailsToStart``).
+    """
+
+    def __init__(self, **options: object) -> None:
+        raise RuntimeError("sbatch: command not found")

@@ -11,7 +11,9 @@ import yaml
 import zarr
 from sklearn.metrics import adjusted_rand_score
 
+from pipeline.engine import mean_shift
 from pipeline.jobs.spec import load_spec
+from pipeline.params import make_params
 
 from .support import meanshift, tree_digest
 
@@ -175,3 +177,82 @@ def test_validate_lists_every_problem_of_every_file_with_suggestions(tmp_path):
         f"meanshift: error: spec {bad}: params.bandwidht: unknown key (did you mean "
         "'bandwidth'?) (and 4 more: meanshift validate lists them)"
     ]
+
+
+def manager_spec(tmp_path, data: str, cluster: dict) -> str:
+    spec = {
+        "name": "managed",
+        "input": {"url": data},
+        "params": {"bandwidth": 2.5, "kernel": "gaussian"},
+        "cluster": {"kind": "manager", **cluster},
+        "output": {"path": str(tmp_path / "managed.zarr")},
+    }
+    path = tmp_path / "managed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_a_cluster_manager_named_in_a_spec_runs_the_job(seed_store, tmp_path):
+    options = {"n_workers": 0, "threads_per_worker": 1, "dashboard_address": ":0"}
+    options["silence_logs"] = 50  # CRITICAL: the workers' logs stay off the user's terminal
+    cluster = {"class": "distributed:LocalCluster", "options": options, "scale": 2}
+    done = meanshift("run", "--spec", manager_spec(tmp_path, seed_store, cluster))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "starting a Dask cluster with distributed:LocalCluster: 2 workers"
+    assert lines[1].startswith("dashboard: http://")
+    result = zarr.open_group(str(tmp_path / "managed.zarr"), mode="r")
+    expected = mean_shift(
+        zarr.open_group(seed_store)["points"][...], make_params(bandwidth=2.5, kernel="gaussian")
+    )
+    np.testing.assert_array_equal(result["labels"][...], expected.labels)
+    np.testing.assert_array_equal(result["centers"][...], expected.centers)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "code", "message"),
+    [
+        (
+            {"class": "tests.support:ClusterThatFailsToStart", "options": {"queue": "gpu"}},
+            5,
+            "the cluster manager tests.support:ClusterThatFailsToStart failed to start: "
+            "sbatch: command not found",
+        ),
+        (
+            {"class": "no_such_package.clusters:Cluster"},
+            5,
+            "cannot import the cluster manager no_such_package.clusters:Cluster: No module named "
+            "'no_such_package'",
+        ),
+        ({"class": "LocalCluster"}, 2, "cluster.class: String should match pattern"),
+        ({"scale": 2}, 2, "class is required for kind 'manager'"),
+        (
+            {"class": "distributed:LocalCluster", "scale": 2, "adapt": {"maximum": 3}},
+            2,
+            "give either scale or adapt, not both",
+        ),
+    ],
+)
+def test_a_cluster_manager_that_cannot_start_is_one_line(
+    seed_store, tmp_path, cluster, code, message
+):
+    done = meanshift("run", "--spec", manager_spec(tmp_path, seed_store, cluster))
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not os.path.exists(tmp_path / "managed.zarr")
+
+
+def test_manager_fields_apply_to_kind_manager_only():
+    from pipeline.jobs.spec import ClusterSpec
+
+    with pytest.raises(ValueError, match="scale applies to kind 'manager' only, not 'local'"):
+        ClusterSpec(kind="local", scale=2)
+    spec = ClusterSpec(
+        kind="manager", **{"class": "dask_jobqueue:SLURMCluster"}, adapt={"maximum": 4}
+    )
+    assert (spec.manager_class, spec.adapt.minimum, spec.adapt.maximum) == (
+        "dask_jobqueue:SLURMCluster",
+        0,
+        4,
+    )

@@ -69,6 +69,8 @@ def cluster_client(
     None for ``kind: threads``, which runs on Dask's threaded scheduler in this process."""
     if cluster.kind == "threads":
         return _threads(cluster.n_workers)
+    if cluster.kind == "manager":
+        return _managed_cluster(cluster)
     return dask_client(
         cluster.scheduler if cluster.kind == "remote" else None,
         cluster.n_workers,
@@ -144,6 +146,8 @@ def check_cluster(cluster: ClusterSpec, backend: str = "auto") -> Security | Non
     security = spec_security(cluster)
     if cluster.kind == "local":
         check_local_workers(cluster.n_workers)
+    if cluster.kind == "manager":
+        manager_class(cluster)  # importable, before anything is written
     if cluster.kind == "local-cuda" and importlib.util.find_spec("dask_cuda") is None:
         raise ClusterError(
             "a local-cuda cluster needs dask-cuda: pip install 'meanshift-pipeline[gpu]'"
@@ -163,7 +167,62 @@ def describe_cluster(cluster: ClusterSpec) -> str:
         return f"starting a local Dask cluster: {workers} worker processes"
     if cluster.kind == "local-cuda":
         return "starting a local CUDA Dask cluster: one worker per GPU"
+    if cluster.kind == "manager":
+        if cluster.adapt is not None:
+            size = f"adaptive, {cluster.adapt.minimum} to {cluster.adapt.maximum} workers"
+        else:
+            size = f"{cluster.scale or 1} workers"
+        return f"starting a Dask cluster with {cluster.manager_class}: {size}"
     return f"connecting to the Dask scheduler at {cluster.scheduler}"
+
+
+def manager_class(cluster: ClusterSpec) -> type:
+    """The cluster manager class a ``kind: manager`` spec names (``package.module:Class``).
+
+    Raises
+    ------
+    ClusterError
+        It cannot be imported.
+    """
+    module_name, _, class_name = str(cluster.manager_class).partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ClusterError(
+            f"cannot import the cluster manager {cluster.manager_class}: {first_line(exc)}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _managed_cluster(cluster: ClusterSpec) -> Iterator[Client]:
+    """A cluster manager's cluster: made with the spec's ``options``, scaled (``scale``, one
+    worker by default) or adaptive (``adapt``), at least one worker awaited for
+    ``connect_timeout`` seconds, closed afterwards."""
+    from distributed import Client
+
+    manager = manager_class(cluster)
+    try:
+        made = manager(**cluster.options)
+    except Exception as exc:
+        raise ClusterError(
+            f"the cluster manager {cluster.manager_class} failed to start: {first_line(exc)}"
+        ) from None
+    try:
+        if cluster.adapt is not None:
+            made.adapt(minimum=cluster.adapt.minimum, maximum=cluster.adapt.maximum)
+        else:
+            made.scale(cluster.scale or 1)
+        with Client(made, set_as_default=True) as client:
+            try:
+                client.wait_for_workers(1, timeout=cluster.connect_timeout)
+            except TimeoutError:
+                raise ClusterError(
+                    f"no worker of the cluster manager {cluster.manager_class} joined within "
+                    f"{cluster.connect_timeout:g} s"
+                ) from None
+            yield client
+    finally:
+        made.close()
 
 
 def default_workers() -> int:

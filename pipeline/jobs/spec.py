@@ -101,6 +101,23 @@ def check_scheduler_address(address: str) -> str:
 CLUSTER_KINDS = ("auto", "threads", "local", "local-cuda", "remote")
 
 
+class AdaptSpec(_Strict):
+    """Bounds of an adaptive cluster manager (``cluster.adapt``)."""
+
+    minimum: int = Field(default=0, ge=0)
+    maximum: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptSpec:
+        if self.minimum > self.maximum:
+            raise ValueError(f"minimum {self.minimum} is above maximum {self.maximum}")
+        return self
+
+
+MANAGER_CLASS = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+"""``package.module:ClassName``."""
+
+
 class ClusterSpec(_Strict):
     """Where the job runs.
 
@@ -110,16 +127,25 @@ class ClusterSpec(_Strict):
     fits comfortably in memory (see :func:`pipeline.jobs.cluster.resolve_cluster`), an
     embedded cluster above. ``threads``: Dask's threaded scheduler in this process (no worker
     processes; what a ``memory://`` store needs). ``local``: an embedded cluster of CPU worker
-    processes; ``local-cuda``: one worker per GPU; ``remote``: a running ``scheduler``.
+    processes; ``local-cuda``: one worker per GPU; ``remote``: a running ``scheduler``;
+    ``manager``: a Dask cluster manager (``class: "package.module:ClassName"``, e.g.
+    dask-jobqueue's SLURMCluster) made with ``options``, scaled to ``scale`` workers or
+    adaptive within ``adapt``, and closed after the job.
 
     A ``scheduler`` given without a ``kind`` means ``kind: remote``.
     """
 
-    kind: Literal["auto", "threads", "local", "local-cuda", "remote"] = "auto"
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    kind: Literal["auto", "threads", "local", "local-cuda", "remote", "manager"] = "auto"
     n_workers: int | None = Field(default=None, ge=1)
     scheduler: str | None = None
     tls: TLSSpec | None = None
     connect_timeout: float = Field(default=30.0, gt=0, le=MAX_CONNECT_TIMEOUT_S)
+    manager_class: str | None = Field(default=None, alias="class", pattern=MANAGER_CLASS.pattern)
+    options: dict[str, Any] = Field(default_factory=dict)
+    scale: int | None = Field(default=None, ge=1)
+    adapt: AdaptSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -148,6 +174,25 @@ class ClusterSpec(_Strict):
             raise ValueError("scheduler is required for kind 'remote'")
         if self.kind != "remote" and self.scheduler is not None:
             raise ValueError(f"scheduler applies to kind 'remote' only, not {self.kind!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _manager_fields(self) -> ClusterSpec:
+        managed = {
+            "class": self.manager_class is not None,
+            "options": bool(self.options),
+            "scale": self.scale is not None,
+            "adapt": self.adapt is not None,
+        }
+        if self.kind != "manager":
+            given = [name for name, present in managed.items() if present]
+            if given:
+                raise ValueError(f"{given[0]} applies to kind 'manager' only, not {self.kind!r}")
+            return self
+        if self.manager_class is None:
+            raise ValueError("class is required for kind 'manager' (package.module:ClassName)")
+        if self.scale is not None and self.adapt is not None:
+            raise ValueError("give either scale or adapt, not both")
         return self
 
 
@@ -403,7 +448,8 @@ def _section_keys(loc: tuple[Any, ...]) -> list[str]:
         ("params",): MeanShiftParams,
     }
     model = sections.get(tuple(loc[:-1]))
-    return [] if model is None else list(model.model_fields)
+    fields = {} if model is None else model.model_fields
+    return [field.alias or name for name, field in fields.items()]
 
 
 def spec_errors(exc: ValidationError) -> list[str]:
