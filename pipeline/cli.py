@@ -210,8 +210,8 @@ def _cluster_options() -> list[Any]:
             show_default=True,
             help="Where to compute: threads of this process (no worker processes), a local "
             "cluster of worker processes, one worker per GPU (dask-cuda), a scheduler's "
-            "address; auto: Dask's configured scheduler-address if set, else threads for "
-            "inputs that fit comfortably in memory, else local.",
+            "address; auto: local with --n-workers, else Dask's configured scheduler-address "
+            "if set, else threads for inputs that fit comfortably in memory, else local.",
         ),
         click.option(
             "--n-workers",

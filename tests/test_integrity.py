@@ -484,7 +484,7 @@ def test_a_store_only_this_process_sees_is_refused_for_worker_processes(tmp_path
     )
     with pytest.raises(FileNotFoundError):  # refused before anything was written
         zarr.open_group(out, mode="r")
-    done = run_job(data, out, make_params(bandwidth=1.0), cluster=ClusterSpec(kind="threads"))
+    done = run_job(data, out, make_params(bandwidth=1.0), cluster=ClusterSpec())  # auto: here
     expected = mean_shift(
         zarr.open_group(data, mode="r")["points"][...], make_params(bandwidth=1.0)
     )

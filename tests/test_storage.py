@@ -298,13 +298,16 @@ def test_the_python_doors_take_storage_options(s3, tmp_path):
 
 
 def test_a_memory_store_needs_the_job_to_run_in_this_process(tmp_path):
-    data = "memory://nowhere/in.zarr"
-    refused = meanshift("run", "-i", data, "-o", str(tmp_path / "o.zarr"), "-b", "1", "--quiet")
+    data, out = "memory://nowhere/in.zarr", str(tmp_path / "o.zarr")
+    refused = meanshift("run", "-i", data, "-o", out, "-b", "1", "--cluster", "local", "--quiet")
     assert refused.returncode == 4
     assert refused.stderr.splitlines() == [
         f"meanshift: error: the input {data} lives in this process's memory, which Dask worker "
         "processes cannot see: run with --cluster threads, or use a store the workers share"
     ]
+    auto = meanshift("run", "-i", data, "-o", out, "-b", "1", "--quiet")  # auto: in process,
+    assert auto.returncode == 3  # where a new process's memory holds no such store
+    assert auto.stderr.splitlines() == [f"meanshift: error: input not found: {data}"]
     local = str(tmp_path / "d.zarr")
     write_blobs(local, 3, 100, 1.0, 2, seed=0)
     out = str(tmp_path / "threads.zarr")

@@ -277,18 +277,20 @@ def _failed_on_error(group: Any, lease: OutputLease, created: bool) -> Iterator[
 def check_locations(input: InputSpec, output: OutputSpec, cluster: ClusterSpec) -> None:
     """Refuse, before anything is read or written, an input or output the job cannot use:
     storage options for a local path, a password in a URL (:func:`.store.check_location`),
-    or a store only this process can see (``memory://``) for worker processes.
+    or a store only this process can see (``memory://``) for worker processes (asked for by
+    kind, or by ``n_workers``; ``auto`` without them runs such a job in this process).
 
     Raises
     ------
     ParameterError, OutputError
     """
+    in_process = cluster.kind == "threads" or (cluster.kind == "auto" and not cluster.n_workers)
     for url, options, what in (
         (input.url, input.storage_options, "input"),
         (output.path, output.storage_options, "output"),
     ):
         store.check_location(url, options, what)
-        if store.protocol(url) in store.PROCESS_LOCAL_PROTOCOLS and cluster.kind != "threads":
+        if store.protocol(url) in store.PROCESS_LOCAL_PROTOCOLS and not in_process:
             raise OutputError(
                 f"the {what} {literal(url)} lives in this process's memory, which Dask worker "
                 "processes cannot see: run with {cluster} threads, or use a store the workers "

@@ -121,11 +121,11 @@ MANAGER_CLASS = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 class ClusterSpec(_Strict):
     """Where the job runs.
 
-    ``auto`` (the default): the scheduler of Dask's configuration (``scheduler-address``,
-    ``DASK_SCHEDULER_ADDRESS``) if one is set; otherwise an embedded cluster of ``n_workers``
-    processes if ``n_workers`` is given; otherwise threads of this process for an input that
-    fits comfortably in memory (see :func:`pipeline.jobs.cluster.resolve_cluster`), an
-    embedded cluster above. ``threads``: Dask's threaded scheduler in this process (no worker
+    ``auto`` (the default): threads of this process for a ``memory://`` store; an embedded
+    cluster of ``n_workers`` processes if ``n_workers`` is given; the scheduler of Dask's
+    configuration (``scheduler-address``, ``DASK_SCHEDULER_ADDRESS``) if one is set; threads
+    of this process for an input that fits comfortably in memory, an embedded cluster above
+    (see :func:`pipeline.jobs.cluster.resolve_cluster`). ``threads``: Dask's threaded scheduler in this process (no worker
     processes; what a ``memory://`` store needs). ``local``: an embedded cluster of CPU worker
     processes; ``local-cuda``: one worker per GPU; ``remote``: a running ``scheduler``;
     ``manager``: a Dask cluster manager (``class: "package.module:ClassName"``, e.g.
