@@ -125,9 +125,10 @@ class ClusterSpec(_Strict):
     cluster of ``n_workers`` processes if ``n_workers`` is given; the scheduler of Dask's
     configuration (``scheduler-address``, ``DASK_SCHEDULER_ADDRESS``) if one is set; threads
     of this process for an input that fits comfortably in memory, an embedded cluster above
-    (see :func:`pipeline.jobs.cluster.resolve_cluster`). ``threads``: Dask's threaded scheduler in this process (no worker
-    processes; what a ``memory://`` store needs). ``local``: an embedded cluster of CPU worker
-    processes; ``local-cuda``: one worker per GPU; ``remote``: a running ``scheduler``;
+    (see :func:`pipeline.jobs.cluster.resolve_cluster`). ``threads``: Dask's threaded
+    scheduler in this process (no worker processes; what a ``memory://`` store needs).
+    ``local``: an embedded cluster of CPU worker processes; ``local-cuda``: one worker per
+    GPU; ``remote``: a running ``scheduler``;
     ``manager``: a Dask cluster manager (``class: "package.module:ClassName"``, e.g.
     dask-jobqueue's SLURMCluster) made with ``options``, scaled to ``scale`` workers or
     adaptive within ``adapt``, and closed after the job.
