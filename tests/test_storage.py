@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,15 @@ from pipeline.jobs.spec import ClusterSpec
 from pipeline.params import make_params
 from pipeline.report import write_report
 
-from .support import CLI, S3Server, StandingCluster, kill_driver_once, meanshift, tree_digest
+from .support import (
+    CLI,
+    S3Server,
+    StandingCluster,
+    free_port,
+    kill_driver_once,
+    meanshift,
+    tree_digest,
+)
 
 PARAMS = ["-b", "2.5", "--kernel", "gaussian", "--quiet"]
 
@@ -128,7 +140,6 @@ def test_credentials_and_endpoint_from_the_environment_alone(s3, tmp_path):
     source, target = s3.bucket(), s3.bucket()
     data, out = s3_blobs(s3, source), f"s3://{target}/clusters.zarr"
     command = [*CLI, "run", "-i", data, "-o", out, *PARAMS, "--n-workers", "1"]
-    import subprocess
 
     done = subprocess.run(command, capture_output=True, text=True, env=s3.environment())
     assert done.returncode == 0 and done.stderr == "", done.stderr
@@ -334,3 +345,36 @@ def test_the_readme_object_store_example_runs_as_written(s3):
         s3_group(s3, f"s3://{source}/data.zarr")["points"][...], make_params(bandwidth=2.5)
     )
     assert_same_clusters(out, expected)
+
+
+def test_an_input_served_over_http_is_read_as_any_other(tmp_path):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    write_blobs(str(folder / "d.zarr"), 3, 100, 1.0, 2, seed=0)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        out = str(tmp_path / "o.zarr")
+        data = f"http://127.0.0.1:{port}/d.zarr"
+        done = meanshift("run", "-i", data, "-o", out, "-b", "1", "--quiet")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert done.returncode == 0, done.stderr
+    expected = mean_shift(
+        zarr.open_group(str(folder / "d.zarr"))["points"][...], make_params(bandwidth=1)
+    )
+    np.testing.assert_array_equal(zarr.open_group(out, mode="r")["labels"][...], expected.labels)
+    assert zarr.open_group(out, mode="r").attrs["input"]["url"] == data
