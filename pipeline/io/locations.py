@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import ParameterError, literal
+from ..errors import ParameterError, first_line, literal
 
 StorageOptions = dict[str, Any]
 """fsspec options of a remote store (endpoint, credentials, ...): never recorded anywhere."""
@@ -66,7 +66,7 @@ def absolute(url: str) -> str:
 
 def access_denied(what: str, url: str, exc: BaseException) -> str:
     """The one line saying a store refused this process's credentials."""
-    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    detail = first_line(exc)
     verb = "open input" if what == "input" else "write output"
     return (
         f"cannot {verb} {literal(url)}: access denied ({literal(detail)}): check the "
