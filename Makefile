@@ -10,7 +10,7 @@ BIN     = $(VENV)/bin
 $(BIN)/meanshift: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,plot]'
+	$(BIN)/python -m pip install --quiet -e '.[test,plot,prefect]'
 	touch $@
 
 install: $(BIN)/meanshift
@@ -19,10 +19,10 @@ demo: install
 	$(BIN)/meanshift demo
 
 test: install
-	$(BIN)/python -m pytest -q -n auto -m "not slow and not gpu"
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup -m "not slow and not gpu"
 
 test-all: install
-	$(BIN)/python -m pytest -q -n auto -m "not gpu"
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup -m "not gpu"
 
 clean:
 	rm -rf $(VENV) meanshift-demo.png .pytest_cache

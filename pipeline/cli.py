@@ -520,6 +520,39 @@ def schedule(locations: tuple[str, ...], state_dir: str, max_parallel: int) -> N
     serve(list(locations), state_dir, max_parallel, stop)
 
 
+@cli.command("prefect-serve")
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@click.option(
+    "--cron",
+    default=None,
+    help="A 5-field cron expression for every spec [default: each spec's schedule.cron].",
+)
+def prefect_serve(specs: tuple[str, ...], cron: str | None) -> None:
+    """Serve each spec as a Prefect deployment on its cron schedule, until stopped.
+
+    Runs are recorded by the Prefect API that PREFECT_API_URL names (`prefect server start`,
+    or Prefect Cloud); each one is the flow pipeline.flows.meanshift_flow. Needs the extra
+    'prefect'.
+    """
+    import importlib.util
+
+    from .jobs.spec import load_spec
+
+    for path in specs:
+        load_spec(path)  # the first problem, before Prefect is imported
+    try:
+        installed = importlib.util.find_spec("prefect") is not None
+    except ImportError:
+        installed = False
+    if not installed:
+        raise ParameterError(
+            "prefect-serve needs Prefect 3: pip install 'meanshift-pipeline[prefect]'"
+        )
+    from .flows import serve_specs
+
+    serve_specs(list(specs), cron)
+
+
 @cli.command()
 @click.option("--state-dir", default=".meanshift", show_default=True)
 @click.option("--name", default=None, help="Only this job.")

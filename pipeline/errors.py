@@ -83,6 +83,16 @@ def _rebuild(cls: type[PipelineError], message: str, parameters: dict[str, Any])
     return cls(message, **parameters)
 
 
+PERMANENT_EXIT_CODES = frozenset({2, 3, 4})
+"""Exit codes of failures a retry cannot mend: parameters, input data, output."""
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether retrying cannot mend ``error``: the same parameters, input and output fail
+    the same way again (a cluster problem or an unexpected error may pass)."""
+    return isinstance(error, PipelineError) and error.exit_code in PERMANENT_EXIT_CODES
+
+
 class ParameterError(PipelineError, ValueError):
     """A parameter value is invalid."""
 

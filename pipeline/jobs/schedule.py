@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InputDataError, ParameterError, first_line, literal
+from ..errors import PERMANENT_EXIT_CODES, InputDataError, ParameterError, first_line, literal
 from .spec import WorkflowSpec, cron_trigger, load_spec, make_run_id
 
 LOG = logging.getLogger("meanshift.schedule")
@@ -243,10 +243,6 @@ def run_scheduled(spec_file: str, state: str, run_id: str | None = None, attempt
     if attempt <= spec.schedule.retries:
         when = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=spec.schedule.retry_delay_s)
         _retries.put((spec.name, spec_file, state, run_id, attempt + 1, when))
-
-
-PERMANENT_EXIT_CODES = frozenset({2, 3, 4})
-"""Exit codes of failures a retry cannot mend: parameters, input data, output (errors.py)."""
 
 
 def _run_in_child(spec_file: str, run_id: str, run: Run) -> subprocess.CompletedProcess:
