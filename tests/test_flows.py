@@ -140,12 +140,15 @@ class TestFlow:
         from pipeline.jobs.spec import make_run_id
 
         spec = seed_spec(tmp_path, cluster={"kind": "threads"})
-        state = meanshift_flow(spec, report=False, return_state=True)
+        folder = str(tmp_path / "reports" / "seed")
+        state = meanshift_flow(spec, report_folder=folder, return_state=True)
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(state.state_details.flow_run_id)
         result = state.result()
         assert result.run_id == make_run_id(flow_run.expected_start_time)
-        assert result.output.endswith(f"seed-demo-{result.run_id}.zarr") and result.report is None
+        assert result.output.endswith(f"seed-demo-{result.run_id}.zarr")
+        assert result.report == os.path.join(folder, "index.html")
+        assert os.path.isfile(result.report)
 
     def test_an_invalid_spec_fails_in_validate_with_every_problem_logged(self, tmp_path):
         from pipeline.flows import meanshift_flow
@@ -276,6 +279,24 @@ def test_deployment_takes_the_specs_cron_and_timezone(tmp_path):
         spec_deployment(spec)
 
 
+@needs_prefect
+def test_only_failures_a_retry_can_mend_are_retried():
+    from prefect.states import Failed
+
+    from pipeline.errors import ClusterError, InputDataError, OutputError, ParameterError
+    from pipeline.flows import run_job_task
+
+    retry = run_job_task.retry_condition_fn
+    for error, retried in [
+        (ClusterError("scheduler unreachable"), True),
+        (RuntimeError("a bug"), True),
+        (ParameterError("bad bandwidth"), False),
+        (InputDataError("input not found"), False),
+        (OutputError("output exists"), False),
+    ]:
+        assert retry(run_job_task, None, Failed(data=error)) is retried, error
+
+
 def test_prefect_serve_refuses_a_bad_spec_before_importing_prefect(tmp_path):
     spec = seed_spec(tmp_path, params={"kernal": "gaussian"})
     code = f"""
@@ -314,10 +335,10 @@ def test_without_the_extra_flows_say_how_to_install_it_and_their_tests_skip(tmp_
     tests = NO_PREFECT + (
         "import pytest\n"
         "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-rs',"
-        f" {__file__!r}, '-k', 'TestFlow or cron_and_timezone']))"
+        f" {__file__!r}, '-k', 'TestFlow or cron_and_timezone or mend']))"
     )
     root = os.path.dirname(os.path.dirname(__file__))
     done = subprocess.run([sys.executable, "-c", tests], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stdout[-2000:]
-    assert "7 skipped" in done.stdout
+    assert "8 skipped" in done.stdout
     assert "the extra 'prefect' is not installed (pip install -e '.[prefect]')" in done.stdout
