@@ -151,7 +151,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_in_the_bucket(s3, options_file
     data, out = s3_blobs(s3, source), f"s3://{target}/blurred.zarr"
     given = ["--input-storage-options", options_file, "--output-storage-options", options_file]
     options = ["-b", "2.5", "--kernel", "gaussian", "--blurring", "--tol", "0"]
-    options += ["--max-iter", "8", "--quiet", "--n-workers", "1", *given]
+    options += ["--max-iter", "8", "--quiet", *given]  # in the command's process (auto)
     command = [*CLI, "run", "-i", data, "-o", out, *options]
 
     def attributes(url: str) -> dict:
