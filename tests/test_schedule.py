@@ -143,7 +143,7 @@ def test_schedule_fires_retries_and_keeps_history(workdir, seed_data):
 
 def test_a_run_missed_while_the_scheduler_was_down_runs_once_on_restart(workdir):
     specs, state, store = workdir
-    write_spec(specs, "every15s", "*/15 * * * * *", store)
+    write_spec(specs, "every15s", "*/15 * * * * *", store, {"kind": "threads"})
     process, log = start_scheduler(specs, state)
     try:
         history_file = os.path.join(state, STATE_FILE)
