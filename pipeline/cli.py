@@ -521,14 +521,16 @@ def schedule(locations: tuple[str, ...], state_dir: str, max_parallel: int) -> N
 
 
 @cli.command("prefect-serve")
-@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@click.argument("locations", nargs=-1, required=True, metavar="SPEC_OR_FOLDER...")
 @click.option(
     "--cron",
     default=None,
-    help="A 5-field cron expression for every spec [default: each spec's schedule.cron].",
+    help="A 5-field cron expression for every spec [default: each spec's schedule.cron; "
+    "specs without a schedule are left out].",
 )
-def prefect_serve(specs: tuple[str, ...], cron: str | None) -> None:
-    """Serve each spec as a Prefect deployment on its cron schedule, until stopped.
+def prefect_serve(locations: tuple[str, ...], cron: str | None) -> None:
+    """Serve each spec with a schedule as a Prefect deployment on its cron schedule, until
+    stopped.
 
     Runs are recorded by the Prefect API that PREFECT_API_URL names (`prefect server start`,
     or Prefect Cloud); each one is the flow pipeline.flows.meanshift_flow. Needs the extra
@@ -536,10 +538,9 @@ def prefect_serve(specs: tuple[str, ...], cron: str | None) -> None:
     """
     import importlib.util
 
-    from .jobs.spec import load_spec
+    from .jobs.schedule import scheduled_specs
 
-    for path in specs:
-        load_spec(path)  # the first problem, before Prefect is imported
+    scheduled_specs(list(locations), every=cron is not None)  # refused before Prefect's import
     try:
         installed = importlib.util.find_spec("prefect") is not None
     except ImportError:
@@ -550,7 +551,7 @@ def prefect_serve(specs: tuple[str, ...], cron: str | None) -> None:
         )
     from .flows import serve_specs
 
-    serve_specs(list(specs), cron)
+    serve_specs(list(locations), cron)
 
 
 @cli.command()

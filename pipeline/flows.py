@@ -284,10 +284,21 @@ def spec_deployment(spec_file: str, cron: str | None = None) -> RunnerDeployment
     )
 
 
-def serve_specs(spec_files: list[str], cron: str | None = None) -> None:
-    """Serve one deployment per spec in this process until interrupted (Prefect's
-    ``serve``; runs go to the Prefect API that ``PREFECT_API_URL`` names)."""
+def serve_specs(locations: list[str], cron: str | None = None) -> None:
+    """Serve a deployment of each spec with a schedule (every spec, given ``cron``) found at
+    ``locations`` (files, or folders of ``*.yaml``) in this process until interrupted
+    (Prefect's ``serve``; runs go to the Prefect API that ``PREFECT_API_URL`` names).
+
+    Raises
+    ------
+    ParameterError
+        A spec is invalid, none has a schedule, two name the same job, or a cron
+        expression is not one Prefect takes.
+    """
     from prefect import serve
 
-    deployments = [spec_deployment(path, cron) for path in spec_files]
+    from .jobs.schedule import scheduled_specs
+
+    specs = scheduled_specs(locations, every=cron is not None)
+    deployments = [spec_deployment(path, cron) for path, _ in specs.values()]
     serve(*deployments)

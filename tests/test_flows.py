@@ -315,6 +315,29 @@ finally:
     assert done.stdout.strip() == "prefect not imported"
 
 
+def test_prefect_serve_takes_folders_of_specs_with_a_schedule_and_distinct_names(tmp_path):
+    first = tmp_path / "first"
+    first.mkdir()
+    seed_spec(first, schedule=None)
+    alone = subprocess.run([*CLI, "prefect-serve", str(first)], capture_output=True, text=True)
+    assert (alone.returncode, alone.stderr) == (
+        2,
+        "meanshift: error: no spec with a schedule found\n",
+    )
+    second = tmp_path / "second"
+    second.mkdir()
+    seed_spec(second)
+    seed_spec(first)
+    both = subprocess.run(
+        [*CLI, "prefect-serve", str(first), str(second)], capture_output=True, text=True
+    )
+    assert both.returncode == 2
+    assert both.stderr.strip().splitlines() == [
+        f"meanshift: error: specs {first / 'seed-demo.yaml'} and {second / 'seed-demo.yaml'} "
+        "both name the job 'seed_demo'; give each job its own name"
+    ]
+
+
 def test_without_the_extra_flows_say_how_to_install_it_and_their_tests_skip(tmp_path):
     spec = seed_spec(tmp_path)
     serve = NO_PREFECT + f"from pipeline.cli import main\nmain(['prefect-serve', {spec!r}])"

@@ -216,3 +216,20 @@ def test_the_scheduler_stops_in_one_line_when_its_state_folder_is_removed(workdi
         f"meanshift: error: schedule state {os.path.abspath(state)}/{STATE_FILE} was removed "
         "while the scheduler ran; stopped (start it again to begin a new history)"
     )
+
+
+def test_two_specs_naming_one_job_are_refused_before_anything_is_scheduled(workdir, tmp_path):
+    specs, state, store = workdir
+    first = write_spec(specs, "nightly", "0 3 * * *", store)
+    other = tmp_path / "other"
+    other.mkdir()
+    second = write_spec(str(other), "nightly", "0 4 * * *", store)
+    done = subprocess.run(
+        [*CLI, "schedule", specs, str(other), "--state-dir", state], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"meanshift: error: specs {first} and {second} both name the job 'nightly'; "
+        "give each job its own name"
+    ]
+    assert not os.path.exists(os.path.join(state, STATE_FILE))

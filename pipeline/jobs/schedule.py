@@ -297,13 +297,28 @@ def _on_missed(event: Any) -> None:
     )
 
 
-def _scheduled_specs(locations: list[str]) -> dict[str, tuple[str, WorkflowSpec]]:
-    """The specs found at ``locations`` that have a schedule, by job name, with their paths."""
+def scheduled_specs(
+    locations: list[str], every: bool = False
+) -> dict[str, tuple[str, WorkflowSpec]]:
+    """The specs found at ``locations`` (files, or folders of ``*.yaml``) that have a
+    schedule, or all of them if ``every``, by job name, with their paths.
+
+    Raises
+    ------
+    ParameterError
+        A spec is invalid, none is found, or two specs name the same job.
+    """
     specs: dict[str, tuple[str, WorkflowSpec]] = {}
     for path in find_specs(locations):
         spec = load_spec(path)
-        if spec.schedule is not None:
-            specs[spec.name] = (path, spec)
+        if spec.schedule is None and not every:
+            continue
+        if spec.name in specs:
+            raise ParameterError(
+                f"specs {literal(specs[spec.name][0])} and {literal(path)} both name the job "
+                f"'{spec.name}'; give each job its own name"
+            )
+        specs[spec.name] = (path, spec)
     if not specs:
         raise ParameterError("no spec with a schedule found")
     return specs
@@ -392,7 +407,7 @@ def serve(
     time (so runs missed while the scheduler was down are honoured); new or changed
     schedules are (re)registered; jobs whose spec is gone are removed.
     """
-    specs = _scheduled_specs(locations)
+    specs = scheduled_specs(locations)
     state = state_path(state_dir)
     History(state)
     scheduler = _new_scheduler(state, max_parallel)
