@@ -85,7 +85,9 @@ def test_generate_run_status_and_report_with_an_s3_input_and_output(s3, options_
     made = meanshift("generate", "-o", data, "--storage-options", options_file, "--chunk", "300")
     assert made.returncode == 0, made.stderr
     before = s3.objects(source)
-    run = ["-b", "2.5", "--kernel", "gaussian", "--n-workers", "1"]  # with its summary
+    # in the command's process (auto), with its summary; worker processes reading and writing
+    # S3: test_a_spec_on_a_standing_cluster_whose_workers_have_no_credentials
+    run = ["-b", "2.5", "--kernel", "gaussian"]
     given = ["--input-storage-options", options_file, "--output-storage-options", options_file]
     done = meanshift("run", "-i", data, "-o", out, *given, *run)
     assert done.returncode == 0 and done.stderr == "", done.stderr
