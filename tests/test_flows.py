@@ -223,6 +223,9 @@ class TestFlow:
                 scheduled_time=when,
                 timeout=240,
             )
+            # the run's process exits after reporting its state; a runner stopped before
+            # that cancels the runs it still tracks
+            wait_for_no_children(server.pid)
         finally:
             server.terminate()
             server.wait(60)
@@ -241,6 +244,25 @@ def del_n_workers(spec: str) -> None:
     data["cluster"].pop("n_workers", None)
     with open(spec, "w") as handle:
         yaml.safe_dump(data, handle)
+
+
+def wait_for_no_children(pid: int, timeout: float = 60) -> None:
+    """Wait until the process ``pid`` has no child process left (Linux: /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[1] == str(pid) and fields[0] != "Z":
+                children.append(entry)
+        if not children:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"process {pid} still has child processes after {timeout} s")
 
 
 def wait_for_deployment(name: str, server: subprocess.Popen, folder) -> object:
