@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A complete batch workflow with the plain CLI: generate the seed data set (once),
-# cluster it on an embedded Dask cluster into a dated output, keep the run idempotent.
+# cluster it (where `auto` puts a job this size: in the command's process) into a dated
+# output, keep the run idempotent.
 #
 #   workflows/seed-demo.sh [DATA_DIR]
 #
@@ -23,5 +24,5 @@ if meanshift status "$output" >/dev/null; then
   exit 0
 fi
 meanshift run --input "$input" --output "$output" --overwrite \
-  --bandwidth 2.5 --kernel gaussian --blurring --n-workers 2 --quiet
+  --bandwidth 2.5 --kernel gaussian --blurring --quiet
 echo "complete: $output"
