@@ -380,3 +380,16 @@ def test_an_input_served_over_http_is_read_as_any_other(tmp_path):
     )
     np.testing.assert_array_equal(zarr.open_group(out, mode="r")["labels"][...], expected.labels)
     assert zarr.open_group(out, mode="r").attrs["input"]["url"] == data
+
+
+def test_a_stale_listing_cached_by_the_filesystem_never_makes_a_live_lease_vanish(s3):
+    from pipeline.io.lease import OutputLease
+
+    bucket = s3.bucket()
+    out = f"s3://{bucket}/clusters.zarr"
+    lease = OutputLease(out, s3.options())
+    with lease:
+        # a listing of the bucket taken before the lease was written, as s3fs keeps them
+        lease.fs.dircache[bucket] = []
+        lease.check()  # still this run's: the output may be marked complete
+    assert "clusters.zarr.lease" not in s3.objects(bucket)  # released, not left behind

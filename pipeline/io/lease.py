@@ -136,6 +136,7 @@ class OutputLease:
                 handle.write(self._record())
             return True
         except (NotImplementedError, ValueError):  # no exclusive create ("xb") here
+            self.fs.invalidate_cache(self.path)
             if self.fs.exists(self.path):
                 return False
             self.fs.pipe_file(self.path, self._record())
@@ -155,7 +156,12 @@ class OutputLease:
             self.fs.pipe_file(self.path, self._record())
 
     def _read(self) -> dict[str, Any] | None:
-        """The lease's record, None if there is none; an unreadable one counts as stale."""
+        """The lease's record, None if there is none; an unreadable one counts as stale.
+
+        Read from the store itself: a listing the filesystem cached before the lease was
+        written (s3fs keeps them) would otherwise say it is not there.
+        """
+        self.fs.invalidate_cache(self.path)
         try:
             with self.fs.open(self.path, "rb") as handle:
                 record = json.loads(handle.read())
