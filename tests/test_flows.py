@@ -133,15 +133,23 @@ class TestFlow:
         assert runs["run"].run_count == 1
         assert any(f"already complete: {out}" in line for line in run_log(state))
 
-    def test_without_a_run_id_the_run_is_named_by_its_scheduled_time(self, tmp_path):
+    def test_without_a_run_id_the_run_is_named_by_its_scheduled_time(self, tmp_path, monkeypatch):
         from prefect.client.orchestration import get_client
 
+        from pipeline import flows
         from pipeline.flows import meanshift_flow
         from pipeline.jobs.spec import make_run_id
 
         spec = seed_spec(tmp_path, cluster={"kind": "threads"})
         folder = str(tmp_path / "reports" / "seed")
+        monkeypatch.setattr(flows, "PROGRESS_EVERY_S", 0.0)  # a line per iteration
         state = meanshift_flow(spec, report_folder=folder, return_state=True)
+        log = run_log(state)
+        start = "running in this process: Dask's threaded scheduler"
+        assert any(line.startswith(start) for line in log)  # the run's start line
+        progress = [line for line in log if line.startswith("iteration ")]
+        assert progress and progress[-1].startswith("iteration 5: largest shift ")
+        assert progress[-1].split(", ")[1].startswith("0 points moving")
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(state.state_details.flow_run_id)
         result = state.result()
