@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -209,6 +210,23 @@ class TestFlow:
         state = meanshift_flow(spec, run_id="20261201T030000Z", retries=0, return_state=True)
         assert state.is_failed() and task_runs(state)["run"].run_count == 1
 
+    def test_the_readme_example_runs_as_a_script(self, tmp_path, prefect_api):
+        readme = open(os.path.join(os.path.dirname(WORKFLOWS), "README.md")).read()
+        blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+        (example,) = [block for block in blocks if "from pipeline.flows import" in block]
+        spec = seed_spec(tmp_path)  # the shipped seed spec: an embedded 2-process cluster
+        script = tmp_path / "example.py"
+        script.write_text(example.replace("workflows/seed-demo.yaml", spec))
+        env = dict(os.environ, PREFECT_API_URL=prefect_api)
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        run_id, output, status = done.stdout.strip().splitlines()[-1].split()
+        assert output == str(tmp_path / "out" / f"seed-demo-{run_id}.zarr")
+        assert status == "complete"
+        assert zarr.open_group(output, mode="r").attrs["status"] == "complete"
+
     def test_a_served_deployment_runs_on_its_schedule(self, tmp_path, prefect_api):
         from prefect.client.orchestration import get_client
         from prefect.deployments import run_deployment
@@ -393,5 +411,5 @@ def test_without_the_extra_flows_say_how_to_install_it_and_their_tests_skip(tmp_
     root = os.path.dirname(os.path.dirname(__file__))
     done = subprocess.run([sys.executable, "-c", tests], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stdout[-2000:]
-    assert "8 skipped" in done.stdout
+    assert "9 skipped" in done.stdout
     assert "the extra 'prefect' is not installed (pip install -e '.[prefect]')" in done.stdout
