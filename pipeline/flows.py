@@ -241,7 +241,9 @@ def prefect_cron(spec: WorkflowSpec, cron: str | None = None) -> str:
     """
     expression = cron or (spec.schedule.cron if spec.schedule else None)
     if expression is None:
-        raise ParameterError(f"spec {spec.source}: no schedule.cron (give {{cron}})", cron=None)
+        raise ParameterError(
+            f"spec {literal(str(spec.source))}: no schedule.cron (give {{cron}})", cron=None
+        )
     if len(expression.split()) != 5:
         raise ParameterError(
             f"cron '{expression}': Prefect schedules take 5 fields (minute hour day month "
