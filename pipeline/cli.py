@@ -296,11 +296,10 @@ class _Progress:
             now = time.monotonic()
             if now - self._said >= self._every_s:
                 self._said = now
-                click.echo(
-                    f"meanshift: iteration {iteration}: largest shift {shift:.3g}, "
-                    f"{moving:,} points moving ({now - self._started:.0f} s)",
-                    err=True,
-                )
+                from .jobs.workflow import progress_line
+
+                line = progress_line(iteration, shift, moving, now - self._started)
+                click.echo(f"meanshift: {line}", err=True)
             return
         if self._bar is None:
             from tqdm import tqdm

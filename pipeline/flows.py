@@ -46,6 +46,7 @@ except ImportError as _missing:  # pragma: no cover - tested in a venv without t
 
 from .errors import ParameterError, is_permanent, literal
 from .jobs.spec import WorkflowSpec, load_spec, make_run_id, spec_problems
+from .jobs.workflow import progress_line, run_spec
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -118,10 +119,7 @@ class _LogProgress:
         now = time.monotonic()
         if now - self._said >= self._every_s:
             self._said = now
-            self._logger.info(
-                f"iteration {iteration}: largest shift {shift:.3g}, {moving:,} points moving "
-                f"({now - self._started:.0f} s)"
-            )
+            self._logger.info(progress_line(iteration, shift, moving, now - self._started))
 
 
 @task(
@@ -132,8 +130,6 @@ class _LogProgress:
 )
 def run_job_task(spec: WorkflowSpec, run_id: str) -> JobReport:
     """Run the spec's job as run ``run_id`` (an output already complete is left alone)."""
-    from .jobs.workflow import run_spec
-
     logger = get_run_logger()
     report = run_spec(
         spec,
@@ -272,10 +268,14 @@ def spec_deployment(spec_file: str, cron: str | None = None) -> RunnerDeployment
     ParameterError
         The spec is invalid, or has no usable schedule.
     """
+    return _deployment(spec_file, load_spec(spec_file), cron)
+
+
+def _deployment(spec_file: str, spec: WorkflowSpec, cron: str | None) -> RunnerDeployment:
+    """:func:`spec_deployment` of a spec already read from ``spec_file``."""
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
-    spec = load_spec(spec_file)
     timezone = spec.schedule.timezone if spec.schedule else "UTC"
     return meanshift_flow.to_deployment(
         name=spec.name,
@@ -302,5 +302,5 @@ def serve_specs(locations: list[str], cron: str | None = None) -> None:
     from .jobs.schedule import scheduled_specs
 
     specs = scheduled_specs(locations, every=cron is not None)
-    deployments = [spec_deployment(path, cron) for path, _ in specs.values()]
+    deployments = [_deployment(path, spec, cron) for path, spec in specs.values()]
     serve(*deployments)

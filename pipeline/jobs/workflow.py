@@ -118,6 +118,14 @@ def spec_with_options(spec: WorkflowSpec | None, options: dict[str, Any]) -> Wor
     return merged.read_from(None if spec is None else spec.source)
 
 
+def progress_line(iteration: int, shift: float, moving: int, elapsed_s: float) -> str:
+    """One plain line of a job's progress (the command line's, a Prefect run's log)."""
+    return (
+        f"iteration {iteration}: largest shift {shift:.3g}, {moving:,} points moving "
+        f"({elapsed_s:.0f} s)"
+    )
+
+
 def _resolved_cluster(spec: WorkflowSpec) -> ClusterSpec:
     """The spec's ``cluster`` section with its TLS files relative to the spec's folder."""
     tls = spec.cluster.tls
