@@ -162,3 +162,27 @@ def test_the_documents_name_code_that_exists(document):
             _resolve(name if top == "pipeline" else f"pipeline.{name}")
             checked += 1
     assert checked, document
+
+
+def test_gpu_figures_in_the_documents_are_the_recorded_run():
+    """docs/gpu.md holds the recorded H200 run's table as the benchmark prints it, and the
+    README's GPU figures are that run's."""
+    import json
+
+    from benchmarks.gpu import table
+
+    results = json.loads((PACKAGE.parent / "benchmarks/results-gpu.json").read_text())
+    assert results["machine"]["gpu"] == "NVIDIA H200" and not results["errors"]
+    docs = (PACKAGE.parent / "docs/gpu.md").read_text()
+    assert table(results) in docs
+    assert results["machine"]["date"] in docs
+    b2, b3 = results["B2"], results["B3"]
+    readme = " ".join((PACKAGE.parent / "README.md").read_text().split())
+    quoted = [
+        f"{b2['d2']['fused_pairs_per_s']:.1e} Gaussian pair evaluations".replace("e+", "e"),
+        f"in {b3['pipeline_cupy_binned_s']:.3f} s, {b3['speedup_cupy_binned_vs_sklearn']:.0f}x",
+        f"{b3['pipeline_cupy_auto_s']:.1f} s, {b3['speedup_cupy_auto_vs_sklearn']:.1f}x",
+        f"seed job {results['B1']['engine_ms']:.1f} ms",
+        f"on {results['machine']['date']}",
+    ]
+    assert [text for text in quoted if text not in readme] == []
