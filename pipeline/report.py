@@ -14,17 +14,10 @@ import os
 from typing import Any
 
 import numpy as np
-import zarr
 
-from .errors import OutputError, PipelineError
-from .io.store import (
-    StorageOptions,
-    check_location,
-    is_local,
-    local_path,
-    open_result,
-    zarr_options,
-)
+from .errors import InputDataError, OutputError, first_line
+from .io.output import complete_result, current_input, inspect
+from .io.store import StorageOptions, check_location, is_local, local_path
 from .plot import draw_clusters, pyplot, save_figure
 
 DEFAULT_MAX_POINTS = 50_000
@@ -87,8 +80,11 @@ def write_report(
     """
     plt = pyplot()
     check_location(output_url, storage_options, "output")
-    result = open_result(output_url, storage_options)
-    attrs = result.attrs.asdict()
+    state = inspect(output_url, storage_options)
+    result = complete_result(state, storage_options)
+    attrs = state.attributes
+    input_options = storage_options if input_storage_options is None else input_storage_options
+    source = current_input(state, input_options)  # the points those labels are of
     folder = _make_report_folder(folder or default_report_folder(output_url))
     centers = np.asarray(result["centers"][...])
     sizes = np.asarray(result["sizes"][...])
@@ -96,8 +92,7 @@ def write_report(
     n = labels_array.shape[0]
     rows = sample_rows(n, max_points, random_state)
     labels = np.asarray(labels_array.get_orthogonal_selection((rows,)))
-    input_options = storage_options if input_storage_options is None else input_storage_options
-    points = _input_rows(attrs, rows, input_options)
+    points = _input_rows(source, rows)
     d = points.shape[1]
     shown = f"{len(rows):,} of {n:,} points" + (" (random sample)" if len(rows) < n else "")
     k = max(len(centers), 1)
@@ -200,17 +195,21 @@ def _plot_sizes(plt: Any, folder: str, sizes: np.ndarray, colours: np.ndarray, n
     save_figure(fig, os.path.join(folder, "sizes.png"))
 
 
-def _input_rows(
-    attrs: dict[str, Any], rows: np.ndarray, storage_options: StorageOptions | None
-) -> np.ndarray:
-    source = attrs.get("input") or {}
-    url, name = source.get("url"), source.get("array", "points")
+def _input_rows(source: Any, rows: np.ndarray) -> np.ndarray:
+    """Rows of the run's input (:class:`.io.store.InputInfo`) as float64.
+
+    Raises
+    ------
+    InputDataError
+        They cannot be read (a corrupt chunk, a vanished file).
+    """
     try:
-        node = zarr.open(url, mode="r", storage_options=zarr_options(url, storage_options))
-        array = node[name] if isinstance(node, zarr.Group) else node
-        return np.asarray(array.get_orthogonal_selection((rows, slice(None))), dtype=np.float64)
+        selection = source.array.get_orthogonal_selection((rows, slice(None)))
+        return np.asarray(selection, dtype=np.float64)
     except Exception as exc:
-        raise PipelineError(f"cannot read the run's input {url} (array {name}): {exc}") from None
+        raise InputDataError(
+            f"cannot read the run's input {source.url} (array {source.name}): {first_line(exc)}"
+        ) from None
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:

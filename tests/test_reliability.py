@@ -43,16 +43,10 @@ def chunked_store(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupt"])
-def test_a_broken_input_chunk_is_named_and_nothing_is_marked_complete(
-    chunked_store, tmp_path, damage
-):
+def test_a_broken_input_chunk_is_named_and_nothing_is_marked_complete(chunked_store, tmp_path):
     chunk = os.path.join(chunked_store, "points", "c", "3", "0")
-    if damage == "missing":
-        os.remove(chunk)
-    else:
-        with open(chunk, "wb") as handle:
-            handle.write(b"not zstd data")
+    with open(chunk, "wb") as handle:
+        handle.write(b"not zstd data")
     digest = tree_digest(chunked_store)
     out = str(tmp_path / "out.zarr")
     done = meanshift("run", "-i", chunked_store, "-o", out, "-b", "2.5", "--n-workers", "2")
@@ -60,7 +54,7 @@ def test_a_broken_input_chunk_is_named_and_nothing_is_marked_complete(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "rows 3000-3999" in lines[0]
-    assert ("missing chunk c/3/0" if damage == "missing" else "row chunks 3-3") in lines[0]
+    assert "row chunks 3-3" in lines[0]
     assert tree_digest(chunked_store) == digest  # input untouched
     status = meanshift("status", out)
     assert status.returncode == 1 and status.stdout.strip() in ("missing", "failed")

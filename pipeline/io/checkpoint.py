@@ -22,13 +22,7 @@ import numpy as np
 import zarr
 
 from ..naming import task_name
-from .store import (
-    STATUS_FAILED,
-    STATUS_RUNNING,
-    existing_attributes,
-    output_errors,
-    write_per_point,
-)
+from .store import output_errors, write_per_point
 
 GROUP = "checkpoint"
 """Name of the subgroup holding the saved arrays."""
@@ -166,13 +160,3 @@ class ZarrCheckpoint:
                 del self.group[GROUP]
             if "checkpoint" in self.group.attrs:
                 del self.group.attrs["checkpoint"]
-
-
-def resumable(url: str, fingerprint: str, storage_options: dict[str, Any] | None = None) -> bool:
-    """Whether ``url`` holds an unfinished output of the same job with a saved state."""
-    attributes = existing_attributes(url, storage_options) or {}
-    saved = attributes.get("checkpoint") or {}
-    return (
-        attributes.get("status") in (STATUS_RUNNING, STATUS_FAILED)
-        and saved.get("fingerprint") == fingerprint
-    )

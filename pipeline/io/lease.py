@@ -22,7 +22,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import OutputError, first_line, literal
-from .locations import access_denied
+from .locations import access_denied, is_local, local_path
 
 HEARTBEAT_S = 5.0
 """Seconds between two renewals of a held lease."""
@@ -31,7 +31,11 @@ STALE_AFTER_S = 60.0
 
 
 def lease_url(output_url: str) -> str:
-    """Where the lease of ``output_url`` lives: beside it, named ``<output>.lease``."""
+    """Where the lease of ``output_url`` lives: beside it, named ``<output>.lease``; a local
+    output's path resolved first (``./``, ``file://``, symlinks), so that every name of one
+    output takes the same lease."""
+    if is_local(output_url):
+        return os.path.realpath(local_path(output_url)) + ".lease"
     return output_url.rstrip("/") + ".lease"
 
 
@@ -86,17 +90,28 @@ class OutputLease:
         OutputError
             Another run holds a live lease on the output, or the lease cannot be written.
         """
+        if self._is_folder():
+            raise OutputError(
+                f"cannot take the lease {literal(self.url)} of output "
+                f"{literal(self.output_url)}: it is a folder, not a lease file (remove it)"
+            )
         for _ in range(3):
             if self._create():
                 break
             holder = self._read()
             if holder is not None and not _stale(holder):
-                raise OutputError(_busy_message(self.output_url, holder))
+                raise OutputError(busy_message(self.output_url, holder))
             self._remove_stale(holder)
         else:
             raise OutputError(f"cannot take the lease {self.url}: other runs keep taking it")
         self._beating = threading.Thread(target=self._beat, name="output-lease", daemon=True)
         self._beating.start()
+
+    def _is_folder(self) -> bool:
+        try:
+            return bool(self.fs.isdir(self.path))
+        except Exception:  # an unreachable store: taking the lease says why
+            return False
 
     def _create(self) -> bool:
         """Write the lease only if there is none, whole and at once; whether it was written.
@@ -223,6 +238,19 @@ class OutputLease:
                 pass
 
 
+def live_holder(
+    output_url: str, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The record of the run that holds a live lease on ``output_url``, or None (no lease,
+    a stale one, or none that can be read: taking the lease says why)."""
+    try:
+        lease = OutputLease(output_url, storage_options)
+        holder = lease._read() if not lease._is_folder() else None
+    except Exception:
+        return None
+    return holder if holder and not _stale(holder) else None
+
+
 def _transient(exc: BaseException) -> bool:
     return isinstance(exc, (TimeoutError, ConnectionError))
 
@@ -235,7 +263,7 @@ def _stale(holder: dict[str, Any]) -> bool:
         host, pid = str(holder["host"]), int(holder["pid"])
     except (KeyError, TypeError, ValueError):
         return True
-    if age > STALE_AFTER_S:
+    if abs(age) > STALE_AFTER_S:  # a heartbeat far in the future is no run's either
         return True
     return host == socket.gethostname() and not _process_alive(pid)
 
@@ -250,7 +278,8 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _busy_message(output_url: str, holder: dict[str, Any]) -> str:
+def busy_message(output_url: str, holder: dict[str, Any]) -> str:
+    """Why an output held by a live lease is refused (one line)."""
     age = time.time() - float(holder.get("heartbeat", time.time()))
     return (
         f"output {literal(output_url)} is being written by another run (process "

@@ -103,9 +103,7 @@ def open_points(
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputDataError(f"'{array}' is empty (shape {arr.shape})")
     row_chunk = (arr.shards or arr.chunks)[0]
-    info = InputInfo(arr, url, array, int(row_chunk), storage_options)
-    check_chunks_present(info)
-    return info
+    return InputInfo(arr, url, array, int(row_chunk), storage_options)
 
 
 def _probe_remote_input(url: str, storage_options: StorageOptions | None) -> None:
@@ -165,34 +163,6 @@ def _points_array(node: zarr.Array | zarr.Group, url: str, array: str) -> zarr.A
     if not isinstance(found_node, zarr.Array):
         raise InputDataError(f"'{array}' in {url} is not an array")
     return found_node
-
-
-def check_chunks_present(info: InputInfo) -> None:
-    """Refuse an input with missing chunks (Zarr would read them as fill values, silently).
-
-    Raises
-    ------
-    InputDataError
-        Naming the first missing chunk (or shard) and its rows.
-    """
-    arr = info.array
-    try:
-        if arr.nchunks_initialized >= arr.nchunks:
-            return
-    except Exception:  # stores that cannot list keys: nothing to check against
-        return
-    from zarr.core.sync import sync
-
-    grid = arr.shards or arr.chunks
-    counts = [-(-size // step) for size, step in zip(arr.shape, grid, strict=True)]
-    for coords in np.ndindex(*counts):
-        key = arr.metadata.encode_chunk_key(coords)
-        if not sync(arr.store.exists(f"{arr.path}/{key}" if arr.path else key)):
-            first = coords[0] * grid[0]
-            last = min(arr.shape[0], first + grid[0]) - 1
-            raise InputDataError(
-                f"input {info.url} is missing chunk {key} of '{info.name}' (rows {first}-{last})"
-            )
 
 
 STAMP_FIELDS = (
@@ -320,12 +290,6 @@ def existing_attributes(
         return None
 
 
-def _existing_status(url: str, storage_options: StorageOptions | None = None) -> str | None:
-    """The ``status`` attribute of an existing output, or None if it is not one of ours."""
-    status = (existing_attributes(url, storage_options) or {}).get("status")
-    return None if status is None else str(status)
-
-
 def _normalized(url: str, storage_options: StorageOptions | None) -> tuple[str, str, Any]:
     """A location as (protocol, path, filesystem): local paths absolute with symlinks
     resolved (their filesystem None), URLs as their filesystem names them."""
@@ -404,70 +368,39 @@ def location_exists(url: str, storage_options: StorageOptions | None = None) -> 
         raise OutputError(f"cannot write output {url}: {first_line(exc)}") from None
 
 
-def check_output(
-    url: str,
-    overwrite: bool = False,
-    input_url: str | None = None,
-    storage_options: StorageOptions | None = None,
-    input_options: StorageOptions | None = None,
-) -> bool:
-    """Whether a new output at ``url`` replaces an existing one; refuse one it may not write.
-
-    An existing output is replaced only if it is a meanshift output and either
-    ``overwrite`` is set or its status is ``failed``. Anything else at that
-    location (another program's data, a plain folder) is never replaced.
-
-    Raises
-    ------
-    OutputError
-        The location is, contains or lies in the input's Zarr store, or holds something
-        that may not be replaced.
-    """
-    if input_url is not None and overlaps_input(url, input_url, storage_options, input_options):
-        raise OutputError(
-            f"output {url} would overwrite or nest with the input {input_url} (its Zarr store "
-            "is never written to)"
-        )
-    if not location_exists(url, storage_options):
-        return False
-    status = _existing_status(url, storage_options)
-    if status is None:
-        raise OutputError(f"output {url} exists and is not a meanshift output; not replacing it")
-    if not overwrite and status != STATUS_FAILED:
-        raise OutputError(
-            f"output {literal(url)} already exists (status '{status}'); "
-            "pass {overwrite} to replace it",
-            overwrite=True,
-        )
-    return True
+OUR_ARRAYS = {"write_empty_chunks": True}
+"""Every chunk of an array this package writes is stored, even one equal to the fill value
+(Zarr 3 leaves those out by default), so a chunk missing from an output is damage."""
 
 
 def create_output(
     url: str,
     n_points: int,
     row_chunk: int,
-    overwrite: bool = False,
-    input_url: str | None = None,
+    replace: bool = False,
     attributes: dict[str, Any] | None = None,
     storage_options: StorageOptions | None = None,
-    input_options: StorageOptions | None = None,
 ) -> zarr.Group:
     """Create the output group with ``status: "running"`` (and ``attributes``) and its
-    ``labels`` array, where :func:`check_output` allows.
+    ``labels`` array; ``replace`` removes what is there first (:mod:`.output` decides).
 
     Raises
     ------
     OutputError
-        :func:`check_output` refuses the location, or it cannot be written.
+        It cannot be written, or something is there and ``replace`` is not set.
     """
-    replace = check_output(url, overwrite, input_url, storage_options, input_options)
     try:
         group = zarr.open_group(
             url, mode="w" if replace else "w-", storage_options=zarr_options(url, storage_options)
         )
         group.update_attributes({**(attributes or {}), "status": STATUS_RUNNING})
         group.create_array(
-            "labels", shape=(n_points,), chunks=(row_chunk,), dtype="int32", fill_value=-1
+            "labels",
+            shape=(n_points,),
+            chunks=(row_chunk,),
+            dtype="int32",
+            fill_value=-1,
+            config=OUR_ARRAYS,
         )
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
         raise OutputError(
@@ -488,10 +421,14 @@ def write_per_point(group: zarr.Group, name: str, values: da.Array, row_chunk: i
     values whose chunks do not are rechunked to the Zarr chunks first.
     """
     if name in group:
-        target = group[name]
+        target = group[name].with_config(OUR_ARRAYS)
     else:
         target = group.create_array(
-            name, shape=values.shape, chunks=(row_chunk, *values.shape[1:]), dtype=values.dtype
+            name,
+            shape=values.shape,
+            chunks=(row_chunk, *values.shape[1:]),
+            dtype=values.dtype,
+            config=OUR_ARRAYS,
         )
     size = target.chunks[0]
     if any(rows % size for rows in values.chunks[0][:-1]):
@@ -532,11 +469,19 @@ def write_summary(
         not read back whole (workers that wrote somewhere this process cannot see).
     """
     k, d = centers.shape
-    with output_errors(group):
-        group.create_array("centers", shape=(k, d), chunks=(max(k, 1), d), dtype="float64")[...] = (
-            centers
-        )
-        group.create_array("sizes", shape=(k,), chunks=(max(k, 1),), dtype="int64")[...] = sizes
+    with output_errors(group):  # overwrite: a resumed run may find a stopped run's arrays
+        for name, values, chunks in (
+            ("centers", centers, (max(k, 1), d)),
+            ("sizes", sizes, (max(k, 1),)),
+        ):
+            group.create_array(
+                name,
+                shape=values.shape,
+                chunks=chunks,
+                dtype="float64" if name == "centers" else "int64",
+                config=OUR_ARRAYS,
+                overwrite=True,
+            )[...] = values
         group.update_attributes({**attributes, "status": STATUS_RUNNING})
     problem = damage(group)  # what the workers wrote, read back here
     if problem is not None:
@@ -574,22 +519,27 @@ def remove_output(group: zarr.Group) -> None:
         sync(group.store_path.delete_dir())
 
 
-def open_result(url: str, storage_options: StorageOptions | None = None) -> zarr.Group:
-    """Open a complete output group read-only.
+def open_result(
+    url: str, storage_options: StorageOptions | None = None, verified: bool = False
+) -> zarr.Group:
+    """Open a complete output group read-only, its arrays read back first (:func:`damage`)
+    unless they were ``verified`` already.
 
     Raises
     ------
     InputDataError
         The output is missing or not marked complete.
+    OutputError
+        It is marked complete but damaged.
     """
     try:
         group = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
+        status = group.attrs.get("status")
     except Exception:
         raise InputDataError(f"no meanshift output at {url}") from None
-    status = group.attrs.get("status")
     if status != STATUS_COMPLETE:
         raise InputDataError(f"output {url} is not complete (status: {status})")
-    problem = damage(group)
+    problem = None if verified else damage(group)
     if problem is not None:
         raise OutputError(
             f"output {literal(url)} is marked complete but damaged ({problem}); "
@@ -603,34 +553,40 @@ def damage(group: zarr.Group) -> str | None:
     """What is wrong with a complete output's arrays, or None if nothing is.
 
     Every array the attributes promise must be there with its shape, with every chunk
-    present; the labels are read whole (chunk by chunk): each in ``[-1, k)``, and the
-    counts per cluster equal to ``sizes``.
+    present (this package stores every chunk it writes, :data:`OUR_ARRAYS`); the labels are
+    read whole (chunk by chunk): each in ``[-1, k)``, and the counts per cluster equal to
+    ``sizes``. Metadata or chunks that do not read are damage too.
     """
+    try:
+        return _damage(group)
+    except Exception as exc:  # unparseable metadata, undecodable chunks: many types
+        return f"unreadable: {first_line(exc)}"
+
+
+def _damage(group: zarr.Group) -> str | None:
     n, k = int(group.attrs.get("n_points", -1)), int(group.attrs.get("n_clusters", -1))
     d = int(((group.attrs.get("input") or {}).get("shape") or [0, -1])[1])
     expected = {"labels": (n,), "centers": (k, d), "sizes": (k,)}
-    if "modes" in group:
+    names = set(group.array_keys())
+    if "modes" in names:
         expected["modes"] = (n, d)
     for name, shape in expected.items():
-        if name not in group.array_keys():
+        if name not in names:
             return f"no array '{name}'"
         array = group[name]
         if tuple(array.shape) != shape:
             return f"'{name}' has shape {tuple(array.shape)}, not {shape}"
         if array.nchunks_initialized < array.nchunks and array.size:
             return f"'{name}' misses {array.nchunks - array.nchunks_initialized} chunk(s)"
-    try:
-        sizes = np.asarray(group["sizes"][...])
-        counts = np.zeros(k, dtype=np.int64)
-        labels = group["labels"]
-        step = labels.chunks[0]  # one chunk a read: a bad one leaves no sibling reads pending
-        for start in range(0, n, step):
-            block = np.asarray(labels[start : start + step])
-            if block.size and (block.min() < -1 or block.max() >= k):
-                return f"labels outside -1..{k - 1} in rows {start}-{start + len(block) - 1}"
-            counts += np.bincount(block[block >= 0], minlength=k)
-    except Exception as exc:  # an undecodable chunk: codec errors come in many types
-        return f"unreadable: {first_line(exc)}"
+    sizes = np.asarray(group["sizes"][...])
+    counts = np.zeros(k, dtype=np.int64)
+    labels = group["labels"]
+    step = labels.chunks[0]  # one chunk a read: a bad one leaves no sibling reads pending
+    for start in range(0, n, step):
+        block = np.asarray(labels[start : start + step])
+        if block.size and (block.min() < -1 or block.max() >= k):
+            return f"labels outside -1..{k - 1} in rows {start}-{start + len(block) - 1}"
+        counts += np.bincount(block[block >= 0], minlength=k)
     if not np.array_equal(counts, sizes):
         return "the labels do not add up to the cluster sizes"
     return None

@@ -19,8 +19,9 @@ import numpy as np
 from ..engine import MeanShiftResult, ProgressCallback, mean_shift
 from ..errors import InputDataError, InvalidRowsError, OutputError, ParameterError, literal
 from ..io import store
-from ..io.checkpoint import ZarrCheckpoint, resumable
+from ..io.checkpoint import ZarrCheckpoint
 from ..io.lease import OutputLease
+from ..io.output import Action, Decision, OutputState, Request, Status, decide, inspect, open_output
 from ..io.rows import KeptRows, keep_finite_rows
 from ..naming import job_tag
 from ..params import MeanShiftParams
@@ -165,10 +166,17 @@ class Job:
         name = name or default_job_name(output.path)
         return cls(input, output, params, source, content, fingerprint, name, run_id, started)
 
-    def completed(self) -> JobReport | None:
-        """The report of this very job's complete output, or None (:func:`completed_report`)."""
-        output = self.output
-        return completed_report(output.path, self.fingerprint, output.modes, output.storage_options)
+    def request(self, any_complete: bool = False) -> Request:
+        """What this job asks of its output location (:func:`.io.output.decide`)."""
+        return Request(
+            fingerprint=self.fingerprint,
+            input_url=self.input.url,
+            input_array=self.source.name,
+            input_content=self.content,
+            overwrite=self.output.overwrite,
+            modes=self.output.modes,
+            any_complete=any_complete,
+        )
 
     def check_input_unchanged(self) -> None:
         """Refuse a result computed while the input changed (its content stamp moved).
@@ -197,14 +205,16 @@ def run_job(
     on_cluster_ready: Callable[[Client], None] | None = None,
     storage_options: store.StorageOptions | None = None,
     on_start: Callable[[str], None] | None = None,
+    any_complete: bool = False,
 ) -> JobReport:
     """Cluster a Zarr point set and write the result to a Zarr group.
 
-    The input is checked and the output created (``status: "running"``) before any
-    cluster starts; on an error the output is marked ``failed``, and ``complete`` only
-    after everything is written. The same job (input, parameters, version) continues
-    from its saved state in its unfinished output and reads back the report of its
-    complete one (``already_complete``); ``overwrite`` recomputes, or replaces another's.
+    The input is checked, and what the output may not become refused
+    (:func:`.io.output.decide`), before anything is written or any cluster starts; on an
+    error the output is marked ``failed``, and ``complete`` only after everything is
+    written. The same job (input, parameters, version) continues from its saved state in
+    its unfinished output and reads back the report of its complete one
+    (``already_complete``); ``overwrite`` recomputes, or replaces another's.
 
     Parameters
     ----------
@@ -230,24 +240,75 @@ def run_job(
         (a spec object carries its own). Never recorded.
     on_start : callable, optional
         Called with one line saying where the job runs, before its cluster starts.
+    any_complete : bool
+        A complete output is read back whatever job wrote it, and any other output of
+        ours is replaced (a scheduled run's own output, named by its run id).
     """
     started = time.perf_counter()
+    callbacks = dict(progress=progress, dashboard=dashboard, on_cluster_ready=on_cluster_ready)
     input, output, given = _absolute_specs(input, output, storage_options)
     cluster = cluster or ClusterSpec()
     check_locations(input, output, cluster)
-    job = Job.open(input, output, params, name, run_id, started)
-    done = None if output.overwrite else job.completed()
-    if done is not None:
-        return dataclasses.replace(done, **given)
+    state = _inspect(input, output)
+    if any_complete and state.status is Status.COMPLETE:  # no need to read the input
+        report = _reused(state, output.storage_options)
+    else:
+        job = Job.open(input, output, params, name, run_id, started)
+        report = _reuse_or_compute(job, state, cluster, any_complete, on_start, callbacks)
+    return dataclasses.replace(report, **given)
+
+
+def _reuse_or_compute(
+    job: Job,
+    state: OutputState,
+    cluster: ClusterSpec,
+    any_complete: bool,
+    on_start: Callable[[str], None] | None,
+    callbacks: dict[str, Any],
+) -> JobReport:
+    """Read back the job's complete output, or compute it: every refusal first, then the
+    lease, the decision again under it (another run may have ended meanwhile), the cluster."""
+    input, output = job.input, job.output
+    decision = _decided(state, job.request(any_complete))
+    if decision.action is Action.REUSE:
+        return _reused(state, output.storage_options)
     cluster = resolve_cluster(cluster, job.source.array.shape, _process_local(input, output))
-    security = check_cluster(cluster, params.backend)  # all before anything is written
+    security = check_cluster(cluster, job.params.backend)  # all before anything is written
     with OutputLease(output.path, output.storage_options) as lease:  # one writer per output
-        _check_output(job)  # a busy output: the lease says by whom; nothing else is written yet
+        state = _inspect(input, output, lease.token)
+        decision = _decided(state, job.request(any_complete))
+        if decision.action is Action.REUSE:
+            return _reused(state, output.storage_options)
         if on_start is not None:
             on_start(describe_cluster(cluster))
         connection = cluster_client(cluster, security)
-        report = _run(job, connection, cluster, progress, dashboard, on_cluster_ready, lease)
-    return dataclasses.replace(report, **given)
+        return _run(job, state, decision, connection, cluster, lease, **callbacks)
+
+
+def _inspect(input: InputSpec, output: OutputSpec, lease_token: str | None = None) -> OutputState:
+    """The output location as it is (a complete output verified unless it is to be
+    replaced anyway); ``lease_token``: this run's lease, held."""
+    return inspect(
+        output.path,
+        output.storage_options,
+        input.url,
+        input.storage_options,
+        verify=not output.overwrite,
+        lease_token=lease_token,
+    )
+
+
+def _decided(state: OutputState, request: Request) -> Decision:
+    """What to do with the output; a refusal raised.
+
+    Raises
+    ------
+    OutputError
+    """
+    decision = decide(state, request)
+    if decision.action is Action.REFUSE:
+        raise decision.refusal()
+    return decision
 
 
 def _process_local(input: InputSpec, output: OutputSpec) -> bool:
@@ -322,15 +383,18 @@ def _absolute_specs(
 
 def _run(
     job: Job,
+    state: OutputState,
+    decision: Decision,
     connection: contextlib.AbstractContextManager[Client | None],
     cluster: ClusterSpec,
+    lease: OutputLease,
     progress: ProgressCallback | None,
     dashboard: bool,
     on_cluster_ready: Callable[[Client], None] | None,
-    lease: OutputLease,
 ) -> JobReport:
-    """Start or reach the cluster; then create the output (or reopen it, to continue), and
-    compute, write and mark it complete (:func:`_compute`), or failed on any error."""
+    """Start or reach the cluster; then create the output (or reopen it, to continue), as
+    ``decision`` says, and compute, write and mark it complete (:func:`_compute`), or failed
+    on any error."""
     before_cluster = time.perf_counter()
     # while a cluster starts, load the kernels this process runs (binned cells); threads of
     # this process have nothing to wait for: they load the one kernel they use when they use it
@@ -343,7 +407,14 @@ def _run(
         cluster_start = time.perf_counter() - before_cluster
         if on_cluster_ready is not None and client is not None:
             on_cluster_ready(client)
-        group, created = _open_output(job)
+        n, attributes = (
+            job.source.array.shape[0],
+            {"input": input_attributes(job.source, job.content)},
+        )
+        group = open_output(
+            state, decision, n, job.source.row_chunk, attributes, job.output.storage_options
+        )
+        created = decision.action is not Action.RESUME
         with _failed_on_error(group, lease, created):
             result, attributes = _compute(job, group, progress, watch, lease, cluster_start)
         link = client.dashboard_link if dashboard and client is not None else None
@@ -387,8 +458,8 @@ def _compute(
     attributes["unlabelled"] = unlabelled_points(n, result.sizes, attributes["dropped_rows"])
     job.check_input_unchanged()
     lease.check()
-    checkpoint.clear()
     store.write_summary(group, result.centers, result.sizes, attributes, job.output.path)
+    checkpoint.clear()  # kept until complete: a run stopped before that resumes from it
     return result, attributes
 
 
@@ -404,68 +475,6 @@ def _watching(
 ) -> contextlib.AbstractContextManager[CrashLoopWatch | None]:
     """A watch on the cluster's workers (none on the threaded scheduler)."""
     return contextlib.nullcontext() if client is None else CrashLoopWatch(client, no_worker_s)
-
-
-def _check_output(job: Job) -> None:
-    """Refuse, before any cluster starts and without writing, an output this job may not
-    write (:func:`_open_output` creates it once the cluster is there).
-
-    Raises
-    ------
-    OutputError
-    """
-    path, options = job.output.path, job.output.storage_options
-    if not job.output.overwrite and resumable(path, job.fingerprint, options):
-        return
-    if not job.output.overwrite:
-        _refuse_output_of_other_content(job)
-    store.check_output(
-        path, job.output.overwrite, job.input.url, options, job.input.storage_options
-    )
-
-
-def _open_output(job: Job) -> tuple[Any, bool]:
-    """The output group, reopened when this job stopped part way (to continue from its
-    saved state), created (``status: "running"``) otherwise; and whether it was created."""
-    path, options = job.output.path, job.output.storage_options
-    if not job.output.overwrite and resumable(path, job.fingerprint, options):
-        return store.reopen_output(path, options), False
-    if not job.output.overwrite:
-        _refuse_output_of_other_content(job)
-    n = job.source.array.shape[0]
-    created = store.create_output(
-        path,
-        n,
-        job.source.row_chunk,
-        job.output.overwrite,
-        input_url=job.input.url,
-        attributes={"input": input_attributes(job.source, job.content)},
-        storage_options=options,
-        input_options=job.input.storage_options,
-    )
-    return created, True
-
-
-def _refuse_output_of_other_content(job: Job) -> None:
-    """Say so when the output holds this input's clusters from before it changed.
-
-    Raises
-    ------
-    OutputError
-    """
-    attributes = store.existing_attributes(job.output.path, job.output.storage_options) or {}
-    before = attributes.get("input") or {}
-    status = attributes.get("status")
-    same_input = [before.get("url"), before.get("array")] == [job.input.url, job.source.name]
-    if status in (None, store.STATUS_FAILED) or not same_input or "content" not in before:
-        return
-    if before["content"] != job.content:
-        raise OutputError(
-            f"output {literal(job.output.path)} (status '{status}') was computed from other "
-            f"content of the input {literal(job.input.url)}, which changed since; pass "
-            "{overwrite} to compute it again",
-            overwrite=True,
-        )
 
 
 def _cluster(
@@ -532,38 +541,13 @@ def _job_report(
     )
 
 
-def completed_report(
-    output_url: str,
-    fingerprint: str | None,
-    modes: bool = False,
-    storage_options: store.StorageOptions | None = None,
-) -> JobReport | None:
-    """The report of ``output_url`` if it is complete, else None: the one test of
-    "already complete".
-
-    Parameters
-    ----------
-    output_url : str
-    fingerprint : str or None
-        Only an output of this very job counts (:func:`job_fingerprint`); None: any
-        complete output (a scheduled run's own output, named by its run id).
-    modes : bool
-        Only an output holding each point's mode counts.
-    storage_options : dict, optional
-        fsspec options of a remote output.
-    """
-    attributes = store.existing_attributes(output_url, storage_options) or {}
-    if attributes.get("status") != store.STATUS_COMPLETE:
-        return None
-    if fingerprint is not None and attributes.get("fingerprint") != fingerprint:
-        return None
-    group = store.open_result(output_url, storage_options)
-    if modes and "modes" not in group:
-        return None
+def _reused(state: OutputState, storage_options: store.StorageOptions | None) -> JobReport:
+    """The report of a complete output (``already_complete``), read back."""
+    group = store.open_result(state.url, storage_options, verified=True)
     return _job_report(
-        attributes["input"]["url"],
-        output_url,
-        attributes,
+        state.input["url"],
+        state.url,
+        state.attributes,
         group["centers"][...],
         group["sizes"][...],
         already_complete=True,

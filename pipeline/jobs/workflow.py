@@ -183,18 +183,10 @@ def run_spec(
     """
     params = spec.mean_shift_params()
     _check_before_imports(spec, params)
-    from ..io import store
-    from .job import completed_report, run_job
+    from .job import run_job
 
     run_id = run_id or make_run_id()
     output = spec.output.model_copy(update={"path": spec.output_path(run_id)})
-    if skip_complete:
-        options = output.storage_options
-        done = completed_report(output.path, None, storage_options=options)  # any of this run
-        if done is not None:
-            return done
-        if store.existing_attributes(output.path, options) is not None:  # an earlier attempt's
-            output = output.model_copy(update={"overwrite": True})
     return run_job(
         spec.input.model_copy(update={"url": spec.resolve(spec.input.url)}),
         output,
@@ -206,4 +198,5 @@ def run_spec(
         dashboard=dashboard,
         on_cluster_ready=on_cluster_ready,
         on_start=on_start,
+        any_complete=skip_complete,
     )
