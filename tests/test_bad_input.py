@@ -94,6 +94,17 @@ def _one_cluster_at(point: list[float], size: int) -> Callable[[str, str], None]
     return check
 
 
+def _nested(folder: str) -> str:
+    path = os.path.join(folder, "in.zarr")
+    zarr.open_group(path, mode="w").create_group("sub").create_array("pts", data=BLOBS)
+    return path
+
+
+FLOAT64_MAX = np.finfo(np.float64).max
+EXTREMES = np.array([[FLOAT64_MAX] * 2, [-FLOAT64_MAX] * 2, [FLOAT64_MAX, -FLOAT64_MAX], [0, 0]])
+"""Four points at the float64 limits and the origin, each farther than 1e308 from the others."""
+
+
 @dataclass
 class Case:
     """One bad (or odd) input: how to make it, what to pass, what must come out."""
@@ -171,6 +182,23 @@ CASES = {
     ),
     "missing-path": Case(lambda f: os.path.join(f, "nowhere.zarr"), [], 3, "input not found"),
     "not-zarr": Case(_plain_folder, [], 3, "not a Zarr store"),
+    "three-distinct-points-estimated-bandwidth": Case(
+        lambda f: _store(f, np.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])),
+        [],
+        3,
+        "30% of 3 sampled points counts no neighbour but each point itself; give a bandwidth "
+        "or a larger --bandwidth-quantile",
+    ),
+    "float64-limits-with-bandwidth-1e308": Case(
+        lambda f: _store(f, EXTREMES), ["-b", "1e308"], 0, "4 points x 2 dims -> 4 clusters"
+    ),
+    "float64-limits-bandwidth-too-small": Case(
+        lambda f: _store(f, EXTREMES), ["-b", "1e290"], 2, "data spanning 2 x 1.79769e+308"
+    ),
+    "nested-array": Case(_nested, ["--array", "sub/pts", "-b", "2.5"], 0, "-> 4 clusters"),
+    "nested-array-missing": Case(
+        _nested, ["--array", "sub/x", "-b", "2.5"], 3, "no array 'sub/x' (arrays found: sub/pts)"
+    ),
     "group-without-the-array": Case(
         lambda f: _store(f, BLOBS, name="coords"), [], 3, "no array 'points'"
     ),
@@ -196,6 +224,7 @@ def test_bad_input_matrix(name, tmp_path):
         assert not os.path.exists(out) or zarr.open_group(out).attrs["status"] != "complete"
     else:
         assert case.says in done.stdout + done.stderr
+        assert "overflow" not in done.stderr and "RuntimeWarning" not in done.stderr
         assert zarr.open_group(out, mode="r").attrs["status"] == "complete"
         if case.check is not None:
             case.check(out, str(tmp_path))
@@ -224,3 +253,15 @@ def test_an_invalid_spec_file_is_named(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "params.kernel" in lines[0] and str(spec) in lines[0]
     assert tree_digest(str(tmp_path)) == before
+
+
+def test_a_grid_run_over_a_wide_box_says_nothing_of_overflows(tmp_path):
+    """Cell keys of a box too large for one int64 index are refused before they are
+    computed: the run falls back quietly (no NumPy overflow warning on a correct result)."""
+    values = np.random.default_rng(0).normal(0, 1e9, (300, 6))
+    source, out = _store(str(tmp_path), values), str(tmp_path / "out.zarr")
+    done = meanshift("run", "-i", source, "-o", out, "-b", "1", "--method", "grid", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "meanshift: warning: 300 clusters for 300 points: the bandwidth 1 is probably too small"
+    ]

@@ -281,7 +281,7 @@ def binned(
         low, high = cells["low"], cells["high"]
         largest = float(max(np.max(np.abs(low)), np.max(np.abs(high))))
         check_integer_resolution(largest, points.dtype, bandwidth)
-        check_span(float(np.max(high / 2 - low / 2)) * 2, bandwidth)
+        check_span(float(np.max(high / 2 - low / 2)), bandwidth)
         table = CellTable.build(cells["keys"], cell)
     seeds = check_seeds(seeds, points.shape[1], params)
     seeds_are_cells = seeds is None and not params.bin_seeding

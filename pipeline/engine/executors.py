@@ -130,11 +130,11 @@ class DaskExecutor:
             dtype=np.float64,
             name=task_name("check", points),
         ).compute()
-        origin, span = bounds(summary, n)
+        origin, half_span = bounds(summary, n)
         if weights is not None:
             weights = weights.astype(np.float64).rechunk((points.chunks[0],)).persist()
             check_weights(weights)
-        return Prepared(points, weights, origin, span)
+        return Prepared(points, weights, origin, half_span)
 
     def normalise(self, data: Prepared, bandwidth: float) -> da.Array:
         return data.points.map_blocks(
@@ -302,11 +302,11 @@ class ThreadExecutor:
 
     def prepare(self, points: np.ndarray, weights: np.ndarray | None) -> Prepared:
         points = np.asarray(points, dtype=np.float64)
-        origin, span = bounds(tasks.summary_block(points), len(points))
+        origin, half_span = bounds(tasks.summary_block(points), len(points))
         if weights is not None:
             weights = np.asarray(weights, dtype=np.float64)
             check_weights(weights)
-        return Prepared(points, weights, origin, span)
+        return Prepared(points, weights, origin, half_span)
 
     def normalise(self, data: Prepared, bandwidth: float) -> np.ndarray:
         return tasks.normalise_block(data.points, data.origin, bandwidth)

@@ -43,13 +43,14 @@ def check_weights(weights: Any) -> float:
 
 
 def bounds(summaries: np.ndarray, n: int) -> tuple[np.ndarray, float]:
-    """Midpoint and largest extent of the bounding box, from ``tasks.summary_block`` rows."""
+    """Midpoint and half the largest extent of the bounding box (finite for any finite
+    coordinates), from ``tasks.summary_block`` rows."""
     d = (summaries.shape[1] - 1) // 2
     bad_rows = int(summaries[:, 0].sum())
     if bad_rows:
         raise InvalidRowsError(f"{bad_rows} of {n} rows hold NaN or Inf values")
     low, high = summaries[:, 1 : d + 1].min(axis=0), summaries[:, d + 1 :].max(axis=0)
-    return low / 2 + high / 2, float(np.max(high / 2 - low / 2)) * 2
+    return low / 2 + high / 2, float(np.max(high / 2 - low / 2))
 
 
 def resolve_bandwidth(
@@ -75,6 +76,14 @@ def resolve_bandwidth(
         return value, True
     lo, hi = dask.compute(points.min(axis=0), points.max(axis=0))
     if np.any(np.asarray(hi) > np.asarray(lo)):
+        sampled = min(points.shape[0], params.bandwidth_n_samples)
+        if int(sampled * params.bandwidth_quantile) <= 1:  # each point's neighbour: itself
+            raise InputDataError(
+                f"the estimated bandwidth is 0: {params.bandwidth_quantile:.0%} of "
+                f"{sampled} sampled points counts no neighbour but each point itself; give "
+                "a bandwidth or a larger {bandwidth_quantile}",
+                bandwidth_quantile=None,
+            )
         raise InputDataError(
             f"the estimated bandwidth is 0: over {params.bandwidth_quantile:.0%} of the "
             "sampled points are duplicates; give a bandwidth"
@@ -86,8 +95,10 @@ def resolve_bandwidth(
 def check_integer_resolution(largest: float, dtype: Any, bandwidth: float) -> None:
     """Refuse integer coordinates (of magnitude up to ``largest``) that float64 rounds (beyond
     2^53) by more than ``INTEGER_RESOLUTION`` bandwidths."""
+    if not np.issubdtype(dtype, np.integer):  # float input: its values are what they are
+        return
     spacing = float(np.spacing(np.float64(largest)))
-    if np.issubdtype(dtype, np.integer) and spacing > max(1.0, INTEGER_RESOLUTION * bandwidth):
+    if spacing > max(1.0, INTEGER_RESOLUTION * bandwidth):
         raise InputDataError(
             f"integer coordinates up to {largest:.4g} are resolved to {spacing:g} in float64, "
             f"too coarse for bandwidth {bandwidth:g}: subtract an offset (such as each "
@@ -100,12 +111,15 @@ INTEGER_RESOLUTION = 1e-3
 bandwidths (int64/uint64 beyond 2^53)."""
 
 
-def check_span(span: float, bandwidth: float) -> None:
-    """Refuse a bandwidth too small for float64 coordinates over the data's extent."""
-    ratio = span / bandwidth
+def check_span(half_span: float, bandwidth: float) -> None:
+    """Refuse a bandwidth too small for float64 coordinates over the data's extent (given
+    as half of it, which never overflows)."""
+    ratio = half_span / bandwidth * 2
     if not math.isfinite(ratio) or ratio > MAX_SPAN_IN_BANDWIDTHS:
+        span = half_span * 2
+        shown = f"{span:g}" if math.isfinite(span) else f"2 x {half_span:g}"
         raise ParameterError(
-            f"bandwidth {bandwidth:g} is too small for data spanning {span:g} "
+            f"bandwidth {bandwidth:g} is too small for data spanning {shown} "
             f"(more than {MAX_SPAN_IN_BANDWIDTHS:.0e} bandwidths)"
         )
 

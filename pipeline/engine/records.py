@@ -117,7 +117,7 @@ class Prepared:
     points: Any  # dask or NumPy array
     weights: Any  # dask or NumPy array, or None
     origin: np.ndarray  # midpoint of the bounding box
-    span: float  # largest extent of the bounding box
+    half_span: float  # half the largest extent of the bounding box
 
 
 @dataclass

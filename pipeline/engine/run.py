@@ -61,11 +61,11 @@ def run_stages(
         data = executor.prepare(points, weights)
         seeds = check_seeds(seeds, data.points.shape[1], params)
         bandwidth, estimated = resolve_bandwidth(data.points, params, executor.in_process)
-        largest = float(np.max(np.abs(data.origin))) + data.span / 2
+        largest = float(np.max(np.abs(data.origin))) + data.half_span
         check_integer_resolution(largest, points.dtype, bandwidth)
         if bandwidth == 0:
             return finish.distinct_points(data, seeds, params, executor.backend, dict(timings))
-        check_span(data.span, bandwidth)
+        check_span(data.half_span, bandwidth)
     with timings.stage("iterate_s"):
         shifted = shift(executor, data, seeds, params, method, bandwidth, progress, checkpoint)
     with timings.stage("merge_s"):

@@ -155,11 +155,13 @@ def _points_array(node: zarr.Array | zarr.Group, url: str, array: str) -> zarr.A
                 array=None,
             )
         return node
-    names = sorted(node.array_keys())
-    if array not in names:
-        found = ", ".join(names) if names else "none"
-        raise InputDataError(f"{url} has no array '{array}' (arrays found: {found})")
-    found_node = node[array]
+    try:
+        found_node = node[array.strip("/")]  # a path: "points", or "sub/points"
+    except KeyError:
+        names = sorted(name for name, member in node.members(max_depth=None)
+                       if isinstance(member, zarr.Array))  # fmt: skip
+        found = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "") if names else "none"
+        raise InputDataError(f"{url} has no array '{array}' (arrays found: {found})") from None
     if not isinstance(found_node, zarr.Array):
         raise InputDataError(f"'{array}' in {url} is not an array")
     return found_node

@@ -148,9 +148,9 @@ class GridPointSet(_OnDevice):
         # radius from every point; the inner one keeps every neighbour key in range
         self.low = cells.min(axis=0) - 2
         extent = cells.max(axis=0) + 3 - self.low
-        strides = row_major_strides(to_host(extent))
         if float(np.prod(np.asarray(to_host(extent), dtype=float))) >= 2.0**62:
-            raise ValueError("too many grid cells for one index")
+            raise ValueError("too many grid cells for one index")  # before int64 overflows
+        strides = row_major_strides(to_host(extent))
         self.strides = xp.asarray(strides)
         self.high = self.low + extent - 1
         keys = ((cells - self.low) * self.strides).sum(axis=1)
