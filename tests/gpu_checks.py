@@ -7,7 +7,8 @@ sums, positions within ``ATOL`` = 1e-5 of the float64 array path and densities w
 the flat kernel is float64. The grid kernel takes differences in float64 (any coordinates)
 and is held to the same tolerances against the float64 neighbourhood (each query against
 exactly the points of its 3^d neighbour cells), and to twice them against the CPU grid
-(float32 too).
+(float32 too). Two groups far apart in one block of queries keep these tolerances (the GEMM
+route cuts such blocks into compact parts).
 """
 
 from __future__ import annotations
@@ -37,6 +38,29 @@ def reference(queries, points, weights, kernel):
     from pipeline.kernels import blocked_shift
 
     return blocked_shift(queries, points, weights, kernel, np, 2**22)
+
+
+def difference_reference(queries, points, weights, kernel):
+    """The definition in float64, one query at a time: ``q + sum w (x - q) / sum w`` with
+    ``w`` from ``|x - q|²`` summed over the coordinate differences (any distance from the
+    origin, any spread of the queries)."""
+    shifted = queries.copy()
+    density = np.zeros(len(queries))
+    for i, q in enumerate(queries):
+        diff = points - q
+        d2 = np.einsum("ij,ij->i", diff, diff)
+        if kernel == "gaussian":
+            w = np.exp(-0.5 * d2)
+        elif kernel == "flat":
+            w = (d2 <= 1.0).astype(float)
+        else:
+            w = np.clip(1.0 - d2, 0.0, None)
+        if weights is not None:
+            w = w * weights
+        density[i] = w.sum()
+        if density[i] > 0:
+            shifted[i] = q + w @ diff / density[i]
+    return shifted, density
 
 
 def check_close(got, expected, kernel, d=2, factor=1.0):
@@ -131,6 +155,61 @@ def check_device_grid(xp, monkeypatch, d, kernel, weighted):
     part = tuple(host(a) for a in device.shift(xp.asarray(queries[5:60])))
     np.testing.assert_array_equal(part[0], got[0][5:60])
     np.testing.assert_array_equal(part[1], got[1][5:60])
+
+
+# --------------------------------------------------------------------------- groups far apart
+# Above 16 dimensions squared distances come from matrix products centred on the queries: two
+# groups far apart in one block of queries, within float32's range (the GEMM route, its blocks
+# cut into compact parts), queries scattered too far apart for parts (the GEMM route hands them
+# to the float64 array path) and groups far beyond float32's range (the array path).
+
+FAR_APART_CASES = [  # (d, kernel, weighted, gap in bandwidths; None: small clouds scattered)
+    (20, "gaussian", False, 600.0),
+    (20, "epanechnikov", True, 600.0),
+    (32, "gaussian", True, 600.0),
+    (20, "epanechnikov", False, None),
+    (20, "gaussian", True, 1e9),
+    (20, "flat", False, 1e9),
+]
+
+
+def far_apart_data(d, weighted, gap, n=5000, seed=0):
+    """Points: two groups (normal, sd 1.5) ``gap`` apart along the diagonal, either side of
+    the origin; or (``gap`` None) clouds of 10 points (within about 1) scattered over 140 bandwidths
+    either side of the origin in every coordinate. Shuffled. Queries: the first 300 points
+    and 5 of them moved a little."""
+    rng = np.random.default_rng(seed + d)
+    if gap is None:
+        points = np.repeat(rng.uniform(-140, 140, (n // 10, d)), 10, axis=0)
+        points += rng.normal(0, 0.5 / np.sqrt(d), points.shape)
+    else:
+        direction = np.ones(d) / np.sqrt(d)
+        points = rng.normal(0, 1.5, (n, d))
+        points[: n // 2] -= gap / 2 * direction
+        points[n // 2 :] += gap / 2 * direction
+    points = points[rng.permutation(n)]
+    weights = rng.uniform(0.5, 2, n) if weighted else None
+    return points, weights, np.r_[points[:300], points[:5] + 0.3]
+
+
+def check_far_apart(xp, d, kernel, weighted, gap):
+    from pipeline.kernels import gpu, shift_points
+
+    points, weights, queries = far_apart_data(d, weighted, gap)
+    device_weights = None if weights is None else xp.asarray(weights)
+    packed = gpu.pack(xp.asarray(points), device_weights, kernel)
+    far = gap is not None and gap > 1000  # beyond float32's range
+    assert packed.route == ("array" if far or kernel == "flat" else "gemm")
+    got = shift_points(xp.asarray(queries), xp.asarray(points), device_weights, kernel, xp, 2**22)
+    got = tuple(host(a) for a in got)
+    expected = difference_reference(queries, points, weights, kernel)
+    if packed.route == "gemm":
+        check_close(got, expected, kernel, d)
+        return
+    # float64 (the array path): to the rounding of coordinates this far from the origin
+    ulp = np.spacing(np.abs(queries).max())
+    np.testing.assert_allclose(got[0], expected[0], rtol=0, atol=1e-7 + 2 * ulp)
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-9, atol=1e-300)
 
 
 # --------------------------------------------------------------------------- binning pass

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from .gpu_checks import (
+    FAR_APART_CASES,
     GRID_CASES,
     check_close,
     check_device_binning,
     check_device_grid,
+    check_far_apart,
     grid_reference,
     on_device,
     reference,
@@ -44,6 +46,14 @@ def test_cupy_shift_matches_numpy(kernel, d, weighted):
         2**22,
     )
     check_close(tuple(cupy.asnumpy(a) for a in got), expected, kernel, d)
+
+
+@on_device
+@pytest.mark.parametrize("d, kernel, weighted, gap", FAR_APART_CASES)
+def test_cupy_groups_far_apart_match_the_array_path(d, kernel, weighted, gap):
+    import cupy
+
+    check_far_apart(cupy, d, kernel, weighted, gap)
 
 
 @on_device

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from .gpu_checks import (
+    FAR_APART_CASES,
     GRID_CASES,
     bin_cases,
     check_close,
     check_device_binning,
     check_device_grid,
+    check_far_apart,
     grid_data,
     grid_reference,
     reference,
@@ -45,6 +47,11 @@ def test_emulated_kernels_match_the_array_path(emulated, d, kernel, weighted):
     assert gpu.route(d, kernel) == ("fused" if d <= gpu.FUSED_MAX_DIMS else "gemm")
     got = shift_points(queries, points, weights, kernel, emulated, 2**22)
     check_close(got, reference(queries, points, weights, kernel), kernel, d)
+
+
+@pytest.mark.parametrize("d, kernel, weighted, gap", FAR_APART_CASES)
+def test_emulated_groups_far_apart_match_the_array_path(emulated, d, kernel, weighted, gap):
+    check_far_apart(emulated, d, kernel, weighted, gap)
 
 
 def test_emulated_results_do_not_depend_on_the_query_block(emulated):

@@ -15,10 +15,13 @@ Two routes, chosen by the number of dimensions ``d``:
   thread blocks sum, and a second kernel adds the splits in a fixed order: a
   query's result does not depend on which other queries share its launch.
 * **GEMM** (``d > FUSED_MAX_DIMS``, Gaussian and Epanechnikov): per block of queries
-  and tile of points, ``|q-c|² + |x-c|² - 2 (q-c)·(x-c)`` with ``c`` the query block's
-  mean (one float32 ``cupy.matmul``), the weights by an elementwise kernel in place,
-  then one more product ``W @ [x-c, 1]`` for numerator and denominator, summed over
-  tiles in float64. Only a ``rows × GEMM_TILE`` float32 block exists at a time.
+  and tile of points, ``|q-c|² + |x-c|² - 2 (q-c)·(x-c)`` with ``c`` the mean of the
+  block's queries (one float32 ``cupy.matmul``), the weights by an elementwise kernel in
+  place, then one more product ``W @ [x-c, 1]`` for numerator and denominator, summed over
+  tiles in float64. Only a ``rows × GEMM_TILE`` float32 block exists at a time. The
+  product's rounding grows with the queries' distance from ``c``: a block spread beyond
+  ``GEMM_RADIUS`` is cut into compact parts, each centred on its own mean, and queries too
+  scattered for a part take the float64 array path.
 
 Queries whose float32 Gaussian weights all (nearly) underflow, that is whose density
 is at most ``UNDERFLOW_FRACTION`` of the total point weight (nothing within about 11.5
@@ -35,7 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .array import row_major_strides
+from .array import blocked_shift, compact_parts, row_major_strides
 from .dispatch import GAUSSIAN_SCALE, KERNELS, float32_resolves
 
 THREADS = 256
@@ -52,6 +55,13 @@ MAX_SPLITS = 256
 
 GEMM_TILE = 4096
 """Points per tile of the GEMM route (the float32 sums inside a product run over this many)."""
+
+GEMM_RADIUS = 16.0
+"""Largest distance (bandwidths) of a query from the centre ``c`` of its GEMM product: a
+block of queries farther apart is cut into parts, each centred on its own mean. The float32
+product's squared distances round to within about ``(d + 6) 2^-24 (|q-c| + |x-c|)²``, so
+their error grows with the queries' spread, not with their distance from the origin; the
+tolerances of the GPU tests hold within this radius."""
 
 UNDERFLOW_FRACTION = 2.0**-96
 """A Gaussian query whose density is at most this fraction of the total point weight is
@@ -633,43 +643,67 @@ def fused_shift(queries: Any, packed: DevicePoints, block_bytes: int) -> tuple[A
 
 
 def gemm_shift(queries: Any, packed: DevicePoints, block_bytes: int) -> tuple[Any, Any]:
+    """The GEMM route: each block of queries cut into parts within ``GEMM_RADIUS`` of their
+    mean (:func:`.array.compact_parts`), each part centred on its mean; queries scattered
+    beyond such parts take the float64 array path."""
     import cupy
 
     m, d = queries.shape
     n = packed.points.shape[0]
-    scale = packed.scale
     tile = min(GEMM_TILE, n)
     rows = max(1, block_bytes // (2 * tile * 4))
-    weigh = _gemm_weight_kernel(packed.kernel)
-    shifted = cupy.empty((m, d), dtype=cupy.float64)
-    density = cupy.empty(m, dtype=cupy.float64)
     if packed.weights is None:
         point_weights = cupy.ones(n, dtype=cupy.float32)
     else:
         point_weights = packed.weights.astype(cupy.float32)
     augmented = cupy.ones((tile, d + 1), dtype=cupy.float32)  # last column: 1 (denominator)
+    shifted = cupy.empty((m, d), dtype=cupy.float64)
+    density = cupy.empty(m, dtype=cupy.float64)
     for start in range(0, m, rows):
         block = queries[start : start + rows]
-        centre = block.mean(axis=0)
-        q = ((block - centre) * scale).astype(cupy.float32)
-        qn = (q * q).sum(axis=1)[:, None]
-        total = cupy.zeros((block.shape[0], d + 1), dtype=cupy.float64)
-        for p_start in range(0, n, tile):
-            p = ((packed.points[p_start : p_start + tile] - centre) * scale).astype(cupy.float32)
-            width = p.shape[0]
-            pn = (p * p).sum(axis=1)[None, :]
-            g = cupy.matmul(q, p.T)
-            w = weigh(g, qn, pn, point_weights[p_start : p_start + width][None, :])
-            del g
-            aug = augmented[:width]
-            aug[:, :d] = p
-            total += cupy.matmul(w, aug)
-        den = total[:, d]
-        safe = cupy.where(den > 0, den, 1.0)
-        mean = total[:, :d] / safe[:, None] / scale + centre  # bandwidth units
-        shifted[start : start + block.shape[0]] = cupy.where((den > 0)[:, None], mean, block)
-        density[start : start + block.shape[0]] = den
+        parts = compact_parts(block, GEMM_RADIUS, cupy) or [(slice(None), True)]
+        for index, compact in parts:
+            part = block[index]
+            if compact:
+                moved = _gemm_part(part, packed, point_weights, augmented)
+            else:
+                moved = blocked_shift(
+                    part, packed.points, packed.weights, packed.kernel, cupy, block_bytes
+                )
+            stop = start + block.shape[0]
+            shifted[start:stop][index], density[start:stop][index] = moved
     return shifted, density
+
+
+def _gemm_part(
+    queries: Any, packed: DevicePoints, point_weights: Any, augmented: Any
+) -> tuple[Any, Any]:
+    """One GEMM block: coordinates centred on the queries' mean, float32 products over
+    tiles of ``len(augmented)`` points (``augmented``: float32, its last column 1)."""
+    import cupy
+
+    n, d = packed.points.shape
+    scale = packed.scale
+    tile = augmented.shape[0]
+    weigh = _gemm_weight_kernel(packed.kernel)
+    centre = queries.mean(axis=0)
+    q = ((queries - centre) * scale).astype(cupy.float32)
+    qn = (q * q).sum(axis=1)[:, None]
+    total = cupy.zeros((queries.shape[0], d + 1), dtype=cupy.float64)
+    for p_start in range(0, n, tile):
+        p = ((packed.points[p_start : p_start + tile] - centre) * scale).astype(cupy.float32)
+        width = p.shape[0]
+        pn = (p * p).sum(axis=1)[None, :]
+        g = cupy.matmul(q, p.T)
+        w = weigh(g, qn, pn, point_weights[p_start : p_start + width][None, :])
+        del g
+        aug = augmented[:width]
+        aug[:, :d] = p
+        total += cupy.matmul(w, aug)
+    den = total[:, d]
+    safe = cupy.where(den > 0, den, 1.0)
+    mean = total[:, :d] / safe[:, None] / scale + centre  # bandwidth units
+    return cupy.where((den > 0)[:, None], mean, queries), den
 
 
 def shift(
